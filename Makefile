@@ -1,0 +1,37 @@
+# flashdeal: `make up` runs the whole stack, `make test` runs the whole suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up test venv lint bench migrate seed clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+## up: install, find or start Redis and PostgreSQL, migrate, seed, run the stack (Ctrl-C stops it)
+up: venv
+	@eval "$$($(PY) scripts/ensure_services.py)"; \
+	$(PY) scripts/manage.py migrate; \
+	$(PY) scripts/manage.py seed; \
+	exec $(PY) scripts/manage.py run
+
+## test: install, find or start services, run the whole suite against the real Redis and PostgreSQL
+test: venv
+	@eval "$$($(PY) scripts/ensure_services.py flashdeal_test)"; \
+	$(VENV)/bin/ruff check . ; \
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf var/run

@@ -1,0 +1,65 @@
+-- Admission gate for one deal. Atomic: Redis runs the whole script with nothing in between.
+-- Every check comes before the first write, because Redis does not roll back a script that
+-- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
+--
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick
+-- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
+-- Reply: {outcome, order id, kick (0/1), remaining stock}
+
+local user = ARGV[1]
+local qty = tonumber(ARGV[2])
+local order_id = ARGV[3]
+local idem = ARGV[4]
+
+local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price')
+if not st[1] then
+  return {'deal_not_open', '', 0, -1}
+end
+
+-- A replayed Idempotency-Key answers with the first order, whatever happened since.
+if idem ~= '' then
+  local prev = redis.call('HGET', KEYS[4], user .. ':' .. idem)
+  if prev then
+    local sep = string.find(prev, ':', 1, true)
+    local prev_id = string.sub(prev, 1, sep - 1)
+    if tonumber(string.sub(prev, sep + 1)) ~= qty then
+      return {'idempotency_mismatch', prev_id, 0, -1}
+    end
+    return {'replay', prev_id, 0, -1}
+  end
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if st[1] == 'ended' or now < tonumber(st[2]) or now >= tonumber(st[3]) then
+  return {'deal_not_open', '', 0, -1}
+end
+
+local limit = tonumber(st[4])
+if qty > limit then
+  return {'quantity_above_limit', '', 0, -1}
+end
+
+local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stock < qty then
+  return {'sold_out', '', 0, stock}
+end
+
+local bought = tonumber(redis.call('HGET', KEYS[3], user) or '0')
+if bought + qty > limit then
+  return {'limit_exceeded', '', 0, stock}
+end
+
+-- All checks passed: from here on only writes, none of which can fail on valid keys.
+redis.call('DECRBY', KEYS[2], qty)
+redis.call('HINCRBY', KEYS[3], user, qty)
+if idem ~= '' then
+  redis.call('HSET', KEYS[4], user .. ':' .. idem, order_id .. ':' .. qty)
+end
+redis.call('HSET', KEYS[5], order_id, user .. '|' .. qty .. '|' .. st[5] .. '|' .. now .. '|accepted')
+-- The order enters the outbox in the same atomic step as the decrement: no crash window
+-- can lose an accepted order or strand its stock.
+redis.call('XADD', KEYS[6], '*', 't', 'o', 'id', order_id, 'u', user, 'q', qty, 'p', st[5], 'ts', now)
+-- One drain task per kick interval, not one per order.
+local kick = redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[5])
+return {'accepted', order_id, kick and 1 or 0, stock - qty}

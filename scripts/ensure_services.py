@@ -1,0 +1,192 @@
+"""Find Redis and PostgreSQL, or start private servers from local binaries under var/.
+
+Order (DESIGN.md section 6): REDIS_URL / DATABASE_URL; else the default local ports; else
+private servers under var/; else stop with a message naming the install command. Creates the
+database if missing. Prints ``export NAME=value`` lines for the Makefile to eval.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+
+
+def say(msg: str) -> None:
+    """Progress goes to stderr; stdout carries only the export lines."""
+    print(f"[services] {msg}", file=sys.stderr)
+
+
+def port_open(host: str, port: int) -> bool:
+    """True if something listens on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def redis_ok(url: str) -> bool:
+    """True if a Redis answers PING at url."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def pg_ok(url: str, dbname: str = "postgres") -> bool:
+    """True if PostgreSQL accepts a connection at url (to the maintenance database)."""
+    try:
+        with psycopg.connect(_libpq(url, dbname), connect_timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+def _libpq(url: str, dbname: str | None = None) -> str:
+    u = urlparse(url.replace("postgresql+psycopg://", "postgresql://"))
+    if dbname is not None:
+        u = u._replace(path="/" + dbname)
+    return u.geturl()
+
+
+def ensure_redis() -> str:
+    """Return a reachable REDIS_URL, starting a private server if needed."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        if not redis_ok(url):
+            sys.exit(f"REDIS_URL={url} does not answer PING. Start that server or unset REDIS_URL.")
+        return url
+    default = "redis://127.0.0.1:6379/0"
+    if redis_ok(default):
+        return default
+    binary = shutil.which("redis-server")
+    if not binary:
+        sys.exit(
+            "No Redis found on 127.0.0.1:6379 and no redis-server binary. Install it: apt-get install redis-server"
+        )
+    private = "redis://127.0.0.1:6380/0"
+    if not redis_ok(private):
+        (VAR / "redis").mkdir(parents=True, exist_ok=True)
+        say("starting a private Redis on 127.0.0.1:6380 (var/redis)")
+        subprocess.run(
+            [
+                binary,
+                "--port",
+                "6380",
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(VAR / "redis"),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--logfile",
+                str(VAR / "redis" / "redis.log"),
+            ],
+            check=True,
+        )
+        for _ in range(50):
+            if redis_ok(private):
+                break
+            time.sleep(0.1)
+    return private
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def ensure_postgres() -> str:
+    """Return a reachable DATABASE_URL (database not yet checked), starting a private server if needed."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        if not pg_ok(url):
+            sys.exit(f"DATABASE_URL={url} is not reachable. Start that server or unset DATABASE_URL.")
+        return url
+    default = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
+    if pg_ok(default):
+        return default
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        sys.exit(
+            "No PostgreSQL on 127.0.0.1:5432 and no initdb/pg_ctl binaries. Install it: apt-get install postgresql"
+        )
+    data = VAR / "pg"
+    private = "postgresql+psycopg://postgres@127.0.0.1:5433/flashdeal"
+    if not pg_ok(private):
+        run_as = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            if run_as:
+                shutil.chown(data, "postgres", "postgres")
+            say("initialising a private PostgreSQL in var/pg")
+            subprocess.run(
+                [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        say("starting the private PostgreSQL on 127.0.0.1:5433")
+        subprocess.run(
+            [
+                *run_as,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(data / "server.log"),
+                "-o",
+                "-p 5433 -k /tmp -c listen_addresses=127.0.0.1",
+                "-w",
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return private
+
+
+def ensure_database(url: str) -> None:
+    """Create the database named in url if it does not exist."""
+    dbname = urlparse(_libpq(url)).path.lstrip("/") or "flashdeal"
+    with psycopg.connect(_libpq(url, "postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
+            say(f"creating database {dbname}")
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+
+
+def main() -> None:
+    """Resolve both services and print the export lines."""
+    redis_url = ensure_redis()
+    db_url = ensure_postgres()
+    if len(sys.argv) > 1:  # an explicit database name (the test suite uses its own)
+        u = urlparse(_libpq(db_url))
+        db_url = u._replace(path="/" + sys.argv[1]).geturl().replace("postgresql://", "postgresql+psycopg://", 1)
+    ensure_database(db_url)
+    print(f"export REDIS_URL='{redis_url}'")
+    print(f"export DATABASE_URL='{db_url}'")
+    if not os.environ.get("CELERY_BROKER_URL"):
+        print(f"export CELERY_BROKER_URL='{redis_url}'")
+
+
+if __name__ == "__main__":
+    main()

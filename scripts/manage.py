@@ -1,0 +1,92 @@
+"""Project tasks behind the Makefile: migrate, seed the demo data, run the stack."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import select  # noqa: E402
+
+from shared.accounts import EmailTaken, create_user  # noqa: E402
+from shared.db import Database  # noqa: E402
+from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
+from shared.gate import Gate  # noqa: E402
+from shared.keys import Keys  # noqa: E402
+from shared.migrations import upgrade  # noqa: E402
+from shared.models import Deal  # noqa: E402
+from shared.redis_client import text_client  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+DEMO_ADMIN = ("admin@flashdeal.local", "flashdeal-admin-1", "Demo Admin")
+DEMO_BUYER = ("buyer@flashdeal.local", "flashdeal-buyer-1", "Demo Buyer")
+DEMO_TITLE = "Demo deal: noise-cancelling headphones"
+
+
+def migrate() -> None:
+    """Apply the Alembic migrations."""
+    upgrade(Settings.from_env().database_url)
+    print("[manage] database migrated")
+
+
+def seed() -> None:
+    """Create the demo admin, buyer and an open demo deal (idempotent)."""
+    settings = Settings.from_env()
+    db = Database(settings)
+    gate = Gate(text_client(settings), Keys(settings.key_prefix))
+    for email, password, name in (DEMO_ADMIN, DEMO_BUYER):
+        try:
+            with db.transaction() as s:
+                create_user(s, email, password, name, role="admin" if email == DEMO_ADMIN[0] else "buyer")
+        except EmailTaken:
+            pass
+    with db.transaction() as s:
+        deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
+        if deal is None:
+            now = datetime.now(UTC)
+            deal = create_deal(s, NewDeal(DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1)))
+            deal.status = "open"
+        load_deal(s, gate, deal)
+    print(f"[manage] demo deal {deal.id} seeded")
+
+
+def run() -> None:
+    """Run every process of the Procfile under honcho; Ctrl-C stops them all."""
+    env = os.environ
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
+    print(
+        "\n".join(
+            [
+                "",
+                "flashdeal is starting:",
+                "  shop (load balancer)  http://127.0.0.1:8080",
+                "  web nodes             http://127.0.0.1:8001  :8002  :8003",
+                f"  Flower                http://127.0.0.1:5555  (user {user!r}, password {password!r})",
+                f"  demo admin            {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]}",
+                f"  demo buyer            {DEMO_BUYER[0]} / {DEMO_BUYER[1]}",
+                "  Ctrl-C stops everything.",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+    os.chdir(ROOT)
+    venv_bin = str(ROOT / ".venv" / "bin")
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    os.execvpe(str(ROOT / ".venv" / "bin" / "honcho"), ["honcho", "start", "-f", "Procfile"], env)
+
+
+COMMANDS = {"migrate": migrate, "seed": seed, "run": run}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: manage.py {{{'|'.join(COMMANDS)}}}")
+    COMMANDS[sys.argv[1]]()

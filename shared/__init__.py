@@ -1,0 +1,1 @@
+"""Code shared by the web nodes and the Celery workers: no Flask, no Celery here."""

@@ -1,0 +1,197 @@
+"""Deal lifecycle: create, load into the gate, open and close early, and the scheduled tick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.db import Database
+from shared.gate import DealRules, Gate, dt_to_ms, now_ms
+from shared.models import Deal, Order, Product
+
+
+class DealNotFound(Exception):
+    """No deal with that id."""
+
+
+class DealStateError(Exception):
+    """The deal cannot make that move (e.g. open a deal that has ended)."""
+
+
+@dataclass(frozen=True)
+class NewDeal:
+    """What an admin gives to create a deal."""
+
+    title: str
+    price: Decimal
+    stock: int
+    per_user_limit: int
+    starts_at: datetime
+    ends_at: datetime
+    product_name: str | None = None
+    product_id: int | None = None
+    description: str = ""
+
+
+def create_deal(session: Session, spec: NewDeal) -> Deal:
+    """Insert a deal (and its product when none is named). The caller commits."""
+    if spec.product_id is not None:
+        product = session.get(Product, spec.product_id)
+        if product is None:
+            raise DealNotFound(f"product {spec.product_id} does not exist")
+    else:
+        product = Product(name=spec.product_name or spec.title, description=spec.description)
+        session.add(product)
+        session.flush()
+    deal = Deal(
+        product_id=product.id,
+        title=spec.title,
+        price=spec.price,
+        total_stock=spec.stock,
+        per_user_limit=spec.per_user_limit,
+        starts_at=spec.starts_at,
+        ends_at=spec.ends_at,
+        status="scheduled",
+    )
+    session.add(deal)
+    session.flush()
+    deal.product = product
+    return deal
+
+
+def gate_status(deal: Deal) -> str:
+    """The status the gate holds for a deal: 'ended' refuses everything, otherwise the window decides."""
+    return "ended" if deal.status == "ended" else ("open" if deal.status in ("open", "sold_out") else "scheduled")
+
+
+def rules_of(deal: Deal) -> DealRules:
+    """The gate's view of a deal row."""
+    return DealRules(
+        deal_id=deal.id,
+        status=gate_status(deal),
+        open_ms=dt_to_ms(deal.starts_at),
+        close_ms=dt_to_ms(deal.ends_at),
+        limit=deal.per_user_limit,
+        price=deal.price,
+        total=deal.total_stock,
+        title=deal.title,
+    )
+
+
+def sold_quantity(session: Session, deal_id: int) -> int:
+    """Quantity of the deal's orders persisted and not canceled or failed."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Order.quantity), 0)).where(
+                Order.deal_id == deal_id, Order.status.in_(("accepted", "confirmed"))
+            )
+        )
+        or 0
+    )
+
+
+def load_deal(session: Session, gate: Gate, deal: Deal) -> bool:
+    """Load a deal's rules into Redis; live stock is never overwritten.
+
+    The initial stock is total minus what PostgreSQL already holds as sold, so reloading after
+    Redis lost its data does not sell the same units twice (the outbox was lost with Redis).
+    """
+    return gate.load(rules_of(deal), deal.total_stock - sold_quantity(session, deal.id))
+
+
+def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
+    """Fetch a deal or raise DealNotFound."""
+    stmt = select(Deal).where(Deal.id == deal_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    deal = session.scalar(stmt)
+    if deal is None:
+        raise DealNotFound(f"deal {deal_id} does not exist")
+    return deal
+
+
+def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
+    """Open a deal early: the gate admits at once on every web node."""
+    with db.transaction() as s:
+        deal = get_deal(s, deal_id, lock=True)
+        if deal.status == "ended":
+            raise DealStateError(f"deal {deal_id} has ended and cannot be reopened")
+        now = datetime.now(UTC)
+        if deal.ends_at <= now:
+            raise DealStateError(f"deal {deal_id} ends in the past; it cannot open")
+        if deal.starts_at > now:
+            deal.starts_at = now
+        deal.status = "open"
+        load_deal(s, gate, deal)
+        # Rules are re-written in full (load never touches live stock), so the window moves too.
+        gate.set_window(deal.id, status="open", open_ms=dt_to_ms(deal.starts_at))
+    return deal
+
+
+def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
+    """Close a deal early: the gate refuses at once on every web node."""
+    with db.transaction() as s:
+        deal = get_deal(s, deal_id, lock=True)
+        now = datetime.now(UTC)
+        if deal.ends_at > now:
+            deal.ends_at = max(now, deal.starts_at + timedelta(milliseconds=1))
+        deal.status = "ended"
+        # The gate is switched first, inside the transaction: if the commit fails the deal is
+        # closed in Redis but not in PostgreSQL, and the next tick re-closes it (safe side).
+        if gate.live(deal.id) is not None:
+            gate.set_window(deal.id, status="ended", close_ms=min(now_ms(), dt_to_ms(deal.ends_at)))
+    return deal
+
+
+@dataclass
+class TickReport:
+    """What one scheduler tick changed."""
+
+    loaded: list[int]
+    opened: list[int]
+    sold_out: list[int]
+    ended: list[int]
+
+    @property
+    def changed(self) -> bool:
+        """True if any deal moved state."""
+        return bool(self.loaded or self.opened or self.sold_out or self.ended)
+
+
+def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
+    """Move deals along their lifecycle; run every second by Celery beat.
+
+    Loads deals into Redis ``load_ahead_seconds`` before they start (so the first second of a
+    sale touches no database), then records open / sold_out / ended in PostgreSQL. The gate
+    itself opens and closes on the time window, so a late tick never delays a sale.
+    """
+    report = TickReport([], [], [], [])
+    now = datetime.now(UTC)
+    horizon = now + timedelta(seconds=load_ahead_seconds)
+    with db.transaction() as s:
+        deals = s.scalars(
+            select(Deal).where(Deal.status != "ended", Deal.starts_at <= horizon).with_for_update(skip_locked=True)
+        ).all()
+        live_ids = set(gate.live_deal_ids())
+        stocks = gate.remaining([d.id for d in deals])
+        for deal in deals:
+            if deal.id not in live_ids or stocks.get(deal.id) is None:
+                load_deal(s, gate, deal)
+                report.loaded.append(deal.id)
+                stocks[deal.id] = gate.remaining([deal.id])[deal.id]
+            if deal.ends_at <= now:
+                deal.status = "ended"
+                gate.set_window(deal.id, status="ended")
+                report.ended.append(deal.id)
+            elif deal.starts_at <= now:
+                remaining = stocks.get(deal.id) or 0
+                new = "sold_out" if remaining <= 0 else "open"
+                if deal.status != new:
+                    deal.status = new
+                    (report.sold_out if new == "sold_out" else report.opened).append(deal.id)
+                    gate.set_window(deal.id, status="open")
+    return report

@@ -1,0 +1,246 @@
+"""The stock gate: wraps the Lua scripts in ``lua/`` and turns their replies into typed results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import redis
+
+from shared.keys import Keys
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+
+
+def _lua(name: str) -> str:
+    return (LUA_DIR / f"{name}.lua").read_text()
+
+
+class Admission(enum.StrEnum):
+    """Outcome of one admission attempt."""
+
+    ACCEPTED = "accepted"
+    REPLAY = "replay"
+    SOLD_OUT = "sold_out"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    DEAL_NOT_OPEN = "deal_not_open"
+    QUANTITY_ABOVE_LIMIT = "quantity_above_limit"
+    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+
+
+class Cancellation(enum.StrEnum):
+    """Outcome of one cancel attempt."""
+
+    CANCELED = "canceled"
+    ALREADY_CANCELED = "already_canceled"
+    NOT_FOUND = "not_found"
+    DEAL_NOT_OPEN = "deal_not_open"
+
+
+@dataclass(frozen=True)
+class AdmitResult:
+    """Reply of the admission script."""
+
+    outcome: Admission
+    order_id: str
+    kick: bool
+    remaining: int
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """Reply of the cancel script."""
+
+    outcome: Cancellation
+    remaining: int
+    kick: bool
+
+
+@dataclass(frozen=True)
+class LiveOrder:
+    """An order as the gate remembers it (before or after it is persisted)."""
+
+    order_id: str
+    deal_id: int
+    user_id: int
+    quantity: int
+    unit_price: Decimal
+    admitted_at: datetime
+    canceled: bool
+
+
+@dataclass(frozen=True)
+class DealRules:
+    """What the gate needs to know about a deal."""
+
+    deal_id: int
+    status: str  # scheduled | open | ended
+    open_ms: int
+    close_ms: int
+    limit: int
+    price: Decimal
+    total: int
+    title: str
+
+
+@dataclass(frozen=True)
+class LiveDeal:
+    """A deal's live state in Redis: rules plus remaining stock."""
+
+    rules: DealRules
+    remaining: int
+
+    def status_at(self, now_ms: int) -> str:
+        """Buyer-facing status computed live: scheduled, open, sold_out or ended."""
+        if self.rules.status == "ended" or now_ms >= self.rules.close_ms:
+            return "ended"
+        if now_ms < self.rules.open_ms:
+            return "scheduled"
+        return "sold_out" if self.remaining <= 0 else "open"
+
+
+def now_ms() -> int:
+    """Wall clock in milliseconds."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def ms_to_dt(ms: int) -> datetime:
+    """Milliseconds since the epoch to an aware datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def dt_to_ms(dt: datetime) -> int:
+    """Aware datetime to milliseconds since the epoch."""
+    return int(dt.timestamp() * 1000)
+
+
+class Gate:
+    """Admission, cancel and deal loading on one Redis; scripts are registered once."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, kick_ms: int = 100) -> None:
+        self.redis = client
+        self.keys = keys
+        self.kick_ms = kick_ms
+        # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, so the gate keeps
+        # working after SCRIPT FLUSH or a Redis restart.
+        self._admit = client.register_script(_lua("admit"))
+        self._cancel = client.register_script(_lua("cancel"))
+        self._load = client.register_script(_lua("load_deal"))
+
+    def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
+        """Run the admission script for one order attempt."""
+        k = self.keys.deal(deal_id)
+        outcome, oid, kick, remaining = self._admit(
+            keys=k.gate_keys(), args=[user_id, quantity, order_id, idem_key, self.kick_ms]
+        )
+        return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining))
+
+    def cancel(
+        self, deal_id: int, order_id: str, user_id: int, *, admin: bool = False, force: bool = False
+    ) -> CancelResult:
+        """Run the cancel script; ``force`` skips the open-deal check (dropping a dead letter)."""
+        k = self.keys.deal(deal_id)
+        outcome, remaining, kick = self._cancel(
+            keys=k.gate_keys(),
+            args=[order_id, user_id, "1" if admin else "0", self.kick_ms, "1" if force else "0"],
+        )
+        return CancelResult(Cancellation(outcome), int(remaining), bool(kick))
+
+    def load(self, rules: DealRules, initial_stock: int) -> bool:
+        """Load rules; set the stock only if none is live. True when the stock was set now."""
+        k = self.keys.deal(rules.deal_id)
+        created = self._load(
+            keys=[k.state, k.stock],
+            args=[
+                rules.status,
+                rules.open_ms,
+                rules.close_ms,
+                rules.limit,
+                str(rules.price),
+                rules.total,
+                initial_stock,
+                rules.title,
+            ],
+        )
+        self.redis.sadd(self.keys.live_deals, rules.deal_id)
+        return bool(created)
+
+    def set_window(self, deal_id: int, *, status: str, open_ms: int | None = None, close_ms: int | None = None) -> None:
+        """Change a loaded deal's status or window (admin open/close); takes effect at once."""
+        fields: dict[str, str | int] = {"status": status}
+        if open_ms is not None:
+            fields["open_ms"] = open_ms
+        if close_ms is not None:
+            fields["close_ms"] = close_ms
+        self.redis.hset(self.keys.deal(deal_id).state, mapping=fields)
+
+    def live(self, deal_id: int) -> LiveDeal | None:
+        """Read a deal's rules and remaining stock from Redis, or None if not loaded."""
+        k = self.keys.deal(deal_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(k.state)
+        pipe.get(k.stock)
+        state, stock = pipe.execute()
+        if not state:
+            return None
+        return LiveDeal(_rules(deal_id, state), int(stock or 0))
+
+    def remaining(self, deal_ids: list[int]) -> dict[int, int | None]:
+        """Remaining stock of several deals in one round trip (None where not loaded)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            pipe.get(self.keys.deal(deal_id).stock)
+        return {d: (int(v) if v is not None else None) for d, v in zip(deal_ids, pipe.execute(), strict=False)}
+
+    def live_deal_ids(self) -> list[int]:
+        """Ids of deals whose gate is loaded."""
+        return sorted(int(x) for x in self.redis.smembers(self.keys.live_deals))
+
+    def find_order(self, order_id: str, deal_ids: list[int] | None = None) -> LiveOrder | None:
+        """Look an order up in the live deals' order records (one pipelined round trip)."""
+        ids = self.live_deal_ids() if deal_ids is None else deal_ids
+        if not ids:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for deal_id in ids:
+            pipe.hget(self.keys.deal(deal_id).orders, order_id)
+        for deal_id, rec in zip(ids, pipe.execute(), strict=False):
+            if rec:
+                return parse_order_record(order_id, deal_id, rec)
+        return None
+
+    def unload(self, deal_id: int) -> None:
+        """Forget a deal's gate entirely (tests, finished deals after archiving)."""
+        k = self.keys.deal(deal_id)
+        self.redis.delete(k.state, k.stock, k.buyers, k.idem, k.orders, k.outbox, k.kick)
+        self.redis.srem(self.keys.live_deals, deal_id)
+
+
+def parse_order_record(order_id: str, deal_id: int, rec: str) -> LiveOrder:
+    """Parse ``user|qty|price|admitted_ms|status`` as written by ``admit.lua``."""
+    user, qty, price, ts, status = rec.split("|")
+    return LiveOrder(
+        order_id=order_id,
+        deal_id=deal_id,
+        user_id=int(user),
+        quantity=int(qty),
+        unit_price=Decimal(price),
+        admitted_at=ms_to_dt(int(ts)),
+        canceled=status == "canceled",
+    )
+
+
+def _rules(deal_id: int, state: dict[str, str]) -> DealRules:
+    return DealRules(
+        deal_id=deal_id,
+        status=state["status"],
+        open_ms=int(state["open_ms"]),
+        close_ms=int(state["close_ms"]),
+        limit=int(state["limit"]),
+        price=Decimal(state["price"]),
+        total=int(state["total"]),
+        title=state.get("title", ""),
+    )

@@ -1,0 +1,83 @@
+"""Redis key builders: the only place key names are spelled.
+
+Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script touches one
+Redis Cluster slot and the gate runs unchanged on a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DealKeys:
+    """The keys of one deal, all in one cluster slot."""
+
+    state: str  # hash: status, open_ms, close_ms, limit, price, total, title
+    stock: str  # integer: remaining stock (the gate)
+    buyers: str  # hash: user id -> quantity bought
+    idem: str  # hash: "user:key" -> "order_id:quantity"
+    orders: str  # hash: order id -> "user|qty|price|admitted_ms|status"
+    outbox: str  # stream: orders and cancels waiting to be persisted
+    kick: str  # short-lived flag: a drain task is already on its way
+
+    def gate_keys(self) -> list[str]:
+        """KEYS for the admission and cancel scripts, in the order the scripts expect."""
+        return [self.state, self.stock, self.buyers, self.idem, self.orders, self.outbox, self.kick]
+
+
+class Keys:
+    """Key builder bound to a prefix (tests use their own prefix)."""
+
+    def __init__(self, prefix: str = "fd:") -> None:
+        self.prefix = prefix
+
+    def deal(self, deal_id: int) -> DealKeys:
+        """All the gate keys of one deal."""
+        tag = f"{self.prefix}{{deal:{int(deal_id)}}}"
+        return DealKeys(
+            state=f"{tag}:state",
+            stock=f"{tag}:stock",
+            buyers=f"{tag}:buyers",
+            idem=f"{tag}:idem",
+            orders=f"{tag}:orders",
+            outbox=f"{tag}:outbox",
+            kick=f"{tag}:kick",
+        )
+
+    @property
+    def live_deals(self) -> str:
+        """Set of deal ids whose gate is loaded in Redis."""
+        return f"{self.prefix}deals:live"
+
+    @property
+    def session_prefix(self) -> str:
+        """Prefix of Flask-Session records."""
+        return f"{self.prefix}session:"
+
+    @property
+    def ratelimit_prefix(self) -> str:
+        """Prefix of Flask-Limiter counters."""
+        return f"{self.prefix}rl"
+
+    def deal_cache(self, deal_id: int) -> str:
+        """Cached JSON of one deal's static fields."""
+        return f"{self.prefix}cache:deal:{int(deal_id)}"
+
+    @property
+    def deal_list_version(self) -> str:
+        """Counter bumped whenever any deal changes; part of every list cache key."""
+        return f"{self.prefix}cache:deals:ver"
+
+    def deal_list_cache(self, version: int, status: str, page: int, per_page: int) -> str:
+        """Cached JSON of one page of the deal list."""
+        return f"{self.prefix}cache:deals:{version}:{status}:{page}:{per_page}"
+
+    def cache_lock(self, key: str) -> str:
+        """Rebuild lock for a cache key (one rebuild, not a stampede)."""
+        return f"{key}:lock"
+
+    @property
+    def drain_group(self) -> str:
+        """Consumer group name of the persistence workers."""
+        return "persisters"

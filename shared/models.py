@@ -1,0 +1,128 @@
+"""Typed SQLAlchemy 2 models: users, products, deals, orders and the dead-letter store."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+USER_ROLES = ("buyer", "admin")
+DEAL_STATUSES = ("scheduled", "open", "sold_out", "ended")
+ORDER_STATUSES = ("accepted", "confirmed", "canceled", "failed")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all tables."""
+
+
+class User(Base):
+    """A buyer or an admin."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", USER_ROLES), name="ck_users_role"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16), default="buyer", server_default="buyer")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Product(Base):
+    """Something that can be put on a deal."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Deal(Base):
+    """A product on sale at a price, with a stock and a time window."""
+
+    __tablename__ = "deals"
+    __table_args__ = (
+        CheckConstraint("total_stock >= 1", name="ck_deals_stock"),
+        CheckConstraint("per_user_limit >= 1", name="ck_deals_limit"),
+        CheckConstraint("price > 0", name="ck_deals_price"),
+        CheckConstraint("ends_at > starts_at", name="ck_deals_window"),
+        CheckConstraint(_in("status", DEAL_STATUSES), name="ck_deals_status"),
+        Index("ix_deals_status_starts", "status", "starts_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="RESTRICT"))
+    title: Mapped[str] = mapped_column(String(200))
+    price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    total_stock: Mapped[int] = mapped_column(Integer)
+    per_user_limit: Mapped[int] = mapped_column(Integer)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="scheduled", server_default="scheduled")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    product: Mapped[Product] = relationship(lazy="joined")
+
+
+class Order(Base):
+    """An accepted order, persisted from the outbox; its id was made at admission."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="ck_orders_quantity"),
+        CheckConstraint("unit_price > 0", name="ck_orders_price"),
+        CheckConstraint(_in("status", ORDER_STATUSES), name="ck_orders_status"),
+        Index("ix_orders_user_admitted", "user_id", "admitted_at"),
+        Index("ix_orders_deal_status", "deal_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id", ondelete="RESTRICT"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    status: Mapped[str] = mapped_column(String(16))
+    admitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    persisted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DeadLetter(Base):
+    """An outbox entry the database refused, kept with its reason until retried or dropped."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    deal_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    entry_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, str]] = mapped_column(JSONB)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

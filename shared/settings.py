@@ -1,0 +1,116 @@
+"""Settings: one frozen object built from the environment, no I/O at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe for the chosen environment."""
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about flashdeal; see the README's configuration table."""
+
+    env: str = "development"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    secret_key: str = DEV_SECRET
+    key_prefix: str = "fd:"
+    session_idle_seconds: int = 1800
+    session_absolute_seconds: int = 86400
+    session_refresh_seconds: int = 60
+    session_cookie_secure: bool = False
+    ratelimit_enabled: bool = True
+    ratelimit_order: str = "30/second;600/minute"
+    ratelimit_order_ip: str = "2000/second"
+    ratelimit_login: str = "10/minute"
+    ratelimit_login_ip: str = "100/minute"
+    trusted_proxies: int = 0
+    deal_cache_ttl: int = 5
+    deal_load_ahead_seconds: int = 60
+    drain_batch_size: int = 1000
+    drain_claim_idle_ms: int = 10000
+    drain_kick_ms: int = 100
+    dlq_max_attempts: int = 3
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (``os.environ`` by default)."""
+        e = os.environ if env is None else env
+        redis_url = e.get("REDIS_URL") or cls.redis_url
+        return cls(
+            env=e.get("FLASHDEAL_ENV", cls.env),
+            database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
+            redis_url=redis_url,
+            celery_broker_url=e.get("CELERY_BROKER_URL") or redis_url,
+            secret_key=e.get("SECRET_KEY") or DEV_SECRET,
+            key_prefix=e.get("FLASHDEAL_KEY_PREFIX", cls.key_prefix),
+            session_idle_seconds=_int(e, "SESSION_IDLE_SECONDS", cls.session_idle_seconds),
+            session_absolute_seconds=_int(e, "SESSION_ABSOLUTE_SECONDS", cls.session_absolute_seconds),
+            session_refresh_seconds=_int(e, "SESSION_REFRESH_SECONDS", cls.session_refresh_seconds),
+            session_cookie_secure=_bool(e.get("SESSION_COOKIE_SECURE"), False),
+            ratelimit_enabled=_bool(e.get("RATELIMIT_ENABLED"), True),
+            ratelimit_order=e.get("RATELIMIT_ORDER", cls.ratelimit_order),
+            ratelimit_order_ip=e.get("RATELIMIT_ORDER_IP", cls.ratelimit_order_ip),
+            ratelimit_login=e.get("RATELIMIT_LOGIN", cls.ratelimit_login),
+            ratelimit_login_ip=e.get("RATELIMIT_LOGIN_IP", cls.ratelimit_login_ip),
+            trusted_proxies=_int(e, "TRUSTED_PROXIES", cls.trusted_proxies),
+            deal_cache_ttl=_int(e, "DEAL_CACHE_TTL", cls.deal_cache_ttl),
+            deal_load_ahead_seconds=_int(e, "DEAL_LOAD_AHEAD_SECONDS", cls.deal_load_ahead_seconds),
+            drain_batch_size=_int(e, "DRAIN_BATCH_SIZE", cls.drain_batch_size),
+            drain_claim_idle_ms=_int(e, "DRAIN_CLAIM_IDLE_MS", cls.drain_claim_idle_ms),
+            drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),
+            dlq_max_attempts=_int(e, "DLQ_MAX_ATTEMPTS", cls.dlq_max_attempts),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """Return a copy with some fields changed (tests, benchmarks)."""
+        return replace(self, **changes)
+
+    @property
+    def is_development(self) -> bool:
+        """True for the development and test environments."""
+        return self.env in {"development", "test"}
+
+    def check(self) -> Settings:
+        """Refuse unsafe settings outside development; returns self for chaining."""
+        if not self.is_development and (not self.secret_key or self.secret_key == DEV_SECRET):
+            raise ConfigError(
+                f"SECRET_KEY must be set to a long random value when FLASHDEAL_ENV={self.env!r} "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if not self.is_development and len(self.secret_key) < 24:
+            raise ConfigError("SECRET_KEY must be at least 24 characters outside development")
+        return self
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url

@@ -1,0 +1,33 @@
+"""The Flask web node: create_app(settings) builds one; nothing happens at import."""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from shared.settings import Settings
+from web.errors import register_error_handlers
+from web.services import Services
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build a web node from settings (from the environment when not given)."""
+    settings = (settings or Settings.from_env()).check()
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=settings.secret_key, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["flashdeal"] = Services.build(settings)
+    if settings.trusted_proxies > 0:
+        # Only trust X-Forwarded-For from our own load balancer(s).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]
+
+    from web import auth, health, openapi
+    from web.limits import init_limits
+    from web.sessions import init_sessions
+
+    init_sessions(app, settings)
+    init_limits(app, settings)
+    register_error_handlers(app)
+    for module in (health, auth, openapi):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,42 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from sqlalchemy import text
+
+from web.openapi import doc
+from web.schemas import HealthOut
+from web.services import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+@doc("The process is up", responses={200: HealthOut})
+def healthz() -> Any:
+    """Answer 200 while the process runs; touches nothing else."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+@doc("Redis and PostgreSQL are reachable", responses={200: HealthOut, 503: HealthOut})
+def readyz() -> Any:
+    """Answer 200 when Redis and PostgreSQL answer, 503 otherwise."""
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        svc.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready
+        checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        with svc.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return jsonify(status="ok" if ok else "unavailable", checks=checks), 200 if ok else 503

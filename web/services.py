@@ -1,0 +1,37 @@
+"""The per-process services a web node holds: settings, database, Redis, gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from shared.db import Database
+from shared.gate import Gate
+from shared.keys import Keys
+from shared.redis_client import text_client
+from shared.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once in create_app."""
+
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    keys: Keys
+    gate: Gate
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Create clients; nothing connects until first use."""
+        client = text_client(settings)
+        keys = Keys(settings.key_prefix)
+        return cls(settings, Database(settings), client, keys, Gate(client, keys, settings.drain_kick_ms))
+
+
+def services() -> Services:
+    """The current app's services."""
+    return current_app.extensions["flashdeal"]
