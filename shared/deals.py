@@ -195,3 +195,58 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
                     (report.sold_out if new == "sold_out" else report.opened).append(deal.id)
                     gate.set_window(deal.id, status="open")
     return report
+
+
+@dataclass(frozen=True)
+class DealStats:
+    """A deal's sale progress: the admin stats endpoint and ``deal stats`` show these fields."""
+
+    id: int
+    title: str
+    status: str
+    total_stock: int
+    remaining_stock: int
+    accepted: int  # orders admitted and still known: persisted, pending or dead-lettered
+    confirmed: int  # persisted and not canceled
+    canceled: int  # persisted as canceled
+    pending: int  # outbox entries not yet persisted (orders and cancels)
+    failed: int  # dead-lettered
+
+    def as_dict(self) -> dict[str, int | str]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
+    """Count a deal's orders by state (PostgreSQL) and read its live stock and outbox (Redis)."""
+    from shared.models import DeadLetter
+
+    with db.read() as s:
+        deal = get_deal(s, deal_id)
+        counts = dict(
+            s.execute(select(Order.status, func.count()).where(Order.deal_id == deal_id).group_by(Order.status)).all()
+        )
+        failed = int(s.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.deal_id == deal_id)) or 0)
+        sold = sold_quantity(s, deal_id)
+    k = gate.keys.deal(deal_id)
+    pipe = gate.redis.pipeline(transaction=False)
+    pipe.get(k.stock)
+    pipe.xlen(k.outbox)
+    stock, pending = pipe.execute()
+    live = gate.live(deal_id)
+    status = live.status_at(now_ms()) if live is not None else deal.status
+    remaining = int(stock) if stock is not None else deal.total_stock - sold
+    confirmed, canceled = int(counts.get("confirmed", 0)), int(counts.get("canceled", 0))
+    return DealStats(
+        id=deal.id,
+        title=deal.title,
+        status=status,
+        total_stock=deal.total_stock,
+        remaining_stock=remaining,
+        accepted=confirmed + canceled + failed + int(pending),
+        confirmed=confirmed,
+        canceled=canceled,
+        pending=int(pending),
+        failed=failed,
+    )
+
