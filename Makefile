@@ -14,10 +14,13 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@# Registers the `celery flashdeal` sub-command (celery.commands entry point).
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 ## up: install, find or start Redis and PostgreSQL, migrate, seed, run the stack (Ctrl-C stops it)
 up: venv
+	@$(PY) scripts/ensure_nginx.py
 	@eval "$$($(PY) scripts/ensure_services.py)"; \
 	$(PY) scripts/manage.py migrate; \
 	$(PY) scripts/manage.py seed; \

@@ -23,11 +23,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from web import auth, health, openapi
     from web.limits import init_limits
+    from web.metrics import init_metrics
     from web.sessions import init_sessions
 
     init_sessions(app, settings)
     init_limits(app, settings)
     register_error_handlers(app)
+    init_metrics(app)
     for module in (health, auth, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -1,0 +1,98 @@
+"""Prometheus metrics of a web node: requests and latency by endpoint, admissions by outcome.
+
+With several server worker processes per instance (granian ``--workers N``), each process
+only sees its own counters. prometheus-client's multiprocess mode fixes that: every process
+writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (one private, emptied directory per
+instance: ``scripts/proc`` sets it up) and ``/metrics`` adds up the files of all processes.
+Without the variable (tests, ``flask run``) the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shared.gate import Admission
+
+# Buckets sized for a path that answers in about a millisecond and must never take a second.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = Counter(
+    "flashdeal_http_requests_total",
+    "HTTP requests answered, by endpoint (URL rule), method and status.",
+    ["endpoint", "method", "status"],
+)
+LATENCY = Histogram(
+    "flashdeal_http_request_duration_seconds",
+    "Time from request start to response, by endpoint (URL rule) and method.",
+    ["endpoint", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+ADMISSIONS = Counter(
+    "flashdeal_admissions_total",
+    "Order attempts by gate outcome (accepted, sold_out, limit_exceeded, deal_not_open, ...).",
+    ["outcome"],
+)
+
+bp = Blueprint("metrics", __name__)
+
+
+def record_admission(outcome: str) -> None:
+    """Count one order attempt by outcome; the order view calls this once per attempt."""
+    ADMISSIONS.labels(outcome=str(outcome)).inc()
+
+
+def _endpoint_label() -> str:
+    """The matched URL rule (``/api/deals/<int:deal_id>``), never the raw path: bounded label values."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def _before() -> None:
+    g._metrics_start = time.perf_counter()
+
+
+def _after(response: Response) -> Response:
+    start = g.pop("_metrics_start", None)
+    if start is not None:
+        endpoint, method = _endpoint_label(), request.method
+        LATENCY.labels(endpoint, method).observe(time.perf_counter() - start)
+        REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
+    return response
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: all processes' files in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A fresh registry per scrape, as prometheus-client's multiprocess docs prescribe.
+        reg = CollectorRegistry()
+        MultiProcessCollector(reg)
+        return reg
+    return REGISTRY
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition of this instance (all its server processes)."""
+    return Response(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def init_metrics(app: Flask) -> None:
+    """Time and count every request and serve ``/metrics``."""
+    for outcome in Admission:
+        # Pre-create the series so dashboards and rate() see zeros rather than gaps.
+        ADMISSIONS.labels(outcome=outcome.value)
+    app.before_request(_before)
+    app.after_request(_after)
+    app.register_blueprint(bp)
