@@ -72,6 +72,7 @@ def run() -> None:
                 f"  Flower                http://127.0.0.1:5555  (user {user!r}, password {password!r})",
                 f"  demo admin            {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]}",
                 f"  demo buyer            {DEMO_BUYER[0]} / {DEMO_BUYER[1]}",
+                "  metrics               http://127.0.0.1:8001/metrics (web, also :8002 :8003)  :9101 :9102 (workers)",
                 "  Ctrl-C stops everything.",
                 "",
             ]
@@ -80,7 +81,10 @@ def run() -> None:
     )
     os.chdir(ROOT)
     venv_bin = str(ROOT / ".venv" / "bin")
-    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    # /usr/sbin: where Debian puts nginx, often missing from a non-root PATH.
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", ""), "/usr/sbin"])
+    # The web nodes sit behind exactly one trusted hop, our nginx: take the client IP from it.
+    env.setdefault("TRUSTED_PROXIES", "1")
     os.execvpe(str(ROOT / ".venv" / "bin" / "honcho"), ["honcho", "start", "-f", "Procfile"], env)
 
 
