@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.gate import DealRules, Gate, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
@@ -107,7 +108,7 @@ def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
     """Fetch a deal or raise DealNotFound."""
     stmt = select(Deal).where(Deal.id == deal_id)
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(of=Deal)
     deal = session.scalar(stmt)
     if deal is None:
         raise DealNotFound(f"deal {deal_id} does not exist")
@@ -129,6 +130,7 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         load_deal(s, gate, deal)
         # Rules are re-written in full (load never touches live stock), so the window moves too.
         gate.set_window(deal.id, status="open", open_ms=dt_to_ms(deal.starts_at))
+    invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
 
@@ -144,6 +146,7 @@ def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         # closed in Redis but not in PostgreSQL, and the next tick re-closes it (safe side).
         if gate.live(deal.id) is not None:
             gate.set_window(deal.id, status="ended", close_ms=min(now_ms(), dt_to_ms(deal.ends_at)))
+    invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
 
@@ -174,7 +177,9 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
     horizon = now + timedelta(seconds=load_ahead_seconds)
     with db.transaction() as s:
         deals = s.scalars(
-            select(Deal).where(Deal.status != "ended", Deal.starts_at <= horizon).with_for_update(skip_locked=True)
+            select(Deal)
+            .where(Deal.status != "ended", Deal.starts_at <= horizon)
+            .with_for_update(skip_locked=True, of=Deal)
         ).all()
         live_ids = set(gate.live_deal_ids())
         stocks = gate.remaining([d.id for d in deals])
@@ -194,6 +199,9 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
                     deal.status = new
                     (report.sold_out if new == "sold_out" else report.opened).append(deal.id)
                     gate.set_window(deal.id, status="open")
+    # Cached deal data shows the state PostgreSQL holds: drop it for every deal that moved.
+    for deal_id in {*report.opened, *report.sold_out, *report.ended}:
+        invalidate_deal(gate.redis, gate.keys, deal_id)
     return report
 
 
@@ -206,10 +214,10 @@ class DealStats:
     status: str
     total_stock: int
     remaining_stock: int
-    accepted: int  # orders admitted and still known: persisted, pending or dead-lettered
+    accepted: int  # orders the gate admitted (canceled ones included)
     confirmed: int  # persisted and not canceled
     canceled: int  # persisted as canceled
-    pending: int  # outbox entries not yet persisted (orders and cancels)
+    pending: int  # outbox entries (orders and cancels) not yet persisted
     failed: int  # dead-lettered
 
     def as_dict(self) -> dict[str, int | str]:
@@ -232,7 +240,8 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
     pipe = gate.redis.pipeline(transaction=False)
     pipe.get(k.stock)
     pipe.xlen(k.outbox)
-    stock, pending = pipe.execute()
+    pipe.hlen(k.orders)
+    stock, pending, admitted = pipe.execute()
     live = gate.live(deal_id)
     status = live.status_at(now_ms()) if live is not None else deal.status
     remaining = int(stock) if stock is not None else deal.total_stock - sold
@@ -243,10 +252,10 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         status=status,
         total_stock=deal.total_stock,
         remaining_stock=remaining,
-        accepted=confirmed + canceled + failed + int(pending),
+        # The gate's order records count every admission, even one whose entry is still in flight.
+        accepted=int(admitted) if stock is not None else confirmed + canceled + failed,
         confirmed=confirmed,
         canceled=canceled,
         pending=int(pending),
         failed=failed,
     )
-

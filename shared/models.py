@@ -87,7 +87,7 @@ class Deal(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
 
-    product: Mapped[Product] = relationship(lazy="joined")
+    product: Mapped[Product] = relationship(lazy="joined", innerjoin=True)
 
 
 class Order(Base):

@@ -1,0 +1,56 @@
+"""Read-through deal cache in Redis: short TTL, explicit invalidation, one rebuild per miss."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from shared.keys import Keys
+
+LOCK_MS = 2000
+WAIT_STEP_S = 0.005
+
+
+def invalidate_deal(client: redis.Redis, keys: Keys, deal_id: int) -> None:
+    """Drop a deal's cached detail and every cached list page (by bumping the list version)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(keys.deal_cache(deal_id))
+    pipe.incr(keys.deal_list_version)
+    pipe.execute()
+
+
+def read_through(
+    client: redis.Redis, keys: Keys, key: str, ttl: int, build: Callable[[], Any], cached: str | None = None
+) -> Any:
+    """Return the JSON cached at key, or build it once and cache it for ttl seconds.
+
+    Many simultaneous misses cause one rebuild: the first caller takes a short lock (SET NX PX)
+    and builds; the others wait for its value instead of all querying PostgreSQL at once. A
+    caller that waits longer than the lock builds for itself, so a crashed builder never blocks.
+    ``cached`` lets a caller pass a value it already fetched in a pipeline.
+    """
+    if cached is None:
+        cached = client.get(key)
+    if cached is not None:
+        return json.loads(cached)
+    lock = keys.cache_lock(key)
+    if client.set(lock, "1", nx=True, px=LOCK_MS):
+        try:
+            value = build()
+            client.set(key, json.dumps(value, default=str), ex=ttl)
+            return value
+        finally:
+            client.delete(lock)
+    deadline = time.monotonic() + LOCK_MS / 1000
+    while time.monotonic() < deadline:
+        time.sleep(WAIT_STEP_S)
+        cached = client.get(key)
+        if cached is not None:
+            return json.loads(cached)
+        if not client.exists(lock):
+            break
+    return build()

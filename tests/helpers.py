@@ -1,0 +1,69 @@
+"""Test helpers: fast users, deals loaded into the gate, logged-in clients."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import insert
+
+from shared.accounts import hash_password
+from shared.db import Database
+from shared.deals import NewDeal, create_deal, load_deal
+from shared.gate import Gate
+from shared.models import Deal, User
+
+PASSWORD = "correct-horse-9"
+_HASH = hash_password(PASSWORD)
+
+
+def make_users(db: Database, n: int, role: str = "buyer") -> list[int]:
+    """Insert n users sharing one password hash (argon2 per user would dominate test time)."""
+    tag = uuid.uuid4().hex[:10]
+    rows = [
+        {"email": f"b{i}-{tag}@example.com", "password_hash": _HASH, "name": f"B{i}", "role": role} for i in range(n)
+    ]
+    with db.transaction() as s:
+        return list(s.scalars(insert(User).returning(User.id), rows))
+
+
+def email_of(db: Database, user_id: int) -> str:
+    """The email of a user id."""
+    with db.read() as s:
+        return s.get(User, user_id).email  # type: ignore[union-attr]
+
+
+def make_deal(
+    db: Database,
+    gate: Gate | None,
+    *,
+    stock: int = 100,
+    limit: int = 1,
+    price: str = "9.99",
+    starts_in: float = -1,
+    lasts: float = 3600,
+    status: str | None = None,
+    title: str | None = None,
+) -> Deal:
+    """Create a deal starting ``starts_in`` seconds from now; load it into the gate when given one."""
+    now = datetime.now(UTC)
+    with db.transaction() as s:
+        deal = create_deal(
+            s,
+            NewDeal(
+                title=title or f"Deal {uuid.uuid4().hex[:6]}",
+                price=Decimal(price),
+                stock=stock,
+                per_user_limit=limit,
+                starts_at=now + timedelta(seconds=starts_in),
+                ends_at=now + timedelta(seconds=starts_in + lasts),
+            ),
+        )
+        if status:
+            deal.status = status
+        elif starts_in <= 0:
+            deal.status = "open"
+        if gate is not None:
+            load_deal(s, gate, deal)
+    return deal

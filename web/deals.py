@@ -1,0 +1,121 @@
+"""Buyer deal API: list and detail, cached in Redis, remaining stock read live from the gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from sqlalchemy import select
+
+from shared.cache import read_through
+from shared.deals import sold_quantity
+from shared.gate import DealRules, LiveDeal, dt_to_ms, now_ms
+from shared.models import Deal
+from web.errors import ApiError
+from web.openapi import doc
+from web.schemas import DealListQuery, DealOut, DealPage
+from web.services import Services, services
+from web.validation import parse_query
+
+bp = Blueprint("deals", __name__, url_prefix="/api")
+
+LIST_LIMIT = 500  # deals kept in the cached list (newest first); a flash-sale site runs few at once
+
+
+def static_view(deal: Deal, sold: int) -> dict[str, Any]:
+    """The cacheable part of a deal (everything but the live stock and status)."""
+    return {
+        "id": deal.id,
+        "title": deal.title,
+        "product": deal.product.name,
+        "description": deal.product.description,
+        "price": f"{deal.price:.2f}",
+        "total_stock": deal.total_stock,
+        "per_user_limit": deal.per_user_limit,
+        "starts_at": deal.starts_at.isoformat(),
+        "ends_at": deal.ends_at.isoformat(),
+        "db_status": deal.status,
+        "open_ms": dt_to_ms(deal.starts_at),
+        "close_ms": dt_to_ms(deal.ends_at),
+        # Used only while the deal is not loaded in Redis (far-future or archived deals).
+        "unloaded_remaining": deal.total_stock - sold,
+    }
+
+
+def _static_rules(view: dict[str, Any]) -> DealRules:
+    status = "ended" if view["db_status"] == "ended" else "open"
+    return DealRules(view["id"], status, view["open_ms"], view["close_ms"], view["per_user_limit"], 0, 0, "")
+
+
+def live_view(view: dict[str, Any], remaining: int | None, rules: DealRules | None = None) -> dict[str, Any]:
+    """Combine the cached static view with the live stock into the API's DealOut shape."""
+    if remaining is None:
+        remaining = view["unloaded_remaining"]
+    live = LiveDeal(rules or _static_rules(view), remaining)
+    out = {k: v for k, v in view.items() if k not in ("db_status", "open_ms", "close_ms", "unloaded_remaining")}
+    out["remaining_stock"] = max(remaining, 0)
+    out["status"] = live.status_at(now_ms())
+    return out
+
+
+def _build_detail(svc: Services, deal_id: int) -> dict[str, Any] | None:
+    with svc.db.read() as s:
+        deal = s.get(Deal, deal_id)
+        if deal is None:
+            return None
+        return static_view(deal, sold_quantity(s, deal_id))
+
+
+def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
+    """One deal for buyers: cache and live state in one Redis round trip; PostgreSQL only on a miss."""
+    key = svc.keys.deal_cache(deal_id)
+    k = svc.keys.deal(deal_id)
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.hmget(k.state, "status", "open_ms", "close_ms")
+    pipe.get(k.stock)
+    cached, state, stock = pipe.execute()
+    view = read_through(
+        svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_detail(svc, deal_id), cached
+    )
+    if view is None:
+        raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
+    rules = None
+    if state[0] is not None:
+        # The live window wins over the cached one: an admin open/close shows at once.
+        rules = DealRules(deal_id, state[0], int(state[1]), int(state[2]), view["per_user_limit"], 0, 0, "")
+    return live_view(view, int(stock) if stock is not None else None, rules)
+
+
+def _build_list(svc: Services) -> list[dict[str, Any]]:
+    with svc.db.read() as s:
+        deals = s.scalars(select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)).all()
+        ended = [d.id for d in deals if d.status == "ended"]
+        sold = {d: sold_quantity(s, d) for d in ended}
+        return [static_view(d, sold.get(d.id, 0)) for d in deals]
+
+
+@bp.get("/deals")
+@doc("List deals (filter by status, paged)", query=DealListQuery, responses={200: DealPage, 422: None})
+def list_deals() -> Any:
+    """List deals with live stock and status; ``status=active`` means scheduled or open."""
+    q = parse_query(DealListQuery)
+    svc = services()
+    version = int(svc.redis.get(svc.keys.deal_list_version) or 0)
+    key = svc.keys.deal_list_cache(version, "all", 0, LIST_LIMIT)
+    views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc))
+    stocks = svc.gate.remaining([v["id"] for v in views])
+    items = [live_view(v, stocks.get(v["id"])) for v in views]
+    if q.status == "active":
+        items = [i for i in items if i["status"] in ("scheduled", "open")]
+    elif q.status != "all":
+        items = [i for i in items if i["status"] == q.status]
+    start = (q.page - 1) * q.per_page
+    return jsonify(items=items[start : start + q.per_page], page=q.page, per_page=q.per_page, total=len(items))
+
+
+@bp.get("/deals/<int:deal_id>")
+@doc("One deal with its live remaining stock", responses={200: DealOut, 404: None})
+def get_deal(deal_id: int) -> Any:
+    """Deal detail; touches no PostgreSQL on a cache hit."""
+    return jsonify(deal_detail(services(), deal_id))

@@ -1,0 +1,202 @@
+"""Order API: admission through the Lua gate (no PostgreSQL), order lookup, my orders, cancel."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+
+from shared.gate import Admission, Cancellation, LiveOrder, ms_to_dt
+from shared.models import DeadLetter, Order
+from web.errors import ApiError
+from web.kick import kick_drain
+from web.limits import limiter, order_ip_limit, order_user_limit, user_key
+from web.openapi import doc
+from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
+from web.services import Services, services
+from web.sessions import current_role, login_required, require_user
+from web.validation import parse_body
+
+bp = Blueprint("orders", __name__, url_prefix="/api")
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+SOLD_OUT_TTL_S = 0.2
+MY_ORDERS_LIMIT = 200
+OUTBOX_SCAN_LIMIT = 10_000
+
+# Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a
+# moment. Only requests without an Idempotency-Key use it (a replay must find its order).
+_sold_out_until: dict[int, float] = {}
+
+_CONFLICTS = {
+    Admission.SOLD_OUT: "This deal is sold out.",
+    Admission.LIMIT_EXCEEDED: "You have reached the per-user limit for this deal.",
+    Admission.DEAL_NOT_OPEN: "This deal is not open for orders.",
+}
+
+
+def _accepted(order_id: str, deal_id: int, quantity: int) -> Any:
+    return jsonify(order_id=order_id, status="accepted", deal_id=deal_id, quantity=quantity), 202
+
+
+@bp.post("/deals/<int:deal_id>/orders")
+@login_required
+@limiter.limit(order_user_limit, key_func=user_key)
+@limiter.limit(order_ip_limit)
+@doc(
+    "Place an order (Idempotency-Key header optional)",
+    body=OrderIn,
+    responses={202: OrderAccepted, 401: None, 409: None, 422: None, 429: None},
+    auth="session",
+)
+def place_order(deal_id: int) -> Any:
+    """Admit an order through the gate; 202 with the order id, 409 when refused."""
+    user_id = require_user()
+    body = parse_body(OrderIn)
+    idem = request.headers.get("Idempotency-Key", "")
+    if idem and not IDEMPOTENCY_KEY.match(idem):
+        raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
+    if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
+        raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
+    svc = services()
+    result = svc.gate.admit(deal_id, user_id, body.quantity, str(uuid.uuid4()), idem)
+    outcome = result.outcome
+    if outcome in (Admission.ACCEPTED, Admission.REPLAY):
+        if result.kick:
+            kick_drain(deal_id)
+        return _accepted(result.order_id, deal_id, body.quantity)
+    if outcome is Admission.SOLD_OUT and result.remaining <= 0:
+        _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
+    if outcome is Admission.IDEMPOTENCY_MISMATCH:
+        raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
+    if outcome is Admission.QUANTITY_ABOVE_LIMIT:
+        raise ApiError(422, "invalid", "quantity: above this deal's per-user limit")
+    if outcome is Admission.DEAL_NOT_OPEN and not _deal_exists(svc, deal_id):
+        raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
+    raise ApiError(409, outcome.value, _CONFLICTS[outcome])
+
+
+def _deal_exists(svc: Services, deal_id: int) -> bool:
+    """Off the hot path: only asked when the gate knows nothing of the deal."""
+    from web.deals import deal_detail
+
+    try:
+        deal_detail(svc, deal_id)
+    except ApiError:
+        return False
+    return True
+
+
+def _parse_order_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, "not_found", "No such order.") from None
+
+
+def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
+    oid = order.order_id if isinstance(order, LiveOrder) else str(order.id)
+    return OrderOut(
+        order_id=oid,
+        deal_id=order.deal_id,
+        user_id=order.user_id,
+        quantity=order.quantity,
+        unit_price=f"{order.unit_price:.2f}",
+        status=status,  # type: ignore[arg-type]
+        admitted_at=order.admitted_at,
+    ).model_dump(mode="json")
+
+
+def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder | None] | None:
+    """Merge the gate's record (accepted / canceled) with PostgreSQL's (confirmed / canceled / failed)."""
+    live = svc.gate.find_order(order_id)
+    with svc.db.read() as s:
+        row = s.get(Order, uuid.UUID(order_id))
+        dead = (
+            None if row is not None else s.scalar(select(DeadLetter).where(DeadLetter.order_id == uuid.UUID(order_id)))
+        )
+    if row is not None:
+        # A cancel is recorded in Redis first and reaches PostgreSQL through the outbox.
+        status = "canceled" if (live is not None and live.canceled) else row.status
+        return _order_out(row, status), live
+    if live is not None:
+        status = "canceled" if live.canceled else ("failed" if dead is not None else "accepted")
+        return _order_out(live, status), live
+    return None
+
+
+def _visible(view: dict[str, Any]) -> bool:
+    return current_role() == "admin" or view["user_id"] == require_user()
+
+
+@bp.get("/orders/<order_id>")
+@login_required
+@doc("One order (owner or admin)", responses={200: OrderOut, 401: None, 404: None}, auth="session")
+def get_order(order_id: str) -> Any:
+    """An order, whether still in the outbox (accepted) or persisted (confirmed)."""
+    found = find_order(services(), _parse_order_id(order_id))
+    if found is None or not _visible(found[0]):
+        raise ApiError(404, "not_found", "No such order.")
+    return jsonify(found[0])
+
+
+@bp.get("/orders")
+@login_required
+@doc("My orders, newest first", responses={200: OrderList, 401: None}, auth="session")
+def my_orders() -> Any:
+    """The user's persisted orders plus those still waiting in a live deal's outbox."""
+    svc = services()
+    user_id = require_user()
+    with svc.db.read() as s:
+        rows = s.scalars(
+            select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_LIMIT)
+        ).all()
+    items = {str(r.id): _order_out(r, r.status) for r in rows}
+    for deal_id in svc.gate.live_deal_ids():
+        entries = svc.redis.xrange(svc.keys.deal(deal_id).outbox, count=OUTBOX_SCAN_LIMIT)
+        for _entry_id, f in entries:
+            if f.get("u") != str(user_id):
+                continue
+            canceled = f.get("t") == "c"
+            if f["id"] in items and not canceled:
+                continue
+            live = LiveOrder(f["id"], deal_id, user_id, int(f["q"]), Decimal(f["p"]), ms_to_dt(int(f["ts"])), canceled)
+            items[f["id"]] = _order_out(live, "canceled" if canceled else "accepted")
+    ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
+    return jsonify(items=ordered[:MY_ORDERS_LIMIT])
+
+
+@bp.post("/orders/<order_id>/cancel")
+@login_required
+@doc(
+    "Cancel an order while its deal is open", responses={200: OrderOut, 401: None, 404: None, 409: None}, auth="session"
+)
+def cancel_order(order_id: str) -> Any:
+    """Give the stock back exactly once; cancelling again changes nothing."""
+    svc = services()
+    oid = _parse_order_id(order_id)
+    found = find_order(svc, oid)
+    if found is None or not _visible(found[0]):
+        raise ApiError(404, "not_found", "No such order.")
+    view, live = found
+    if view["status"] == "canceled":
+        return jsonify(view)
+    if view["status"] == "failed":
+        raise ApiError(409, "order_failed", "This order failed to persist; an admin handles it.")
+    if live is None:
+        raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
+    result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=current_role() == "admin")
+    if result.outcome is Cancellation.NOT_FOUND:
+        raise ApiError(404, "not_found", "No such order.")
+    if result.outcome is Cancellation.DEAL_NOT_OPEN:
+        raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
+    if result.kick:
+        kick_drain(live.deal_id)
+    _sold_out_until.pop(live.deal_id, None)
+    view["status"] = "canceled"
+    return jsonify(view)
