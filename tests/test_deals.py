@@ -1,0 +1,203 @@
+"""Deals: admin management, validation, roles, the Redis cache and live stock."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from sqlalchemy import event
+
+from tests.helpers import PASSWORD, email_of, make_deal, make_users
+
+
+def _iso(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def _login(app, db, role: str = "buyer"):
+    (uid,) = make_users(db, 1, role=role)
+    c = app.test_client()
+    assert c.post("/api/auth/login", json={"email": email_of(db, uid), "password": PASSWORD}).status_code == 200
+    return c
+
+
+@contextmanager
+def count_deal_queries(engine) -> Iterator[list[str]]:
+    """Record SQL statements that read the deals table."""
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def before(conn, cursor, statement, params, context, executemany) -> None:
+        if "FROM deals" in statement:
+            with lock:
+                seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def _deal_body(**over) -> dict:
+    body = {
+        "title": "Lamp",
+        "price": "19.90",
+        "stock": 10,
+        "per_user_limit": 2,
+        "starts_at": _iso(-1),
+        "ends_at": _iso(3600),
+    }
+    body.update(over)
+    return body
+
+
+BAD_DEALS = [
+    ({"ends_at": _iso(-10)}, "ends_at"),
+    ({"starts_at": _iso(100), "ends_at": _iso(50)}, "ends_at"),
+    ({"stock": 0}, "stock"),
+    ({"stock": "ten"}, "stock"),
+    ({"per_user_limit": 0}, "per_user_limit"),
+    ({"price": 0}, "price"),
+    ({"price": "-1"}, "price"),
+    ({"price": "abc"}, "price"),
+    ({"price": True}, "price"),
+    ({"starts_at": "2026-12-01T10:00:00"}, "starts_at"),
+    ({"starts_at": "tomorrow"}, "starts_at"),
+    ({"title": ""}, "title"),
+    ({"title": "t" * 201}, "title"),
+    ({"colour": "red"}, "colour"),
+    ({"product_id": 99999999}, "product_id"),
+]
+
+
+@pytest.mark.parametrize(("over", "field"), BAD_DEALS)
+def test_admin_create_validation(app, db, over, field) -> None:
+    c = _login(app, db, "admin")
+    r = c.post("/api/admin/deals", json=_deal_body(**over))
+    assert r.status_code == 422, r.json
+    assert field in r.json["error"]["message"]
+
+
+def test_roles(app, db, client) -> None:
+    buyer = _login(app, db)
+    deal = make_deal(db, app.extensions["flashdeal"].gate)
+    for path, body in [
+        ("/api/admin/deals", _deal_body()),
+        (f"/api/admin/deals/{deal.id}/open", None),
+        (f"/api/admin/deals/{deal.id}/close", None),
+    ]:
+        assert client.post(path, json=body).status_code == 401
+        r = buyer.post(path, json=body)
+        assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
+    assert buyer.get(f"/api/admin/deals/{deal.id}/stats").status_code == 403
+    assert client.get(f"/api/admin/deals/{deal.id}/stats").status_code == 401
+
+
+def test_create_open_close_stats(app, db) -> None:
+    admin = _login(app, db, "admin")
+    r = admin.post("/api/admin/deals", json=_deal_body(starts_at=_iso(600), ends_at=_iso(1200)))
+    assert r.status_code == 201
+    deal = r.json
+    assert deal["status"] == "scheduled" and deal["remaining_stock"] == 10 and deal["price"] == "19.90"
+    buyer = _login(app, db)
+    assert buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 1}).json["error"]["code"] == "deal_not_open"
+    assert admin.post(f"/api/admin/deals/{deal['id']}/open").json["status"] == "open"
+    assert buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 2}).status_code == 202
+    stats = admin.get(f"/api/admin/deals/{deal['id']}/stats").json
+    assert stats == {
+        "id": deal["id"],
+        "title": "Lamp",
+        "status": "open",
+        "total_stock": 10,
+        "remaining_stock": 8,
+        "accepted": 1,
+        "confirmed": 0,
+        "canceled": 0,
+        "pending": 1,
+        "failed": 0,
+    }
+    assert admin.post(f"/api/admin/deals/{deal['id']}/close").json["status"] == "ended"
+    r = buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 1})
+    assert r.status_code == 409 and r.json["error"]["code"] == "deal_not_open"
+    r = admin.post(f"/api/admin/deals/{deal['id']}/open")
+    assert r.status_code == 409
+    assert admin.post("/api/admin/deals/987654321/open").status_code == 404
+    assert admin.get("/api/admin/deals/987654321/stats").status_code == 404
+
+
+def test_list_filter_and_paging(app, db) -> None:
+    gate = app.extensions["flashdeal"].gate
+    tag = uuid.uuid4().hex[:6]
+    opened = [make_deal(db, gate, title=f"open-{tag}-{i}") for i in range(3)]
+    later = make_deal(db, gate, starts_in=3000, title=f"later-{tag}")
+    c = app.test_client()
+    items = c.get("/api/deals?status=open&per_page=100").json["items"]
+    ids = {i["id"] for i in items}
+    assert {d.id for d in opened} <= ids and later.id not in ids
+    assert later.id in {i["id"] for i in c.get("/api/deals?status=scheduled&per_page=100").json["items"]}
+    page = c.get("/api/deals?per_page=2&page=1").json
+    assert len(page["items"]) == 2 and page["total"] >= 4
+    for bad in ("status=nope", "page=0", "per_page=1000", "page=x", "foo=1"):
+        r = c.get(f"/api/deals?{bad}")
+        assert r.status_code == 422, bad
+    assert c.get("/api/deals/123456789").status_code == 404
+
+
+def test_detail_cache_hit_touches_no_postgres_and_stock_is_live(app, db) -> None:
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=5)
+    c = app.test_client()
+    assert c.get(f"/api/deals/{deal.id}").json["remaining_stock"] == 5  # fills the cache
+    (user,) = make_users(db, 1)
+    with count_deal_queries(svc.db.engine) as queries:
+        for expected in (4, 3, 2):
+            svc.gate.admit(deal.id, user, 1, str(uuid.uuid4()))
+            r = c.get(f"/api/deals/{deal.id}").json
+            assert r["remaining_stock"] == expected
+        svc.gate.admit(deal.id, user, 2, str(uuid.uuid4()))
+        assert c.get(f"/api/deals/{deal.id}").json["status"] == "sold_out"
+        assert c.get("/api/deals?per_page=100").status_code == 200
+        assert c.get("/api/deals?per_page=100").status_code == 200
+    assert len(queries) <= 1, queries  # only the first list build may query
+
+
+def test_many_simultaneous_misses_rebuild_once(app, db) -> None:
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate)
+    svc.redis.delete(svc.keys.deal_cache(deal.id))
+    barrier = threading.Barrier(16)
+
+    def get(_):
+        barrier.wait()
+        return app.test_client().get(f"/api/deals/{deal.id}").status_code
+
+    with count_deal_queries(svc.db.engine) as queries, ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(get, range(16)))
+    assert codes == [200] * 16
+    assert len(queries) == 1, f"{len(queries)} rebuilds"
+
+
+def test_admin_change_seen_by_every_web_instance(web_server, db) -> None:
+    a, b = web_server(), web_server()
+    (admin_id,) = make_users(db, 1, role="admin")
+    (buyer_id,) = make_users(db, 1)
+    admin, buyer = requests.Session(), requests.Session()
+    admin.post(a.url + "/api/auth/login", json={"email": email_of(db, admin_id), "password": PASSWORD})
+    buyer.post(b.url + "/api/auth/login", json={"email": email_of(db, buyer_id), "password": PASSWORD})
+    deal = admin.post(a.url + "/api/admin/deals", json=_deal_body(starts_at=_iso(900), ends_at=_iso(1800))).json()
+    assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "scheduled"  # B caches it
+    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/open")
+    assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "open"
+    assert buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1}).status_code == 202
+    assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["remaining_stock"] == 9
+    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/close")
+    assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "ended"
+    r = buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "deal_not_open"
