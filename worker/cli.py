@@ -1,0 +1,433 @@
+"""Admin commands as a Celery sub-command: ``celery -A worker flashdeal ...``.
+
+Registered through the ``celery.commands`` entry point in pyproject.toml. Every command uses
+the same shared functions as the admin API, so the CLI and the API cannot disagree. Errors
+are one line and an exit code (2: bad arguments, 1: the operation was refused or failed),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
+from typing import Any
+
+import click
+
+from shared.settings import ConfigError, Settings
+
+# With --open-now and no --ends-at, the sale runs this long.
+DEFAULT_OPEN_DURATION = timedelta(hours=1)
+
+
+class Ops:
+    """Connections the commands need, opened on first use (``--help`` touches nothing)."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        """Settings from the environment, as every other process reads them."""
+        return Settings.from_env()
+
+    @cached_property
+    def db(self) -> Any:
+        """The database."""
+        from shared.db import Database
+
+        return Database(self.settings, pool_size=1, max_overflow=2)
+
+    @cached_property
+    def redis(self) -> Any:
+        """Text Redis client."""
+        from shared.redis_client import text_client
+
+        return text_client(self.settings)
+
+    @cached_property
+    def keys(self) -> Any:
+        """Key builder with the configured prefix."""
+        from shared.keys import Keys
+
+        return Keys(self.settings.key_prefix)
+
+    @cached_property
+    def gate(self) -> Any:
+        """The stock gate."""
+        from shared.gate import Gate
+
+        return Gate(self.redis, self.keys, self.settings.drain_kick_ms)
+
+    def invalidate(self, deal_id: int) -> None:
+        """Drop the deal's cached JSON and bump the list version: web nodes show the change at once."""
+        from shared.cache import invalidate_deal
+
+        invalidate_deal(self.redis, self.keys, deal_id)
+
+
+def ops() -> Ops:
+    """The Ops object of the current command (one per invocation)."""
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    found = root.meta.get("flashdeal.ops")
+    if found is None:
+        found = root.meta["flashdeal.ops"] = Ops()
+    return found
+
+
+class FlashdealGroup(click.Group):
+    """A group that turns the expected failures (services down, bad config) into one-line errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; connection and configuration errors exit 1 with a message."""
+        import redis
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(f"configuration: {exc}") from None
+        except redis.exceptions.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach Redis ({exc}); check REDIS_URL") from None
+        except OperationalError as exc:
+            first = str(exc.orig or exc).strip().splitlines()[0]
+            raise click.ClickException(f"cannot reach PostgreSQL ({first}); check DATABASE_URL") from None
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
+    """Print JSON (one object or list, machine-readable) or the human form."""
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+    else:
+        click.echo(human())
+
+
+def parse_when(value: str | None, param: str) -> datetime | None:
+    """Parse an ISO 8601 date-time; a value without a zone is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date-time (e.g. 2026-11-25T18:00:00Z)", param_hint=param
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def parse_price(value: str) -> Decimal:
+    """A positive amount with at most two decimals."""
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not a number", param_hint="--price") from None
+    if not price.is_finite() or price <= 0:
+        raise click.BadParameter("must be greater than 0", param_hint="--price")
+    if price.as_tuple().exponent < -2 or price >= Decimal("1e10"):  # type: ignore[operator]
+        raise click.BadParameter("at most 10 digits before the point and 2 after it", param_hint="--price")
+    return price
+
+
+@click.group(name="flashdeal", cls=FlashdealGroup)
+def flashdeal() -> None:
+    """flashdeal administration: admins, deals, reconcile, dead letters."""
+
+
+# ---------------------------------------------------------------------------------------------
+# admin
+
+
+@flashdeal.group(cls=FlashdealGroup)
+def admin() -> None:
+    """Admin accounts."""
+
+
+@admin.command("create")
+@click.option("--email", required=True, help="Login email of the new admin.")
+@click.option("--password", required=True, help="At least 8 characters, letters mixed with digits or symbols.")
+@click.option("--name", default="Admin", show_default=True, help="Display name.")
+def admin_create(email: str, password: str, name: str) -> None:
+    """Create an admin account (the admin API and role need one)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from shared.accounts import EmailTaken, create_user
+
+    try:
+        email = validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise click.BadParameter(str(exc), param_hint="--email") from None
+    # Same rules as signup (web/schemas.py SignupIn), restated here to keep the worker Flask-free.
+    if not 8 <= len(password) <= 128:
+        raise click.BadParameter("must be 8 to 128 characters", param_hint="--password")
+    if not any(c.isalpha() for c in password) or all(c.isalpha() for c in password) or len(set(password)) < 5:
+        raise click.BadParameter(
+            "must mix letters with digits or symbols and not be repetitive", param_hint="--password"
+        )
+    if not 1 <= len(name.strip()) <= 100:
+        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    o = ops()
+    try:
+        with o.db.transaction() as s:
+            user = create_user(s, email, password, name.strip(), role="admin")
+    except EmailTaken:
+        raise click.ClickException(f"{email} is already registered") from None
+    click.echo(f"admin {user.id} created: {user.email}")
+
+
+# ---------------------------------------------------------------------------------------------
+# deal
+
+
+@flashdeal.group(cls=FlashdealGroup)
+def deal() -> None:
+    """Create, open, close and inspect deals."""
+
+
+def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
+    """Stats plus the deal's rules: what `deal create/open/close --json` print."""
+    from shared.deals import deal_stats, get_deal
+
+    with o.db.read() as s:
+        d = get_deal(s, deal_id)
+        rules = {
+            "price": str(d.price),
+            "per_user_limit": d.per_user_limit,
+            "starts_at": d.starts_at.astimezone(UTC).isoformat(),
+            "ends_at": d.ends_at.astimezone(UTC).isoformat(),
+        }
+    return {**deal_stats(o.db, o.gate, deal_id).as_dict(), **rules}
+
+
+def _human(view: dict[str, Any]) -> str:
+    return (
+        f"deal {view['id']} {view['title']!r}: {view['status']}, {view['remaining_stock']}/{view['total_stock']} left, "
+        f"price {view['price']}, limit {view['per_user_limit']} per buyer, "
+        f"{view['starts_at']} .. {view['ends_at']}"
+    )
+
+
+@deal.command("create")
+@click.option("--title", required=True, help="Deal title shown to buyers.")
+@click.option("--price", required=True, help="Unit price, e.g. 49.90.")
+@click.option("--stock", required=True, type=click.IntRange(1, 10_000_000), help="Units for sale.")
+@click.option("--limit", "per_user_limit", required=True, type=click.IntRange(1, 1000), help="Units per buyer.")
+@click.option("--open-now", is_flag=True, help="Open at once (ends after --ends-at or one hour).")
+@click.option("--starts-at", help="ISO 8601 start, e.g. 2026-11-25T18:00:00Z (UTC when no zone).")
+@click.option("--ends-at", help="ISO 8601 end.")
+@click.option("--product", "product_name", help="Product name (default: the title).")
+@click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
+def deal_create(
+    title: str,
+    price: str,
+    stock: int,
+    per_user_limit: int,
+    open_now: bool,
+    starts_at: str | None,
+    ends_at: str | None,
+    product_name: str | None,
+    as_json: bool,
+) -> None:
+    """Create a deal, either open now or scheduled between --starts-at and --ends-at."""
+    from shared.deals import NewDeal, create_deal, load_deal
+    from shared.deals import open_now as open_deal
+
+    title = title.strip()
+    if not 1 <= len(title) <= 200:
+        raise click.BadParameter("must be 1 to 200 characters", param_hint="--title")
+    unit_price = parse_price(price)
+    start, end = parse_when(starts_at, "--starts-at"), parse_when(ends_at, "--ends-at")
+    now = datetime.now(UTC)
+    if open_now:
+        if start is not None:
+            raise click.UsageError("--open-now and --starts-at exclude each other")
+        start, end = now, end or now + DEFAULT_OPEN_DURATION
+    elif start is None or end is None:
+        raise click.UsageError("give either --open-now, or both --starts-at and --ends-at")
+    if end <= start:
+        raise click.BadParameter("must be after the start", param_hint="--ends-at")
+    if end <= now:
+        raise click.BadParameter("must be in the future", param_hint="--ends-at")
+    o = ops()
+    spec = NewDeal(title, unit_price, stock, per_user_limit, start, end, product_name=product_name)
+    with o.db.transaction() as s:
+        created = create_deal(s, spec)
+        # Like the admin API: a deal starting soon goes into the gate at once, so its first
+        # second does not wait for the beat tick; later ones are loaded by the tick.
+        if not open_now and created.starts_at <= now + timedelta(seconds=o.settings.deal_load_ahead_seconds):
+            load_deal(s, o.gate, created)
+        deal_id = created.id
+    if open_now:
+        open_deal(o.db, o.gate, deal_id)
+    o.invalidate(deal_id)
+    view = _deal_view(o, deal_id)
+    emit(view, as_json, lambda: "created " + _human(view))
+
+
+def _move(deal_id: int, move: Callable[..., Any], as_json: bool, verb: str) -> None:
+    from shared.deals import DealNotFound, DealStateError
+
+    o = ops()
+    try:
+        move(o.db, o.gate, deal_id)
+    except DealNotFound:
+        raise click.ClickException(f"deal {deal_id} does not exist") from None
+    except DealStateError as exc:
+        raise click.ClickException(str(exc)) from None
+    o.invalidate(deal_id)
+    view = _deal_view(o, deal_id)
+    emit(view, as_json, lambda: f"{verb} " + _human(view))
+
+
+@deal.command("open")
+@click.argument("deal_id", type=click.IntRange(min=1), metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
+def deal_open(deal_id: int, as_json: bool) -> None:
+    """Open a deal now: every web node admits orders at once."""
+    from shared.deals import open_now
+
+    _move(deal_id, open_now, as_json, "opened")
+
+
+@deal.command("close")
+@click.argument("deal_id", type=click.IntRange(min=1), metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
+def deal_close(deal_id: int, as_json: bool) -> None:
+    """Close a deal now: every web node refuses orders at once."""
+    from shared.deals import close_now
+
+    _move(deal_id, close_now, as_json, "closed")
+
+
+@deal.command("stats")
+@click.argument("deal_id", type=click.IntRange(min=1), metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the admin stats fields plus id and title.")
+def deal_stats_cmd(deal_id: int, as_json: bool) -> None:
+    """Sale progress: stock, orders by state, outbox backlog."""
+    from shared.deals import DealNotFound, deal_stats
+
+    o = ops()
+    try:
+        stats = deal_stats(o.db, o.gate, deal_id).as_dict()
+    except DealNotFound:
+        raise click.ClickException(f"deal {deal_id} does not exist") from None
+    emit(stats, as_json, lambda: "\n".join(f"{k:>16}  {v}" for k, v in stats.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# reconcile
+
+
+@flashdeal.command("reconcile")
+@click.argument("deal_id", required=False, type=click.IntRange(min=1), metavar="[ID]")
+@click.option("--repair", is_flag=True, help="Set Redis stock to the figure PostgreSQL and the outbox imply.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per deal, as a list.")
+def reconcile_cmd(deal_id: int | None, repair: bool, as_json: bool) -> None:
+    """Compare Redis stock with PostgreSQL + outbox for one deal or every live deal; exit 3 on drift left."""
+    from worker.reconcile import reconcile
+
+    from shared.deals import DealNotFound
+
+    o = ops()
+    try:
+        reports = reconcile(o.db, o.gate, deal_id, repair=repair)
+    except DealNotFound:
+        raise click.ClickException(f"deal {deal_id} does not exist") from None
+    rows = [_report_dict(r) for r in reports]
+    for row in rows:
+        if row.get("drift"):
+            o.invalidate(int(row["deal_id"]))
+    emit(rows, as_json, lambda: "\n".join(_report_line(r) for r in rows) or "no live deals to reconcile")
+    # Drift found and not repaired is worth a non-zero exit for scripts and cron.
+    if not repair and any(r.get("drift") for r in rows):
+        sys.exit(3)
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    """A reconcile report as a dict, whatever its type (dataclass, dict, object)."""
+    if isinstance(report, dict):
+        return dict(report)
+    if hasattr(report, "as_dict"):
+        return report.as_dict()
+    return dict(vars(report))
+
+
+def _report_line(r: dict[str, Any]) -> str:
+    drift = r.get("drift", 0)
+    state = "ok" if not drift else ("repaired" if r.get("repaired") else f"DRIFT {drift:+d}")
+    fields = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("deal_id", "drift", "repaired"))
+    return f"deal {r.get('deal_id')}: {state} ({fields})"
+
+
+# ---------------------------------------------------------------------------------------------
+# dlq
+
+
+@flashdeal.group(cls=FlashdealGroup)
+def dlq() -> None:
+    """Dead-lettered orders: rows the database refused after retries."""
+
+
+def _letter(row: Any) -> dict[str, Any]:
+    d = row if isinstance(row, dict) else (row.as_dict() if hasattr(row, "as_dict") else dict(vars(row)))
+    return {k: (str(v) if not isinstance(v, int | str | type(None) | dict | list) else v) for k, v in d.items()}
+
+
+@dlq.command("list")
+@click.option("--deal", "deal_id", type=click.IntRange(min=1), help="Only this deal's letters.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def dlq_list(deal_id: int | None, as_json: bool) -> None:
+    """List dead-lettered orders with their reason."""
+    from worker.dlq import list_dead_letters
+
+    o = ops()
+    rows = [_letter(r) for r in list_dead_letters(o.db)]
+    if deal_id is not None:
+        rows = [r for r in rows if int(r.get("deal_id", 0)) == deal_id]
+
+    def human() -> str:
+        if not rows:
+            return "no dead letters"
+        return "\n".join(
+            f"{r.get('order_id')}  deal {r.get('deal_id')}  attempts {r.get('attempts')}  {r.get('reason')}"
+            for r in rows
+        )
+
+    emit(rows, as_json, human)
+
+
+@dlq.command("retry")
+@click.argument("order_ids", nargs=-1, metavar="[ORDER_ID]...")
+def dlq_retry(order_ids: tuple[str, ...]) -> None:
+    """Put dead-lettered orders back into their outbox (all of them, or the ones named)."""
+    from worker.dlq import retry_dead_letters
+
+    _check_uuids(order_ids)
+    o = ops()
+    result = retry_dead_letters(o.db, o.gate, list(order_ids) or None)
+    count = result if isinstance(result, int) else len(result)
+    click.echo(f"{count} dead letter(s) sent back to the outbox")
+
+
+@dlq.command("drop")
+@click.argument("order_id", metavar="ORDER_ID")
+def dlq_drop(order_id: str) -> None:
+    """Forget one dead-lettered order for good (its stock stays sold; cancel it to return it)."""
+    from worker.dlq import drop_dead_letter
+
+    _check_uuids((order_id,))
+    o = ops()
+    if not drop_dead_letter(o.db, o.gate, order_id):
+        raise click.ClickException(f"no dead letter for order {order_id}")
+    click.echo(f"dead letter {order_id} dropped")
+
+
+def _check_uuids(values: tuple[str, ...]) -> None:
+    import uuid
+
+    for v in values:
+        try:
+            uuid.UUID(v)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not an order id (a UUID)", param_hint="ORDER_ID") from None
