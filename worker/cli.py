@@ -9,7 +9,7 @@ never a traceback.
 from __future__ import annotations
 
 import json
-import sys
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -94,6 +94,14 @@ class FlashdealGroup(click.Group):
         except OperationalError as exc:
             first = str(exc.orig or exc).strip().splitlines()[0]
             raise click.ClickException(f"cannot reach PostgreSQL ({first}); check DATABASE_URL") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Anything else is a bug or an outage we did not foresee: one line, exit 1; the
+            # traceback only on request, for whoever debugs it.
+            if os.environ.get("FLASHDEAL_DEBUG"):
+                raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc} (FLASHDEAL_DEBUG=1 shows the traceback)") from None
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:
@@ -321,43 +329,46 @@ def deal_stats_cmd(deal_id: int, as_json: bool) -> None:
 
 @flashdeal.command("reconcile")
 @click.argument("deal_id", required=False, type=click.IntRange(min=1), metavar="[ID]")
-@click.option("--repair", is_flag=True, help="Set Redis stock to the figure PostgreSQL and the outbox imply.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per deal, as a list.")
+@click.option("--repair", is_flag=True, help="Rewrite Redis stock and buyer totals from PostgreSQL + the outbox.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: {deals: [...], drifted: [...]}.")
 def reconcile_cmd(deal_id: int | None, repair: bool, as_json: bool) -> None:
-    """Compare Redis stock with PostgreSQL + outbox for one deal or every live deal; exit 3 on drift left."""
-    from worker.reconcile import reconcile
-
-    from shared.deals import DealNotFound
+    """Compare Redis stock with PostgreSQL + outbox, for one deal or every deal loaded in Redis."""
+    from worker.reconcile import ReconcileBusy, ReconcileReport, reconcile_deal
 
     o = ops()
+    # Deal by deal through reconcile_deal: one deal, or every deal whose gate is loaded in Redis.
+    ids = [deal_id] if deal_id is not None else sorted(o.gate.live_deal_ids())
+    found = []
     try:
-        reports = reconcile(o.db, o.gate, deal_id, repair=repair)
-    except DealNotFound:
-        raise click.ClickException(f"deal {deal_id} does not exist") from None
-    rows = [_report_dict(r) for r in reports]
-    for row in rows:
-        if row.get("drift"):
-            o.invalidate(int(row["deal_id"]))
-    emit(rows, as_json, lambda: "\n".join(_report_line(r) for r in rows) or "no live deals to reconcile")
-    # Drift found and not repaired is worth a non-zero exit for scripts and cron.
-    if not repair and any(r.get("drift") for r in rows):
-        sys.exit(3)
+        for one_id in ids:
+            one = reconcile_deal(o.db, o.redis, o.keys, one_id, repair=repair)
+            if one is None and deal_id is not None:
+                raise click.ClickException(f"deal {deal_id} does not exist")
+            if one is not None:
+                found.append(one)
+    except ReconcileBusy as exc:
+        raise click.ClickException(f"{exc}; run it again when the sale is quieter") from None
+    report = ReconcileReport(found)
+    for d in report.deals:
+        if d.repaired:
+            o.invalidate(d.deal_id)
+    emit(report.as_dict(), as_json, lambda: "\n".join(_reconcile_line(d) for d in report.deals) or "no deals in Redis")
 
 
-def _report_dict(report: Any) -> dict[str, Any]:
-    """A reconcile report as a dict, whatever its type (dataclass, dict, object)."""
-    if isinstance(report, dict):
-        return dict(report)
-    if hasattr(report, "as_dict"):
-        return report.as_dict()
-    return dict(vars(report))
-
-
-def _report_line(r: dict[str, Any]) -> str:
-    drift = r.get("drift", 0)
-    state = "ok" if not drift else ("repaired" if r.get("repaired") else f"DRIFT {drift:+d}")
-    fields = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("deal_id", "drift", "repaired"))
-    return f"deal {r.get('deal_id')}: {state} ({fields})"
+def _reconcile_line(d: Any) -> str:
+    """One human line per deal."""
+    if d.ok:
+        state = "ok"
+    elif d.drift is None:
+        state = "NOT LOADED in Redis"
+    else:
+        state = f"DRIFT {d.drift:+d}" + (f", {d.buyers_mismatched} buyer total(s) off" if d.buyers_mismatched else "")
+    if d.repaired:
+        state += " -> repaired"
+    return (
+        f"deal {d.deal_id}: {state} (redis {d.redis_remaining}, expected {d.expected_remaining} = total {d.total}"
+        f" - persisted {d.persisted_qty} - outbox {d.outbox_qty} - dead letters {d.dead_letter_qty})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,65 +380,58 @@ def dlq() -> None:
     """Dead-lettered orders: rows the database refused after retries."""
 
 
-def _letter(row: Any) -> dict[str, Any]:
-    d = row if isinstance(row, dict) else (row.as_dict() if hasattr(row, "as_dict") else dict(vars(row)))
-    return {k: (str(v) if not isinstance(v, int | str | type(None) | dict | list) else v) for k, v in d.items()}
-
-
 @dlq.command("list")
 @click.option("--deal", "deal_id", type=click.IntRange(min=1), help="Only this deal's letters.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def dlq_list(deal_id: int | None, as_json: bool) -> None:
-    """List dead-lettered orders with their reason."""
+def dlq_list(deal_id: int | None, limit: int, as_json: bool) -> None:
+    """List dead-lettered orders, oldest first, with the database's reason."""
     from worker.dlq import list_dead_letters
 
-    o = ops()
-    rows = [_letter(r) for r in list_dead_letters(o.db)]
-    if deal_id is not None:
-        rows = [r for r in rows if int(r.get("deal_id", 0)) == deal_id]
+    rows = [r.as_dict() for r in list_dead_letters(ops().db, deal_id, limit)]
 
     def human() -> str:
         if not rows:
             return "no dead letters"
         return "\n".join(
-            f"{r.get('order_id')}  deal {r.get('deal_id')}  attempts {r.get('attempts')}  {r.get('reason')}"
-            for r in rows
+            f"{r['order_id']}  deal {r['deal_id']}  {r['kind']}  attempts {r['attempts']}  {r['reason']}" for r in rows
         )
 
     emit(rows, as_json, human)
 
 
 @dlq.command("retry")
-@click.argument("order_ids", nargs=-1, metavar="[ORDER_ID]...")
-def dlq_retry(order_ids: tuple[str, ...]) -> None:
-    """Put dead-lettered orders back into their outbox (all of them, or the ones named)."""
+@click.option("--deal", "deal_id", type=click.IntRange(min=1), help="Only this deal's letters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def dlq_retry(deal_id: int | None, as_json: bool) -> None:
+    """Write dead-lettered orders to PostgreSQL again; those that now succeed leave the store."""
     from worker.dlq import retry_dead_letters
 
-    _check_uuids(order_ids)
-    o = ops()
-    result = retry_dead_letters(o.db, o.gate, list(order_ids) or None)
-    count = result if isinstance(result, int) else len(result)
-    click.echo(f"{count} dead letter(s) sent back to the outbox")
+    r = retry_dead_letters(ops().db, deal_id)
+    data = {"retried": r.retried, "persisted": r.persisted, "still_failing": r.still_failing}
+
+    def human() -> str:
+        lines = [f"retried {r.retried}: {len(r.persisted)} persisted, {len(r.still_failing)} still failing"]
+        lines += [f"  {oid}  {reason}" for oid, reason in r.still_failing.items()]
+        return "\n".join(lines)
+
+    emit(data, as_json, human)
 
 
 @dlq.command("drop")
 @click.argument("order_id", metavar="ORDER_ID")
 def dlq_drop(order_id: str) -> None:
-    """Forget one dead-lettered order for good (its stock stays sold; cancel it to return it)."""
-    from worker.dlq import drop_dead_letter
-
-    _check_uuids((order_id,))
-    o = ops()
-    if not drop_dead_letter(o.db, o.gate, order_id):
-        raise click.ClickException(f"no dead letter for order {order_id}")
-    click.echo(f"dead letter {order_id} dropped")
-
-
-def _check_uuids(values: tuple[str, ...]) -> None:
+    """Give up on one dead-lettered order: its stock returns to the deal and the letter is deleted."""
     import uuid
 
-    for v in values:
-        try:
-            uuid.UUID(v)
-        except ValueError:
-            raise click.BadParameter(f"{v!r} is not an order id (a UUID)", param_hint="ORDER_ID") from None
+    from worker.dlq import drop_dead_letter
+
+    try:
+        uuid.UUID(order_id)
+    except ValueError:
+        raise click.BadParameter(f"{order_id!r} is not an order id (a UUID)", param_hint="ORDER_ID") from None
+    o = ops()
+    r = drop_dead_letter(o.db, o.gate, order_id)
+    if not r.found:
+        raise click.ClickException(f"no dead letter for order {order_id}")
+    click.echo(f"dead letter {order_id} dropped" + (", stock returned" if r.stock_returned else ""))
