@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Only trust X-Forwarded-For from our own load balancer(s).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]
 
-    from web import admin, auth, deals, health, openapi, orders
+    from web import admin, auth, deals, health, openapi, orders, pages
     from web.limits import init_limits
     from web.metrics import init_metrics
     from web.sessions import init_sessions
@@ -30,6 +30,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_limits(app, settings)
     register_error_handlers(app)
     init_metrics(app)
-    for module in (health, auth, deals, orders, admin, openapi):
+    for module in (health, auth, deals, orders, admin, openapi, pages):
         app.register_blueprint(module.bp)
     return app

@@ -1,0 +1,244 @@
+"""Server-rendered pages for buyers and admins (Jinja); page scripts call the JSON API for live state.
+
+Pages reuse the API's own functions for their data, so a page and the JSON it polls never
+disagree. Nothing here is on the order path: buying is a fetch() to POST /api/deals/{id}/orders.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.accounts import EmailTaken, authenticate, create_user
+from shared.deals import DealNotFound, deal_stats
+from shared.gate import now_ms
+from web.csrf import FIELD as CSRF_FIELD
+from web.csrf import check_csrf, csrf_token
+from web.deals import deal_detail
+from web.errors import ApiError
+from web.limits import limiter, login_ip_limit, login_user_limit
+from web.schemas import SignupIn
+from web.services import services
+from web.sessions import current_role, current_user_id, login_session, logout_session
+
+bp = Blueprint("pages", __name__)
+
+# Pages are per user and change every second: never cached, and scripts only from our origin.
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+@bp.before_request
+def _csrf_protect() -> None:
+    """Every page POST is a form post and must carry the session's CSRF token."""
+    if request.method == "POST":
+        check_csrf()
+
+
+@bp.after_request
+def _headers(resp: Response) -> Response:
+    """Add the page security headers."""
+    for name, value in _SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    return resp
+
+
+@bp.context_processor
+def _template_globals() -> dict[str, Any]:
+    """Values every page template uses."""
+    return {
+        "csrf_token": csrf_token,
+        "csrf_field": CSRF_FIELD,
+        "user_id": current_user_id(),
+        "user_name": session.get("name"),
+        "is_admin": current_role() == "admin",
+        "server_now_ms": now_ms(),
+    }
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[str, int]:
+    """API errors raised while building a page are shown as an HTML page."""
+    return render_template("pages/error.html", status=exc.status, message=exc.message), exc.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    """HTTP errors (CSRF failure, rate limit, 404) as an HTML page."""
+    status = exc.code or 500
+    message = exc.description or exc.name
+    if status == 429:
+        message = "Too many attempts. Wait a minute and try again."
+    return render_template("pages/error.html", status=status, message=message), status
+
+
+def _safe_next(target: str | None) -> str:
+    """A local path to go to after login; anything else (other sites) falls back to the deal list."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("pages.deal_list")
+
+
+def _login_redirect() -> Response:
+    return redirect(url_for("pages.login_form", next=request.full_path.rstrip("?")))  # type: ignore[return-value]
+
+
+def countdown_text(deal: dict[str, Any], now: datetime | None = None) -> str:
+    """The countdown line of a deal as first rendered (the page script keeps it ticking)."""
+    now = now or datetime.now(UTC)
+    status = deal["status"]
+    if status == "sold_out":
+        return "Sold out"
+    if status == "ended":
+        return "Sale ended"
+    target = datetime.fromisoformat(deal["starts_at" if status == "scheduled" else "ends_at"])
+    seconds = max(0, int((target - now).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    span = (
+        f"{days}d {hours}h {minutes:02d}m"
+        if days
+        else f"{hours}h {minutes:02d}m {secs:02d}s"
+        if hours
+        else (f"{minutes}m {secs:02d}s")
+    )
+    return f"{'Starts' if status == 'scheduled' else 'Ends'} in {span}"
+
+
+@bp.get("/")
+def deal_list() -> str:
+    """The deal list with countdowns and live remaining stock; same filters as GET /api/deals."""
+    from web.deals import list_deals
+
+    data = list_deals().get_json()  # the API view itself: one source of truth for the list
+    return render_template("pages/deals.html", page_data=data, countdown=countdown_text)
+
+
+@bp.get("/deals/<int:deal_id>")
+def deal_page(deal_id: int) -> str:
+    """One deal with its buy button."""
+    deal = deal_detail(services(), deal_id)
+    return render_template("pages/deal.html", deal=deal, countdown=countdown_text)
+
+
+@bp.get("/orders")
+def my_orders_page() -> Any:
+    """The buyer's orders, with cancel buttons."""
+    if current_user_id() is None:
+        return _login_redirect()
+    from web.orders import my_orders
+
+    items = my_orders().get_json()["items"]
+    svc = services()
+    titles: dict[int, str] = {}
+    for deal_id in {o["deal_id"] for o in items}:
+        try:
+            titles[deal_id] = deal_detail(svc, deal_id)["title"]
+        except ApiError:
+            titles[deal_id] = f"Deal {deal_id}"
+    return render_template("pages/orders.html", orders=items, titles=titles)
+
+
+@bp.get("/admin/deals/<int:deal_id>")
+def admin_deal_page(deal_id: int) -> Any:
+    """Live sale progress of one deal, for admins."""
+    if current_user_id() is None:
+        return _login_redirect()
+    if current_role() != "admin":
+        raise ApiError(403, "forbidden", "Only admins can see sale progress.")
+    svc = services()
+    try:
+        stats = deal_stats(svc.db, svc.gate, deal_id).as_dict()
+    except DealNotFound:
+        raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.") from None
+    return render_template("pages/admin_deal.html", stats=stats)
+
+
+@bp.get("/login")
+def login_form() -> Any:
+    """The login form."""
+    if current_user_id() is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("pages/login.html", next=request.args.get("next", ""), email="", error=None)
+
+
+def _form_email_key() -> str:
+    """Rate-limit key of a page login: the email it tries (same limit as the API's)."""
+    email = request.form.get("email", "").strip().lower()[:254]
+    return f"login:{email}" if email else f"login-ip:{request.remote_addr}"
+
+
+@bp.post("/login")
+@limiter.limit(login_ip_limit)
+@limiter.limit(login_user_limit, key_func=_form_email_key)
+def login_submit() -> Any:
+    """Check the password and start a session under a new id."""
+    email = request.form.get("email", "").strip()
+    password = request.form.get("password", "")
+    nxt = request.form.get("next", "")
+    user = None
+    if email and password and len(email) <= 254 and len(password) <= 128:
+        with services().db.read() as s:
+            user = authenticate(s, email, password)
+    if user is None:
+        html = render_template("pages/login.html", next=nxt, email=email, error="Wrong email or password.")
+        return html, 401
+    login_session(current_app, user.id, user.role)
+    session["name"] = user.name
+    return redirect(_safe_next(nxt), code=303)
+
+
+@bp.get("/signup")
+def signup_form() -> Any:
+    """The signup form."""
+    if current_user_id() is not None:
+        return redirect(url_for("pages.deal_list"))
+    return render_template("pages/signup.html", form={}, errors={}, next=request.args.get("next", ""))
+
+
+@bp.post("/signup")
+@limiter.limit(login_ip_limit)
+def signup_submit() -> Any:
+    """Create a buyer account and log it in."""
+    form = {k: request.form.get(k, "") for k in ("email", "password", "name")}
+    nxt = request.form.get("next", "")
+    errors: dict[str, str] = {}
+    try:
+        data = SignupIn.model_validate(form)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False, include_context=False):
+            field = str(err["loc"][0]) if err["loc"] else "form"
+            errors.setdefault(field, str(err["msg"]).removeprefix("Value error, "))
+    else:
+        try:
+            with services().db.transaction() as s:
+                user = create_user(s, data.email, data.password, data.name)
+                user_id, role, name = user.id, user.role, user.name
+        except EmailTaken:
+            errors["email"] = "An account with this email already exists. Log in instead."
+    if errors:
+        form["password"] = ""
+        return render_template("pages/signup.html", form=form, errors=errors, next=nxt), 422
+    login_session(current_app, user_id, role)
+    session["name"] = name
+    return redirect(_safe_next(nxt), code=303)
+
+
+@bp.post("/logout")
+def logout_submit() -> Any:
+    """End the session (the server-side record is deleted)."""
+    logout_session()
+    return redirect(url_for("pages.deal_list"), code=303)
