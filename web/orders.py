@@ -16,6 +16,7 @@ from shared.models import DeadLetter, Order
 from web.errors import ApiError
 from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
+from web.metrics import record_admission
 from web.openapi import doc
 from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
 from web.services import Services, services
@@ -62,10 +63,12 @@ def place_order(deal_id: int) -> Any:
     if idem and not IDEMPOTENCY_KEY.match(idem):
         raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
     if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
+        record_admission(Admission.SOLD_OUT.value)
         raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
     svc = services()
     result = svc.gate.admit(deal_id, user_id, body.quantity, str(uuid.uuid4()), idem)
     outcome = result.outcome
+    record_admission(outcome.value)
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
             kick_drain(deal_id)

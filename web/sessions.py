@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Flask, g, session
+from flask import Flask, g, request, session
 from flask_session import Session as FlaskSession
 
 from shared.keys import Keys
@@ -37,8 +37,14 @@ def init_sessions(app: Flask, settings: Settings) -> None:
     )
     FlaskSession(app)
 
+    cookie_name = app.config["SESSION_COOKIE_NAME"]
+
     @app.before_request
     def _enforce_lifetimes() -> None:
+        if cookie_name not in request.cookies:
+            # Not touching the session keeps cookie-less requests (probes, anonymous reads)
+            # free of the session's bookkeeping and of a needless "Vary: Cookie".
+            return
         uid = session.get("uid")
         if uid is None:
             return

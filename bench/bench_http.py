@@ -1,0 +1,90 @@
+"""Web benchmark: deal detail and order admission against /healthz of the same server, same run.
+
+Usage: .venv/bin/python -m bench.bench_http [--seconds 10] [--connections 300]
+One granian instance (2 workers) on 127.0.0.1; wrk as the load generator on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import insert
+
+from bench.common import Context, free_port, login_cookies, save, start_granian, stop, wrk
+from shared.accounts import hash_password
+from shared.deals import NewDeal, create_deal, load_deal
+from shared.models import User
+
+PASSWORD = "bench-password-1"
+
+ORDER_LUA = """
+local cookies = {%s}
+local n = 0
+request = function()
+  n = n + 1
+  local c = cookies[(n %% #cookies) + 1]
+  return wrk.format("POST", "/api/deals/%d/orders",
+    {["Content-Type"] = "application/json", ["Cookie"] = "flashdeal_session=" .. c}, '{"quantity": 1}')
+end
+"""
+
+
+def main() -> None:
+    """Run the three scenarios and print the table with ratios to /healthz."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=300)
+    ap.add_argument("--users", type=int, default=200)
+    args = ap.parse_args()
+
+    ctx = Context.create()
+    now = datetime.now(UTC)
+    with ctx.db.transaction() as s:
+        deal = create_deal(
+            s, NewDeal("bench deal", Decimal("9.99"), 10_000_000, 100_000, now, now + timedelta(hours=1))
+        )
+        deal.status = "open"
+        load_deal(s, ctx.gate, deal)
+        pw = hash_password(PASSWORD)
+        tag = deal.id
+        emails = [f"bench{i}-{tag}@example.com" for i in range(args.users)]
+        s.execute(insert(User), [{"email": e, "password_hash": pw, "name": "bench", "role": "buyer"} for e in emails])
+    port = free_port()
+    proc = start_granian(ctx.env, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        cookies = login_cookies(base, emails, PASSWORD)
+        wrk("warmup", f"{base}/api/deals/{deal.id}", connections=50, seconds=2)
+        common = {"connections": args.connections, "seconds": args.seconds}
+        health = wrk("GET /healthz", f"{base}/healthz", **common)
+        detail = wrk(f"GET /api/deals/{{id}}", f"{base}/api/deals/{deal.id}", **common)
+        lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal.id)
+        orders = wrk("POST /api/deals/{id}/orders", base, lua=lua, **common)
+        accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal.id).orders)
+    finally:
+        stop(proc)
+        ctx.cleanup()
+    rows = [health.row(health), detail.row(health), orders.row(health)]
+    save(
+        "http",
+        rows,
+        {
+            "server": "granian wsgi, 2 workers, 8 blocking threads",
+            "connections": args.connections,
+            "seconds": args.seconds,
+            "logged_in_users": args.users,
+            "orders_accepted": accepted,
+        },
+    )
+    print(f"\norders accepted by the gate during the run: {accepted} (every 202 is in the outbox)")
+    print(
+        f"targets: detail >= 40% of /healthz and p99 < 20 ms -> {detail.requests_per_s / health.requests_per_s:.0%}, "
+        f"p99 {detail.p99_ms:.1f} ms; orders >= 5000/s, >= 30% of /healthz, p99 < 25 ms -> "
+        f"{orders.requests_per_s:.0f}/s, {orders.requests_per_s / health.requests_per_s:.0%}, p99 {orders.p99_ms:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
