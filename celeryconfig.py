@@ -1,0 +1,64 @@
+"""Celery configuration of the flashdeal workers and beat (read by ``worker/__init__.py``)."""
+
+from __future__ import annotations
+
+import os
+
+from shared.settings import Settings
+
+_settings = Settings.from_env()
+
+# One queue for every flashdeal task; tests and benchmarks pick their own so they never meet a dev stack
+# sharing the same Redis.
+QUEUE = os.environ.get("CELERY_QUEUE", "flashdeal")
+
+broker_url = _settings.celery_broker_url
+result_backend = _settings.celery_broker_url
+task_ignore_result = True  # drains are fire-and-forget; tasks that report (reconcile) opt in
+result_expires = 3600
+
+# JSON only: a pickle payload on a shared broker is remote code execution.
+accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+result_accept_content = ["json"]
+
+task_default_queue = QUEUE
+task_routes = {"flashdeal.*": {"queue": QUEUE}}
+
+# Late acks with idempotent tasks: a task whose worker dies is delivered again, never lost, and running a
+# drain twice writes nothing twice (ON CONFLICT on the order id, XACK after the commit).
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# Redis blips: keep reconnecting instead of exiting.
+broker_connection_retry = True
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+broker_transport_options = {
+    # Longer than any task plus its longest retry countdown, shorter than an operator's patience: a task
+    # held by a worker that vanished is redelivered after this.
+    "visibility_timeout": 300,
+    "socket_keepalive": True,
+    "socket_connect_timeout": 5,
+    "retry_on_timeout": True,
+    "health_check_interval": 10,
+}
+redis_socket_keepalive = True
+redis_retry_on_timeout = True
+
+timezone = "UTC"
+enable_utc = True
+worker_send_task_events = True  # Flower
+task_send_sent_event = True
+
+# Interval-only schedule: nothing to remember between restarts, so beat keeps no schedule file.
+beat_scheduler = "celery.beat:Scheduler"
+beat_schedule = {
+    "tick": {"task": "flashdeal.tick", "schedule": 1.0, "options": {"expires": 5}},
+    # Safety net: every live deal is drained at least once a second even if no web node kicked it.
+    "drain-active": {"task": "flashdeal.drain_active", "schedule": 1.0, "options": {"expires": 5}},
+    "reconcile": {"task": "flashdeal.reconcile", "schedule": 30.0, "options": {"expires": 25}},
+}

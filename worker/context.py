@@ -1,0 +1,56 @@
+"""Per-process resources of a worker: settings, database, Redis and the gate, built lazily."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import redis
+
+from shared.db import Database
+from shared.gate import Gate
+from shared.keys import Keys
+from shared.redis_client import text_client
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a task needs, one per worker process."""
+
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    keys: Keys
+    gate: Gate
+    drain_budget_s: float
+
+
+_ctx: WorkerContext | None = None
+
+
+def get_context() -> WorkerContext:
+    """The process's context, built on first use (after the pool forked, never in the parent)."""
+    global _ctx
+    if _ctx is None:
+        settings = Settings.from_env()
+        client = text_client(settings)
+        keys = Keys(settings.key_prefix)
+        _ctx = WorkerContext(
+            settings=settings,
+            db=Database(settings),
+            redis=client,
+            keys=keys,
+            gate=Gate(client, keys, settings.drain_kick_ms),
+            drain_budget_s=float(os.environ.get("DRAIN_BUDGET_SECONDS", "2.0")),
+        )
+    return _ctx
+
+
+def after_fork() -> None:
+    """Drop pooled connections inherited from the parent: a socket must never be shared by two processes."""
+    global _ctx
+    if _ctx is not None:
+        _ctx.db.dispose()
+        _ctx.redis.connection_pool.reset()
+        _ctx = None

@@ -1,0 +1,262 @@
+"""The outbox drain: read a deal's stream through the consumer group, write one batch, commit, then ack."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import redis
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared.db import Database
+from shared.keys import Keys
+from shared.settings import Settings
+from worker.dlq import dead_letter_entry
+from worker.outbox import OutboxRow, Unparsable, is_transient, parse_entry, reason_of, write_rows
+
+log = logging.getLogger(__name__)
+
+Entries = list[tuple[str, dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """Knobs of one drain call."""
+
+    batch_size: int = 1000
+    claim_idle_ms: int = 10000
+    max_attempts: int = 3
+    budget_s: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, budget_s: float = 2.0) -> DrainOptions:
+        """Options from the process settings."""
+        return cls(settings.drain_batch_size, settings.drain_claim_idle_ms, settings.dlq_max_attempts, budget_s)
+
+
+@dataclass
+class DrainResult:
+    """What one drain call did (metrics read these counters)."""
+
+    deal_id: int
+    persisted: int = 0
+    canceled: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    entries: int = 0
+    claimed: int = 0
+    seconds: float = 0.0
+    more: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (task results)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one committed batch wrote."""
+
+    persisted: int
+    canceled: int
+    dead_lettered: int
+
+
+class Drainer:
+    """Drains one deal's outbox as one consumer of the ``persisters`` group."""
+
+    def __init__(
+        self,
+        db: Database,
+        rds: redis.Redis,
+        keys: Keys,
+        deal_id: int,
+        consumer: str,
+        options: DrainOptions,
+        on_backlog: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.rds = rds
+        self.deal_id = deal_id
+        self.dk = keys.deal(deal_id)
+        self.stream = self.dk.outbox
+        self.group = keys.drain_group
+        self.consumer = consumer
+        self.opt = options
+        self.on_backlog = on_backlog
+        self.result = DrainResult(deal_id)
+
+    def run(self) -> DrainResult:
+        """Drain until the stream is empty or the time budget is spent."""
+        t0 = time.monotonic()
+        try:
+            if self.rds.xlen(self.stream) == 0 and self._clear_kick() == 0:
+                return self.result
+            self._ensure_group()
+            deadline = t0 + self.opt.budget_s
+            # 1. Our own pending entries first: a retried task (PostgreSQL was down) finishes the batch it
+            #    already holds at once instead of waiting for another consumer to claim it.
+            while time.monotonic() < deadline and self._read_and_write("0"):
+                pass
+            # 2. Entries a dead consumer read but never acked, once idle long enough to be surely abandoned.
+            self._claim_abandoned(deadline)
+            # 3. New entries.
+            while time.monotonic() < deadline:
+                if self._read_and_write(">"):
+                    continue
+                self._clear_kick()
+                if not self._read_and_write(">"):
+                    break
+            self.result.more = time.monotonic() >= deadline and self.rds.xlen(self.stream) > 0
+            return self.result
+        finally:
+            self.result.seconds = round(time.monotonic() - t0, 4)
+
+    def _ensure_group(self) -> None:
+        try:
+            # From id 0, not $: entries written before the group existed must be drained too.
+            self.rds.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _clear_kick(self) -> int:
+        """Clear the deal's kick flag before the last look at the stream; returns the stream length.
+
+        Why: an admission that found the flag set sent no task, trusting a drain to be on its way. Once the
+        flag is gone the next admission sends a task, and anything admitted before the DEL is seen by the
+        read that follows it: no entry waits for the beat safety net.
+        """
+        self.rds.delete(self.dk.kick)
+        return int(self.rds.xlen(self.stream))
+
+    def _read(self, start: str) -> Entries:
+        try:
+            reply = self.rds.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.opt.batch_size)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._ensure_group()  # the stream was deleted and re-created (e.g. a deal reloaded)
+            return []
+        return reply[0][1] if reply else []
+
+    def _read_and_write(self, start: str) -> bool:
+        entries = self._read(start)
+        if not entries:
+            return False
+        if start == ">" and len(entries) >= self.opt.batch_size and self.on_backlog is not None:
+            self.on_backlog()
+        self._write_and_ack(entries)
+        return True
+
+    def _claim_abandoned(self, deadline: float) -> None:
+        cursor = "0-0"
+        while time.monotonic() < deadline:
+            cursor, entries, deleted = self.rds.xautoclaim(
+                self.stream, self.group, self.consumer, self.opt.claim_idle_ms, cursor, count=self.opt.batch_size
+            )
+            if deleted:
+                self.rds.xack(self.stream, self.group, *deleted)  # pending but gone from the stream: nothing to write
+            if entries:
+                self.result.claimed += len(entries)
+                self._write_and_ack(entries)
+            if cursor == "0-0":
+                return
+
+    def _write_and_ack(self, entries: Entries) -> None:
+        ids = [entry_id for entry_id, _ in entries]
+        rows: list[OutboxRow] = []
+        bad: list[Unparsable] = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue  # deleted from the stream after we read it: already handled elsewhere
+            item = parse_entry(entry_id, fields)
+            (bad if isinstance(item, Unparsable) else rows).append(item)  # type: ignore[arg-type]
+        outcome = self.persist(rows, bad)
+        # Why after the commit: killed before this line, the entries stay pending and are redelivered (our own
+        # read of "0", or another worker's XAUTOCLAIM); the writes are idempotent, so nothing is doubled.
+        # XACK and XDEL in one MULTI: the outbox is trimmed only of acknowledged entries.
+        pipe = self.rds.pipeline(transaction=True)
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.xdel(self.stream, *ids)
+        pipe.execute()
+        r = self.result
+        r.batches += 1
+        r.entries += len(ids)
+        r.persisted += outcome.persisted
+        r.canceled += outcome.canceled
+        r.dead_lettered += outcome.dead_lettered
+
+    def persist(self, rows: list[OutboxRow], bad: list[Unparsable]) -> BatchOutcome:
+        """Write a batch in one transaction; a refused batch is split and retried row by row."""
+        with self.db.transaction() as s:
+            try:
+                # A savepoint, so a refused batch can fall back to single rows in the same transaction.
+                with s.begin_nested():
+                    persisted, canceled = write_rows(s, self.deal_id, rows)
+                dead = 0
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    raise  # PostgreSQL unreachable: nothing is acked, the task retries with backoff
+                log.warning("deal %s: batch of %d refused (%s), retrying row by row", self.deal_id, len(rows), exc)
+                persisted, canceled, dead = self._row_by_row(s, rows)
+            for item in bad:
+                if dead_letter_entry(s, self.deal_id, item, item.reason, 1, self._canceled_in_gate):
+                    dead += 1
+        return BatchOutcome(persisted, canceled, dead)
+
+    def _row_by_row(self, s: Session, rows: list[OutboxRow]) -> tuple[int, int, int]:
+        persisted = canceled = dead = 0
+        for row in rows:  # stream order: an order comes before its cancel
+            reason = ""
+            for _attempt in range(max(1, self.opt.max_attempts)):
+                try:
+                    with s.begin_nested():
+                        p, c = write_rows(s, self.deal_id, [row])
+                    persisted, canceled = persisted + p, canceled + c
+                    break
+                except DBAPIError as exc:
+                    if is_transient(exc):
+                        raise
+                    reason = reason_of(exc)
+            else:
+                log.error("deal %s: entry %s dead-lettered: %s", self.deal_id, row.entry_id, reason)
+                if dead_letter_entry(s, self.deal_id, row, reason, self.opt.max_attempts, self._canceled_in_gate):
+                    dead += 1
+        return persisted, canceled, dead
+
+    def _canceled_in_gate(self, order_id: uuid.UUID) -> bool:
+        rec = self.rds.hget(self.dk.orders, str(order_id))
+        return bool(rec) and str(rec).endswith("|canceled")
+
+
+def drain_deal(
+    db: Database,
+    rds: redis.Redis,
+    keys: Keys,
+    deal_id: int,
+    consumer: str,
+    options: DrainOptions,
+    on_backlog: Callable[[], None] | None = None,
+) -> DrainResult:
+    """Drain one deal's outbox into PostgreSQL (see ``Drainer``)."""
+    return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog).run()
+
+
+def prune_consumers(rds: redis.Redis, keys: Keys, deal_id: int, idle_ms: int = 3_600_000) -> int:
+    """Forget consumers (dead worker processes) that hold nothing and were idle for long."""
+    stream = keys.deal(deal_id).outbox
+    try:
+        consumers = rds.xinfo_consumers(stream, keys.drain_group)
+    except redis.ResponseError:
+        return 0
+    gone = 0
+    for c in consumers:
+        # Only consumers without pending entries: deleting one with pending entries would drop them.
+        if int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > idle_ms:
+            gone += int(rds.xgroup_delconsumer(stream, keys.drain_group, c["name"]) == 0)
+    return gone

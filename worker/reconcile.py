@@ -1,0 +1,212 @@
+"""Reconcile: compare each live deal's Redis stock with what PostgreSQL and the outbox say it must be."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import redis
+from sqlalchemy import select, text
+
+from shared.db import Database
+from shared.gate import ms_to_dt
+from shared.keys import Keys
+from shared.models import Deal
+from worker.outbox import CANCEL, ORDER, OutboxRow, parse_entry
+
+# Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
+# out (the snapshot's stock does not include them yet), and a row canceled after it still held its stock.
+_HELD_BY_USER = text(
+    """
+    SELECT user_id, COALESCE(SUM(quantity), 0) FROM orders
+    WHERE deal_id = :deal_id AND NOT (id = ANY(CAST(:ids AS uuid[]))) AND admitted_at < :snap
+      AND (status IN ('accepted', 'confirmed') OR (status = 'canceled' AND canceled_at >= :snap))
+    GROUP BY user_id
+    """
+)
+_CANCELED_BEFORE = text(
+    "SELECT id FROM orders WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'canceled' AND canceled_at < :snap"
+)
+_LETTERS = text("SELECT order_id, payload FROM dead_letters WHERE deal_id = :deal_id")
+
+
+class ReconcileBusy(RuntimeError):
+    """The stock kept moving while a repair was being computed; try again in a quieter moment."""
+
+
+@dataclass(frozen=True)
+class DealReconcile:
+    """One deal: Redis against the expected remaining stock."""
+
+    deal_id: int
+    total: int
+    redis_remaining: int | None
+    expected_remaining: int
+    persisted_qty: int
+    outbox_qty: int
+    outbox_cancels: int
+    dead_letter_qty: int
+    buyers_mismatched: int
+    drift: int | None
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the stock and the buyers' totals match."""
+        return self.drift == 0 and self.buyers_mismatched == 0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form; ``drift`` is None when the stock key is missing."""
+        return asdict(self) | {"ok": self.ok}
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """Every reconciled deal."""
+
+    deals: list[DealReconcile] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[DealReconcile]:
+        return iter(self.deals)
+
+    def __len__(self) -> int:
+        return len(self.deals)
+
+    @property
+    def drifted(self) -> list[DealReconcile]:
+        """Deals whose Redis state did not match (before any repair)."""
+        return [d for d in self.deals if not d.ok]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (task results, CLI --json)."""
+        return {"deals": [d.as_dict() for d in self.deals], "drifted": [d.deal_id for d in self.drifted]}
+
+
+@dataclass
+class _Expected:
+    remaining: int
+    held_by_user: dict[str, int]
+    persisted_qty: int
+    outbox_qty: int
+    outbox_cancels: int
+    dead_letter_qty: int
+
+
+def reconcile(
+    db: Database, rds: redis.Redis, keys: Keys, deal_ids: list[int] | None = None, repair: bool = False
+) -> ReconcileReport:
+    """Reconcile the given deals, or every deal loaded in Redis; deals PostgreSQL does not know are skipped."""
+    ids = deal_ids if deal_ids is not None else sorted(int(x) for x in rds.smembers(keys.live_deals))
+    return ReconcileReport([r for d in ids if (r := reconcile_deal(db, rds, keys, int(d), repair)) is not None])
+
+
+def reconcile_deal(
+    db: Database, rds: redis.Redis, keys: Keys, deal_id: int, repair: bool = False, tries: int = 5
+) -> DealReconcile | None:
+    """Reconcile one deal; None if PostgreSQL does not know it."""
+    with db.read() as s:
+        total = s.scalar(select(Deal.total_stock).where(Deal.id == deal_id))
+    if total is None:
+        return None
+    k = keys.deal(deal_id)
+    for _ in range(tries):
+        with rds.pipeline(transaction=True) as pipe:
+            try:
+                if repair:
+                    # Why WATCH the stock: every admission and cancel moves it, so if EXEC succeeds no order
+                    # came or went between our reads and the repair, and the value we write is still right.
+                    pipe.watch(k.stock)
+                    stock, entries, now = pipe.get(k.stock), pipe.xrange(k.outbox), pipe.time()
+                    buyers = pipe.hgetall(k.buyers)
+                else:
+                    # One MULTI: the stock, the outbox and the clock are one consistent snapshot.
+                    pipe.get(k.stock)
+                    pipe.xrange(k.outbox)
+                    pipe.time()
+                    pipe.hgetall(k.buyers)
+                    stock, entries, now, buyers = pipe.execute()
+                snap_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+                exp = _expected(db, deal_id, total, entries, snap_ms)
+                current = int(stock) if stock is not None else None
+                mismatched = _buyers_mismatched(buyers or {}, exp.held_by_user)
+                drift = None if current is None else current - exp.remaining
+                repaired = False
+                if repair and (drift != 0 or mismatched):
+                    pipe.multi()
+                    pipe.set(k.stock, exp.remaining)
+                    pipe.delete(k.buyers)
+                    held = {u: q for u, q in exp.held_by_user.items() if q}
+                    if held:
+                        pipe.hset(k.buyers, mapping=held)
+                    pipe.execute()
+                    repaired = True
+                return DealReconcile(
+                    deal_id=deal_id,
+                    total=total,
+                    redis_remaining=current,
+                    expected_remaining=exp.remaining,
+                    persisted_qty=exp.persisted_qty,
+                    outbox_qty=exp.outbox_qty,
+                    outbox_cancels=exp.outbox_cancels,
+                    dead_letter_qty=exp.dead_letter_qty,
+                    buyers_mismatched=mismatched,
+                    drift=drift,
+                    repaired=repaired,
+                )
+            except redis.WatchError:
+                continue
+    raise ReconcileBusy(f"deal {deal_id}: the stock kept changing during {tries} repair attempts")
+
+
+def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: int) -> _Expected:
+    """total − what is held: orders in the outbox, persisted and not canceled, and dead letters."""
+    held: dict[str, int] = defaultdict(int)
+    in_outbox: dict[uuid.UUID, OutboxRow] = {}
+    canceled: set[uuid.UUID] = set()
+    for entry_id, fields in entries:
+        row = parse_entry(entry_id, fields or {})
+        if not isinstance(row, OutboxRow):
+            continue  # never admitted by the gate (hand-written), so it holds no stock
+        if row.kind == ORDER:
+            in_outbox[row.order_id] = row
+        else:
+            canceled.add(row.order_id)
+    ids = list(in_outbox.keys() | canceled)
+    snap = ms_to_dt(snap_ms)
+    with db.read() as s:
+        canceled |= set(s.scalars(_CANCELED_BEFORE, {"ids": ids, "snap": snap}))
+        persisted_qty = 0
+        for user_id, qty in s.execute(_HELD_BY_USER, {"deal_id": deal_id, "ids": ids, "snap": snap}):
+            held[str(user_id)] += int(qty)
+            persisted_qty += int(qty)
+        letters = list(s.execute(_LETTERS, {"deal_id": deal_id}))
+    outbox_qty = 0
+    for oid, row in in_outbox.items():
+        if oid not in canceled:
+            held[str(row.user_id)] += row.quantity
+            outbox_qty += row.quantity
+    letter_qty = 0
+    for order_id, payload in letters:
+        row = parse_entry("", {k: str(v) for k, v in payload.items()})
+        if order_id in in_outbox or order_id in canceled or not isinstance(row, OutboxRow):
+            continue
+        if row.kind == CANCEL or row.admitted_ms >= snap_ms:
+            continue
+        held[str(row.user_id)] += row.quantity
+        letter_qty += row.quantity
+    return _Expected(
+        remaining=total - persisted_qty - outbox_qty - letter_qty,
+        held_by_user=dict(held),
+        persisted_qty=persisted_qty,
+        outbox_qty=outbox_qty,
+        outbox_cancels=sum(1 for f in (e[1] or {} for e in entries) if f.get("t") == CANCEL),
+        dead_letter_qty=letter_qty,
+    )
+
+
+def _buyers_mismatched(buyers: dict[str, str], held: dict[str, int]) -> int:
+    """How many users' totals in Redis differ from the expected ones."""
+    users = set(buyers) | {u for u, q in held.items() if q}
+    return sum(1 for u in users if int(buyers.get(u, 0) or 0) != held.get(u, 0))

@@ -1,0 +1,147 @@
+"""Celery tasks: thin wrappers that call the plain functions in ``worker/`` and ``shared/``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from celery import Task
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from shared.deals import tick as deals_tick
+from worker.celery_app import app
+from worker.context import get_context
+from worker.drain import DrainOptions, prune_consumers
+from worker.drain import drain_deal as run_drain
+from worker.outbox import is_transient
+from worker.reconcile import reconcile as run_reconcile
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL or Redis unreachable: the entries stay pending in the stream and the task comes back later.
+TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+RETRY_BACKOFF_MAX = 30
+
+
+def _consumer(task: Task) -> str:
+    """This process's consumer name in the group: node name plus pid (one per pool process)."""
+    return f"{task.request.hostname or 'local'}:{os.getpid()}"
+
+
+@app.task(
+    name="flashdeal.drain_deal",
+    bind=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=12,
+)
+def drain_deal(self: Task, deal_id: int) -> dict[str, Any]:
+    """Persist one deal's outbox (sent by web nodes at most once per kick interval per deal)."""
+    ctx = get_context()
+    deal_id = int(deal_id)
+
+    def fan_out() -> None:
+        # A full batch means a backlog: bring one more node in, at most once per kick interval (the same
+        # flag the admission script sets, so web nodes and workers together send one task per interval).
+        if ctx.redis.set(ctx.keys.deal(deal_id).kick, "1", nx=True, px=ctx.settings.drain_kick_ms):
+            drain_deal.apply_async((deal_id,))
+
+    try:
+        result = run_drain(
+            ctx.db,
+            ctx.redis,
+            ctx.keys,
+            deal_id,
+            _consumer(self),
+            DrainOptions.from_settings(ctx.settings, ctx.drain_budget_s),
+            on_backlog=fan_out,
+        )
+    except TRANSIENT:
+        _hold_kick(deal_id, self.request.retries)
+        raise
+    if result.more:
+        drain_deal.apply_async((deal_id,))  # budget spent: yield the process, carry on in a fresh task
+    return result.as_dict()
+
+
+def _hold_kick(deal_id: int, retries: int) -> None:
+    """While a retry is pending, hold the deal's kick flag so web nodes do not queue one more task per interval."""
+    ctx = get_context()
+    with contextlib.suppress(redis.RedisError):  # Redis may be the thing that is down: nothing to hold then
+        ctx.redis.set(ctx.keys.deal(deal_id).kick, "retry", px=1000 * min(2**retries, RETRY_BACKOFF_MAX))
+
+
+@app.task(name="flashdeal.drain_active", bind=True)
+def drain_active(self: Task) -> dict[str, Any]:
+    """Safety net run by beat every second: drain every live deal a little."""
+    ctx = get_context()
+    opts = DrainOptions.from_settings(ctx.settings, min(ctx.drain_budget_s, 1.0))
+    done: dict[str, Any] = {}
+    try:
+        for deal_id in ctx.gate.live_deal_ids():
+            res = run_drain(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts)
+            if res.entries:
+                done[str(deal_id)] = res.as_dict()
+            if res.more:
+                drain_deal.apply_async((deal_id,))
+            if self.request.id and hash(self.request.id) % 60 == 0:
+                prune_consumers(ctx.redis, ctx.keys, deal_id)
+    except TRANSIENT as exc:
+        # No retry here: beat sends this task again in a second, and the entries wait in the stream.
+        log.warning("drain_active: %s unavailable (%s); entries stay pending", type(exc).__name__, exc)
+        return {"deals": done, "error": str(exc)[:200]}
+    return {"deals": done}
+
+
+@app.task(name="flashdeal.tick")
+def tick() -> dict[str, Any]:
+    """Move deals along their lifecycle (load ahead, open, sold out, ended); beat runs it every second."""
+    ctx = get_context()
+    return asdict(deals_tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds))
+
+
+@app.task(name="flashdeal.reconcile", ignore_result=False)
+def reconcile(deal_id: int | None = None, repair: bool = False) -> dict[str, Any]:
+    """Compare Redis stock with PostgreSQL plus the outbox; report drift, repair on request."""
+    ctx = get_context()
+    ids = None if deal_id is None else [int(deal_id)]
+    report = run_reconcile(ctx.db, ctx.redis, ctx.keys, ids, repair=repair)
+    for d in report.drifted:
+        log.warning(
+            "reconcile: deal %s drift %s (redis %s, expected %s)%s",
+            d.deal_id,
+            d.drift,
+            d.redis_remaining,
+            d.expected_remaining,
+            " repaired" if d.repaired else "",
+        )
+    return report.as_dict()
+
+
+_INSERT_ONE = text(
+    """
+    INSERT INTO orders (id, deal_id, user_id, quantity, unit_price, status, admitted_at)
+    VALUES (CAST(:id AS uuid), :deal_id, :u, :q, CAST(:p AS numeric), 'confirmed', to_timestamp(:ts / 1000.0::float8))
+    ON CONFLICT (id) DO NOTHING
+    """
+)
+
+
+@app.task(name="flashdeal.bench_persist_one", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def persist_one(deal_id: int, order: dict[str, str]) -> None:
+    """The design the drain replaces, kept only as the benchmark's baseline: one task and one commit per order."""
+    ctx = get_context()
+    try:
+        with ctx.db.transaction() as s:
+            s.execute(_INSERT_ONE, {"deal_id": int(deal_id), **order})
+    except DBAPIError as exc:
+        if is_transient(exc):
+            raise
+        log.error("bench_persist_one refused: %s", exc)
