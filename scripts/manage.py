@@ -24,8 +24,8 @@ from shared.models import Deal  # noqa: E402
 from shared.redis_client import text_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
-DEMO_ADMIN = ("admin@flashdeal.local", "flashdeal-admin-1", "Demo Admin")
-DEMO_BUYER = ("buyer@flashdeal.local", "flashdeal-buyer-1", "Demo Buyer")
+DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
+DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
 DEMO_TITLE = "Demo deal: noise-cancelling headphones"
 
 
