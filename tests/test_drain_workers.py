@@ -1,0 +1,141 @@
+"""Drain with real Celery worker nodes: SIGKILL mid-drain, PostgreSQL refusing connections, beat as safety net."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy import text
+
+from shared.gate import Admission, Gate
+from shared.keys import Keys
+from tests.celery_procs import CeleryProcs, TcpProxy, celery_procs, wait_until  # noqa: F401  (fixture)
+from tests.helpers import make_deal, make_users
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def gate(settings, rds) -> Gate:
+    return Gate(rds, Keys(settings.key_prefix), settings.drain_kick_ms)
+
+
+def admit_many(gate: Gate, deal_id: int, users: list[int], n: int, threads: int = 8) -> dict[str, int]:
+    """Admit n orders of quantity 1 or 2 from a thread pool; returns order id -> quantity."""
+    rnd = random.Random(n)
+    plan = [(users[i % len(users)], rnd.choice((1, 2)), str(uuid.uuid4())) for i in range(n)]
+
+    def one(p: tuple[int, int, str]) -> tuple[str, int]:
+        r = gate.admit(deal_id, p[0], p[1], p[2])
+        assert r.outcome == Admission.ACCEPTED, r
+        return r.order_id, p[1]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(one, plan, chunksize=250))
+
+
+def db_orders(db, deal_id: int) -> dict[str, int]:
+    with db.read() as s:
+        rows = s.execute(text("SELECT id, quantity FROM orders WHERE deal_id = :d"), {"d": deal_id}).all()
+    return {str(r[0]): r[1] for r in rows}
+
+
+def db_count(db, deal_id: int) -> int:
+    with db.read() as s:
+        return int(s.execute(text("SELECT count(*) FROM orders WHERE deal_id = :d"), {"d": deal_id}).scalar())
+
+
+def send_drain(procs: CeleryProcs, deal_id: int, times: int = 1) -> None:
+    from worker import app
+
+    for _ in range(times):
+        app.send_task("flashdeal.drain_deal", args=[deal_id], queue=procs.queue)
+
+
+def outbox_empty(gate: Gate, deal_id: int) -> bool:
+    k = gate.keys.deal(deal_id)
+    if gate.redis.xlen(k.outbox):
+        return False
+    groups = gate.redis.xinfo_groups(k.outbox) if gate.redis.exists(k.outbox) else []
+    return all(int(g["pending"]) == 0 for g in groups)
+
+
+def assert_exactly_once(db, gate: Gate, deal_id: int, admitted: dict[str, int], total: int) -> None:
+    persisted = db_orders(db, deal_id)
+    assert len(persisted) == len(admitted)
+    assert persisted == admitted  # every accepted order, with its quantity, once (the id is the primary key)
+    with db.read() as s:
+        statuses = s.execute(
+            text("SELECT status, count(*) FROM orders WHERE deal_id = :d GROUP BY status"), {"d": deal_id}
+        ).all()
+        letters = s.execute(text("SELECT count(*) FROM dead_letters WHERE deal_id = :d"), {"d": deal_id}).scalar()
+    assert dict(statuses) == {"confirmed": len(admitted)} and letters == 0
+    assert gate.live(deal_id).remaining + sum(persisted.values()) == total
+
+
+def test_20000_orders_two_nodes_one_killed_mid_drain(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+    total = 50_000
+    users = make_users(db, 2000)
+    deal = make_deal(db, gate, stock=total, limit=30)
+    admitted = admit_many(gate, deal.id, users, 20_000)
+    k = gate.keys.deal(deal.id)
+    # A worker that died before this test started still holds 300 entries: someone must claim them.
+    gate.redis.xgroup_create(k.outbox, gate.keys.drain_group, id="0", mkstream=True)
+    assert len(gate.redis.xreadgroup(gate.keys.drain_group, "ghost", {k.outbox: ">"}, count=300)[0][1]) == 300
+
+    env = {"DRAIN_BATCH_SIZE": "200", "DRAIN_BUDGET_SECONDS": "1"}
+    w1 = celery_procs.worker("w1", env, wait=False)
+    w2 = celery_procs.worker("w2", env, wait=False)
+    w1.wait_for("ready.")
+    w2.wait_for("ready.")
+    send_drain(celery_procs, deal.id, 2)
+    assert wait_until(lambda: db_count(db, deal.id) >= 3000, 30, 0.02)
+    w1.kill()  # SIGKILL, whole node: its pool process dies with a batch read and not acked
+    killed_at = db_count(db, deal.id)
+    assert killed_at < 20_000, "the drain finished before the kill; the test proves nothing"
+    celery_procs.beat(env)  # the safety net keeps draining without any further kick
+    assert wait_until(lambda: outbox_empty(gate, deal.id), 90, 0.2), w2.text()[-3000:]
+    assert_exactly_once(db, gate, deal.id, admitted, total)
+    # The ghost's entries were claimed, not lost; consumers hold nothing.
+    assert gate.redis.xpending(k.outbox, gate.keys.drain_group)["pending"] == 0
+
+
+def _via(url: str, port: int) -> str:
+    u = urlsplit(url)
+    return urlunsplit(u._replace(netloc=f"{u.username + '@' if u.username else ''}127.0.0.1:{port}"))
+
+
+def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_procs: CeleryProcs) -> None:  # noqa: F811
+    u = urlsplit(settings.database_url)
+    proxy = TcpProxy((u.hostname or "127.0.0.1", u.port or 5432))
+    try:
+        total = 30_000
+        users = make_users(db, 1000)
+        deal = make_deal(db, gate, stock=total, limit=30)
+        admitted = admit_many(gate, deal.id, users, 10_000)
+        env = {"DATABASE_URL": _via(settings.database_url, proxy.port), "DRAIN_BATCH_SIZE": "100"}
+        w1 = celery_procs.worker("p1", env, wait=False)
+        w2 = celery_procs.worker("p2", env, wait=False)
+        w1.wait_for("ready.")
+        w2.wait_for("ready.")
+        celery_procs.beat(env)
+        send_drain(celery_procs, deal.id, 2)
+        assert wait_until(lambda: db_count(db, deal.id) >= 1000, 30, 0.02)
+        proxy.refuse()
+        time.sleep(0.5)
+        during = db_count(db, deal.id)
+        time.sleep(3)
+        # Nothing reaches PostgreSQL, nothing is lost: the entries wait in the stream.
+        assert db_count(db, deal.id) == during < 10_000
+        assert gate.redis.xlen(gate.keys.deal(deal.id).outbox) == 10_000 - during
+        proxy.restore()
+        assert wait_until(lambda: outbox_empty(gate, deal.id), 60, 0.2), w1.text()[-3000:]
+        assert_exactly_once(db, gate, deal.id, admitted, total)
+        logs = w1.text() + w2.text()
+        assert "OperationalError" in logs and "Retry in" in logs  # the drain task did retry with backoff
+    finally:
+        proxy.close()
