@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import insert
 
-from bench.common import Context, free_port, login_cookies, save, start_granian, stop, wrk
+from bench.common import Context, free_port, login_cookies, paced, save, start_granian, stop, wrk
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.models import User
@@ -59,14 +59,28 @@ def main() -> None:
         wrk("warmup", f"{base}/api/deals/{deal.id}", connections=50, seconds=2)
         common = {"connections": args.connections, "seconds": args.seconds}
         health = wrk("GET /healthz", f"{base}/healthz", **common)
-        detail = wrk(f"GET /api/deals/{{id}}", f"{base}/api/deals/{deal.id}", **common)
+        detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal.id}", **common)
         lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal.id)
         orders = wrk("POST /api/deals/{id}/orders", base, lua=lua, **common)
+        # Latency below saturation: the same connections, paced to 80% of each path's own maximum.
+        d_rate, o_rate = 0.8 * detail.requests_per_s, 0.8 * orders.requests_per_s
+        detail_paced = wrk(
+            f"GET /api/deals/{{id}} paced to {d_rate:.0f}/s",
+            f"{base}/api/deals/{deal.id}",
+            lua=paced(d_rate, args.connections),
+            **common,
+        )
+        orders_paced = wrk(
+            f"POST /api/deals/{{id}}/orders paced to {o_rate:.0f}/s",
+            base,
+            lua=paced(o_rate, args.connections, lua),
+            **common,
+        )
         accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal.id).orders)
     finally:
         stop(proc)
         ctx.cleanup()
-    rows = [health.row(health), detail.row(health), orders.row(health)]
+    rows = [r.row(health) for r in (health, detail, orders, detail_paced, orders_paced)]
     save(
         "http",
         rows,
@@ -80,9 +94,11 @@ def main() -> None:
     )
     print(f"\norders accepted by the gate during the run: {accepted} (every 202 is in the outbox)")
     print(
-        f"targets: detail >= 40% of /healthz and p99 < 20 ms -> {detail.requests_per_s / health.requests_per_s:.0%}, "
-        f"p99 {detail.p99_ms:.1f} ms; orders >= 5000/s, >= 30% of /healthz, p99 < 25 ms -> "
-        f"{orders.requests_per_s:.0f}/s, {orders.requests_per_s / health.requests_per_s:.0%}, p99 {orders.p99_ms:.1f} ms"
+        f"detail: {detail.requests_per_s / health.requests_per_s:.0%} of /healthz (target >= 40%), "
+        f"p99 {detail.p99_ms:.1f} ms saturated / {detail_paced.p99_ms:.1f} ms paced (target < 20 ms)\n"
+        f"orders: {orders.requests_per_s:.0f}/s (target >= 5000), {orders.requests_per_s / health.requests_per_s:.0%} "
+        f"of /healthz (target >= 30%), p99 {orders.p99_ms:.1f} ms saturated / {orders_paced.p99_ms:.1f} ms paced "
+        "(target < 25 ms)"
     )
 
 

@@ -95,8 +95,10 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
-def start_granian(env: dict[str, str], port: int, workers: int = 2, threads: int = 8) -> subprocess.Popen:
-    """One web instance under granian (WSGI)."""
+def start_granian(
+    env: dict[str, str], port: int, workers: int = 2, threads: int = 8, target: str = "web.wsgi:app"
+) -> subprocess.Popen:
+    """One web instance under granian (WSGI); ``target`` is the WSGI app to serve."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -114,7 +116,7 @@ def start_granian(env: dict[str, str], port: int, workers: int = 2, threads: int
             str(threads),
             "--backpressure",
             "512",
-            "web.wsgi:app",
+            target,
         ],
         cwd=ROOT,
         env=env,
@@ -182,6 +184,16 @@ def _ms(text: str) -> float:
     if not m:
         raise ValueError(text)
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def paced(rate: float, connections: int, lua: str = "") -> str:
+    """Lua that paces wrk to about ``rate`` requests/s in total over its connections.
+
+    wrk is closed-loop: at saturation every connection waits for the one before it, so latency is
+    just connections / throughput (Little's law). Pacing below saturation measures the latency a
+    buyer sees at that load instead.
+    """
+    return lua + f"\ndelay = function() return {connections * 1000.0 / rate:.3f} end\n"
 
 
 def wrk(
