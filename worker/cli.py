@@ -60,6 +60,13 @@ class Ops:
 
         return Gate(self.redis, self.keys, self.settings.drain_kick_ms)
 
+    def close(self) -> None:
+        """Release the connections this command opened."""
+        if "db" in self.__dict__:
+            self.db.engine.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()
+
     def invalidate(self, deal_id: int) -> None:
         """Drop the deal's cached JSON and bump the list version: web nodes show the change at once."""
         from shared.cache import invalidate_deal
@@ -74,6 +81,7 @@ def ops() -> Ops:
     found = root.meta.get("flashdeal.ops")
     if found is None:
         found = root.meta["flashdeal.ops"] = Ops()
+        root.call_on_close(found.close)
     return found
 
 
