@@ -10,6 +10,7 @@ it only connects Celery signals, so the tasks themselves stay free of metrics co
 - Figures that are state, not events (outbox backlog and age per deal, stock remaining per
   deal, dead letters), are read from Redis and PostgreSQL at scrape time: always current, and
   correct whichever node is scraped.
+- Without ``PROMETHEUS_MULTIPROC_DIR`` only the scrape-time figures are right (a warning says so).
 - The HTTP server starts in the main process on ``WORKER_METRICS_PORT`` (no server if unset or
   0) and binds ``WORKER_METRICS_ADDR`` (default 127.0.0.1).
 """
@@ -18,22 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-if "prometheus_client" not in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # prometheus-client picks its storage at import: without a directory, pool processes
-    # would count in memory that the main process's HTTP server never sees.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashdeal-worker-metrics-")
-
-from celery import signals  # noqa: E402
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
+from celery import signals
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +167,8 @@ def _on_postrun(
 class LiveCollector(Collector):
     """State read at scrape time: outbox backlog and age, stock remaining, dead letters."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
+        self._settings = settings
         self._ctx: Any = None
 
     def _context(self) -> Any:
@@ -184,7 +179,7 @@ class LiveCollector(Collector):
             from shared.redis_client import text_client
             from shared.settings import Settings
 
-            settings = Settings.from_env()
+            settings = self._settings or Settings.from_env()
             client = text_client(settings)
             keys = Keys(settings.key_prefix)
             self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, Gate(client, keys))
@@ -264,11 +259,14 @@ class LiveCollector(Collector):
         return out
 
 
-def registry() -> CollectorRegistry:
-    """Registry of the node's HTTP server: all pool processes' files plus the live gauges."""
-    reg = CollectorRegistry()
-    MultiProcessCollector(reg)
-    reg.register(LiveCollector())
+def registry(settings: Any = None) -> CollectorRegistry:
+    """Registry of the node's HTTP server: all pool processes' files (or this process) plus the live gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        reg = CollectorRegistry()
+        MultiProcessCollector(reg)
+    else:
+        reg = REGISTRY
+    reg.register(LiveCollector(settings))
     return reg
 
 
@@ -278,6 +276,9 @@ def _start_server(**_: Any) -> None:
     port = int(os.environ.get("WORKER_METRICS_PORT") or 0)
     if port <= 0:
         return
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Pool processes would count in their own memory, which this server cannot see.
+        log.warning("worker metrics: PROMETHEUS_MULTIPROC_DIR is not set; task counters will read 0 (use scripts/proc)")
     addr = os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1")
     start_http_server(port, addr=addr, registry=registry())
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
