@@ -102,10 +102,12 @@ class Stack:
     def _start_nginx(self, env: dict[str, str]) -> None:
         prefix = self.dir / "nginx"
         prefix.mkdir(exist_ok=True)
-        conf = (ROOT / "deploy" / "nginx.conf").read_text().replace("127.0.0.1:8080", f"127.0.0.1:{self.lb_port}")
-        for old, new in zip((8001, 8002, 8003), self.web_ports, strict=True):
-            conf = conf.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
-        (prefix / "nginx.conf").write_text(conf)
+        # nginx.conf and the files it includes, with the bench's ports in place of 8080 and 8001-8003.
+        for src in (ROOT / "deploy").glob("*.conf"):
+            conf = src.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{self.lb_port}")
+            for old, new in zip((8001, 8002, 8003), self.web_ports, strict=True):
+                conf = conf.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+            (prefix / src.name).write_text(conf)
         cmd = [NGINX, "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-e", "stderr", "-g", "daemon off;"]
         self.procs.append(_spawn(cmd, env, self.dir / "nginx.log"))
 
