@@ -52,7 +52,7 @@ redis_retry_on_timeout = True
 timezone = "UTC"
 enable_utc = True
 worker_send_task_events = True  # Flower
-task_send_sent_event = True
+task_send_sent_event = False  # a sent event costs every publisher (web nodes) a second write
 
 # Interval-only schedule: nothing to remember between restarts, so beat keeps no schedule file.
 beat_scheduler = "celery.beat:Scheduler"

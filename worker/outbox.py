@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -77,18 +78,21 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> OutboxRow | Unparsable
         kind = fields["t"]
         if kind not in (ORDER, CANCEL):
             raise ValueError(f"unknown entry type {kind!r}")
+        price = Decimal(fields["p"])
+        if not price.is_finite():
+            raise ValueError(f"price {price}")
         return OutboxRow(
             entry_id=entry_id,
             kind=kind,
             order_id=uuid.UUID(fields["id"]),
             user_id=int(fields["u"]),
             quantity=int(fields["q"]),
-            unit_price=Decimal(fields["p"]),
+            unit_price=price,
             admitted_ms=int(fields["ts"]),
             canceled_ms=int(fields["ct"]) if kind == CANCEL else None,
-            fields=dict(fields),
+            fields=fields,
         )
-    except (KeyError, ValueError, InvalidOperation) as exc:
+    except (KeyError, ValueError, TypeError, InvalidOperation) as exc:
         return Unparsable(entry_id, dict(fields), f"unparsable outbox entry: {type(exc).__name__}: {exc}")
 
 
@@ -109,6 +113,11 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {first}"[:500]
 
 
+def _array(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal; cheaper than adapting a list value by value (UUIDs, ints, finite decimals only)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[int, int]:
     """Write orders then cancels, each kind in one statement; returns (orders inserted, rows canceled)."""
     orders: dict[uuid.UUID, OutboxRow] = {}
@@ -124,11 +133,11 @@ def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[i
             _INSERT_ORDERS,
             {
                 "deal_id": deal_id,
-                "ids": [r.order_id for r in o],
-                "users": [r.user_id for r in o],
-                "qtys": [r.quantity for r in o],
-                "prices": [r.unit_price for r in o],
-                "ts": [r.admitted_ms for r in o],
+                "ids": _array(r.order_id for r in o),
+                "users": _array(r.user_id for r in o),
+                "qtys": _array(r.quantity for r in o),
+                "prices": _array(r.unit_price for r in o),
+                "ts": _array(r.admitted_ms for r in o),
             },
         ).rowcount
     if cancels:
@@ -137,12 +146,12 @@ def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[i
             _UPSERT_CANCELS,
             {
                 "deal_id": deal_id,
-                "ids": [r.order_id for r in c],
-                "users": [r.user_id for r in c],
-                "qtys": [r.quantity for r in c],
-                "prices": [r.unit_price for r in c],
-                "ts": [r.admitted_ms for r in c],
-                "cts": [r.canceled_ms for r in c],
+                "ids": _array(r.order_id for r in c),
+                "users": _array(r.user_id for r in c),
+                "qtys": _array(r.quantity for r in c),
+                "prices": _array(r.unit_price for r in c),
+                "ts": _array(r.admitted_ms for r in c),
+                "cts": _array(r.canceled_ms for r in c),
             },
         ).rowcount
     return inserted, canceled
