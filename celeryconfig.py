@@ -31,7 +31,9 @@ task_routes = {"flashdeal.*": {"queue": QUEUE}}
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Redis blinked: let a running drain finish (it has its own Redis retries); if its ack is lost the task comes
+# back, which is harmless because every task here is idempotent.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 # Redis blips: keep reconnecting instead of exiting.
 broker_connection_retry = True

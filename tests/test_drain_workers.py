@@ -139,3 +139,33 @@ def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_
         assert "OperationalError" in logs and "Retry in" in logs  # the drain task did retry with backoff
     finally:
         proxy.close()
+
+
+def test_redis_blip_workers_reconnect_and_reconcile_task_reports(db, gate, settings, celery_procs: CeleryProcs) -> None:  # noqa: F811
+    from worker import app
+
+    u = urlsplit(settings.redis_url)
+    proxy = TcpProxy((u.hostname or "127.0.0.1", u.port or 6379))
+    try:
+        users = make_users(db, 500)
+        deal = make_deal(db, gate, stock=20_000, limit=30)
+        admitted = admit_many(gate, deal.id, users, 4000)
+        via = _via(settings.redis_url, proxy.port)
+        env = {"REDIS_URL": via, "CELERY_BROKER_URL": via, "DRAIN_BATCH_SIZE": "100"}
+        w1 = celery_procs.worker("r1", env)
+        celery_procs.beat(env)
+        assert wait_until(lambda: db_count(db, deal.id) >= 500, 30, 0.02)
+        proxy.refuse()  # workers and beat lose Redis: broker, outbox and results
+        time.sleep(2)
+        proxy.restore()
+        admitted |= admit_many(gate, deal.id, users, 2000)  # new orders after the blip, no kick sent
+        assert wait_until(lambda: outbox_empty(gate, deal.id), 60, 0.2), w1.text()[-3000:]
+        assert_exactly_once(db, gate, deal.id, admitted, 20_000)
+        # The reconcile task, through the reconnected worker: consistent, nothing repaired.
+        res = app.send_task("flashdeal.reconcile", kwargs={"deal_id": deal.id}, queue=celery_procs.queue)
+        report = res.get(timeout=30)
+        (d,) = report["deals"]
+        assert d["deal_id"] == deal.id and d["ok"] and d["drift"] == 0 and not d["repaired"]
+        assert d["expected_remaining"] == gate.live(deal.id).remaining
+    finally:
+        proxy.close()
