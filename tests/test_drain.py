@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
 from sqlalchemy import text
 
 from shared.gate import Admission, Cancellation, Gate
@@ -169,3 +170,21 @@ def test_retry_persists_a_letter_once_its_cause_is_fixed(db, gate) -> None:
     assert rep.persisted == [oid] and not rep.still_failing
     assert _rows(db, deal.id)[oid][0] == "canceled"
     assert list_dead_letters(db, deal.id) == []
+
+
+def test_entries_neither_utf8_nor_storable_are_dead_lettered_without_blocking(db, settings, gate) -> None:
+    # The worker's client replaces undecodable bytes (worker/context.py); a strict one would fail every read.
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, encoding_errors="replace")
+    raw = redis.Redis.from_url(settings.redis_url)
+    users = make_users(db, 1)
+    deal = make_deal(db, gate, stock=10)
+    (good,) = _admit(gate, deal.id, users)
+    k = gate.keys.deal(deal.id)
+    raw.xadd(k.outbox, {b"t": b"o", b"id": b"\xff\xfe", b"u": b"1", b"q": b"1", b"p": b"1", b"ts": b"1"})
+    nul = str(uuid.uuid4())
+    raw.xadd(k.outbox, {"t": "o", "id": nul, "u": "1\x00", "q": "1", "p": "1", "ts": "1"})
+    res = drain_deal(db, client, gate.keys, deal.id, "t1", _opts())
+    assert (res.persisted, res.dead_lettered, res.entries) == (1, 2, 3)
+    assert client.xlen(k.outbox) == 0 and set(_rows(db, deal.id)) == {good}
+    letters = {d.order_id: d for d in list_dead_letters(db, deal.id)}
+    assert "raw" in letters[nul].payload and "repr" in letters[nul].reason

@@ -110,17 +110,25 @@ def dead_letter(
     attempts: int,
 ) -> None:
     """Store (or merge into) the dead letter of one order, inside the caller's transaction."""
-    session.execute(
-        _UPSERT_DEAD_LETTER,
-        {
-            "order_id": order_id,
-            "deal_id": deal_id,
-            "entry_id": entry_id,
-            "payload": json.dumps(payload, sort_keys=True),
-            "reason": reason,
-            "attempts": attempts,
-        },
-    )
+    params = {
+        "order_id": order_id,
+        "deal_id": deal_id,
+        "entry_id": entry_id,
+        "payload": json.dumps(payload, sort_keys=True),
+        "reason": reason,
+        "attempts": attempts,
+    }
+    try:
+        with session.begin_nested():
+            session.execute(_UPSERT_DEAD_LETTER, params)
+    except DBAPIError as exc:
+        if is_transient(exc):
+            raise
+        # Why: a payload PostgreSQL cannot store (e.g. a NUL character) must not block the whole outbox; keep
+        # a printable copy instead, so the entry is still acked and an operator still sees what it was.
+        params["payload"] = json.dumps({"t": str(payload.get("t", "?")), "raw": repr(payload)[:4000]})
+        params["reason"] = f"{reason} (payload stored as repr: {reason_of(exc)})"[:1000]
+        session.execute(_UPSERT_DEAD_LETTER, params)
 
 
 def dead_letter_entry(

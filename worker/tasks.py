@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 from dataclasses import asdict
 from typing import Any
 
@@ -91,7 +92,7 @@ def drain_active(self: Task) -> dict[str, Any]:
                 done[str(deal_id)] = res.as_dict()
             if res.more:
                 drain_deal.apply_async((deal_id,))
-            if self.request.id and hash(self.request.id) % 60 == 0:
+            if random.random() < 1 / 60:  # about once a minute per deal
                 prune_consumers(ctx.redis, ctx.keys, deal_id)
     except TRANSIENT as exc:
         # No retry here: beat sends this task again in a second, and the entries wait in the stream.
