@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--baseline", type=int, default=5_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--concurrency", type=int, default=2, help="prefork processes per worker node")
     args = ap.parse_args()
 
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -130,11 +131,18 @@ def main() -> None:
     deals: list[int] = []
     try:
         users = make_users(ctx, 5000)
+        node_args = [
+            "--pool",
+            "prefork",
+            "-c",
+            str(args.concurrency),
+            "-Q",
+            queue,
+            "--without-mingle",
+            "--without-gossip",
+        ]
         for name in ("bench1", "bench2"):
-            procs.append(
-                start_node(ctx, name, logdir, ["worker", "-n", f"{name}@%h", "--pool", "prefork", "-c", "1",
-                                              "-Q", queue, "--without-mingle", "--without-gossip"])
-            )  # fmt: skip
+            procs.append(start_node(ctx, name, logdir, ["worker", "-n", f"{name}@%h", *node_args]))
         nodes_ready(app, ["bench1", "bench2"])
 
         # 1. Backlog drained by two nodes.

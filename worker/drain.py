@@ -247,8 +247,12 @@ def drain_deal(
     return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog).run()
 
 
-def prune_consumers(rds: redis.Redis, keys: Keys, deal_id: int, idle_ms: int = 3_600_000) -> int:
-    """Forget consumers (dead worker processes) that hold nothing and were idle for long."""
+def prune_consumers(rds: redis.Redis, keys: Keys, deal_id: int, idle_ms: int = 86_400_000) -> int:
+    """Forget consumers (dead worker processes) that hold nothing and were idle for a day.
+
+    Every read, even an empty one, resets a consumer's idle time, and beat drains every live deal each
+    second, so a consumer idle for a day belongs to a process that is gone.
+    """
     stream = keys.deal(deal_id).outbox
     try:
         consumers = rds.xinfo_consumers(stream, keys.drain_group)
