@@ -243,6 +243,7 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
         adm.goto(f"/admin/deals/{deal.id}")
         expect(adm.locator('td[data-stat="confirmed"]')).to_have_text("1")
         expect(adm.locator('td[data-stat="remaining_stock"]')).to_have_text("0")
+        shot(adm, "admin-progress")
 
         # A's orders page lists the order with a cancel button.
         orders = a_ctx.new_page()
@@ -263,7 +264,6 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
         expect(b.locator("#sale-message")).to_have_text("Stock is back: you can buy again.")
         expect(adm.locator('td[data-stat="canceled"]')).to_have_text("1", timeout=20_000)
         expect(adm.locator('td[data-stat="remaining_stock"]')).to_have_text("1")
-        shot(adm, "admin-progress")
 
         def persisted_canceled() -> bool:
             with db.read() as s:

@@ -99,10 +99,8 @@ def countdown_text(deal: dict[str, Any], now: datetime | None = None) -> str:
     """The countdown line of a deal as first rendered (the page script keeps it ticking)."""
     now = now or datetime.now(UTC)
     status = deal["status"]
-    if status == "sold_out":
-        return "Sold out"
     if status == "ended":
-        return "Sale ended"
+        return ""  # the status badge says it
     target = datetime.fromisoformat(deal["starts_at" if status == "scheduled" else "ends_at"])
     seconds = max(0, int((target - now).total_seconds()))
     days, rest = divmod(seconds, 86400)

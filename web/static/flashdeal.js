@@ -35,8 +35,7 @@
   }
 
   function countdownText(status, startsMs, endsMs) {
-    if (status === "sold_out") return "Sold out";
-    if (status === "ended") return "Sale ended";
+    if (status === "ended") return ""; // the badge says it
     if (status === "scheduled") return "Starts in " + span(startsMs - now());
     return "Ends in " + span(endsMs - now());
   }
@@ -350,7 +349,6 @@
       ["remaining_stock", "accepted", "confirmed", "canceled", "pending", "failed"].forEach((k) => put(k, s[k]));
       put("sold", s.total_stock - s.remaining_stock);
       setBadge(root.querySelector('[data-stat="status"]'), s.status);
-      root.querySelector('[data-stat="status"]').textContent = s.status;
       document.getElementById("sold-bar").value = s.total_stock - s.remaining_stock;
       put("updated", "updated " + new Date().toLocaleTimeString());
     });
