@@ -119,6 +119,7 @@ def test_page_guards_and_headers(client, db, settings) -> None:
     deal = make_deal(db, _gate(settings), stock=2)
     r = client.get(f"/deals/{deal.id}")
     assert r.status_code == 200 and "Log in to buy" in r.get_data(as_text=True)
+    assert "Set-Cookie" not in r.headers  # anonymous readers of a hot deal page create no session
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     assert r.headers["Cache-Control"] == "no-store"
     assert client.get("/deals/99999999").status_code == 404
@@ -130,6 +131,25 @@ def test_page_guards_and_headers(client, db, settings) -> None:
     assert client.get(f"/admin/deals/{deal.id}").status_code == 403
     # The JSON API still refuses form posts (its own CSRF defence) and is untouched by the page token.
     assert client.post(f"/api/deals/{deal.id}/orders", data={"quantity": "1"}).status_code == 415
+
+
+def test_forms_work_across_web_nodes(web_server, db) -> None:
+    """The token lives in the Redis session: a form from node A posts to node B (any node behind the LB)."""
+    import requests
+
+    a, b = web_server(), web_server()
+    email = email_of(db, make_users(db, 1)[0])
+    s = requests.Session()
+    token = _token(s.get(a.url + "/login").text)
+    r = s.post(
+        b.url + "/login", data={"email": email, "password": PASSWORD, "csrf_token": token}, allow_redirects=False
+    )
+    assert r.status_code == 303
+    page = s.get(a.url + "/orders")
+    assert page.status_code == 200 and "My orders" in page.text
+    r = s.post(b.url + "/logout", data={"csrf_token": _token(page.text)}, allow_redirects=False)
+    assert r.status_code == 303
+    assert s.get(a.url + "/api/me").status_code == 401
 
 
 # ---- browser -------------------------------------------------------------------------------
