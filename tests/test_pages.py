@@ -11,6 +11,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from shared.gate import Gate
 from shared.keys import Keys
 from tests.conftest import ROOT
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from web.pages import countdown_text
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -131,6 +133,21 @@ def test_page_guards_and_headers(client, db, settings) -> None:
     assert client.get(f"/admin/deals/{deal.id}").status_code == 403
     # The JSON API still refuses form posts (its own CSRF defence) and is untouched by the page token.
     assert client.post(f"/api/deals/{deal.id}/orders", data={"quantity": "1"}).status_code == 415
+
+
+def test_deal_list_and_countdowns(client) -> None:
+    r = client.get("/?utm_source=mail&status=active")
+    assert r.status_code == 302 and r.headers["Location"] == "/?status=active"
+    assert client.get("/?status=active").status_code == 200
+    assert client.get("/?status=bogus").status_code == 422
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    deal = {"status": "scheduled", "starts_at": "2026-01-01T00:01:05+00:00", "ends_at": "2026-01-03T02:00:00+00:00"}
+    assert countdown_text(deal, now) == "Starts in 1m 05s"
+    assert countdown_text({**deal, "status": "open"}, now) == "Ends in 2d 2h 00m"
+    assert countdown_text({**deal, "status": "sold_out", "ends_at": "2026-01-01T03:00:09+00:00"}, now) == (
+        "Ends in 3h 00m 09s"
+    )
+    assert countdown_text({**deal, "status": "ended"}, now) == ""
 
 
 def test_forms_work_across_web_nodes(web_server, db) -> None:

@@ -92,6 +92,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _login_redirect() -> Response:
+    """Send an anonymous visitor to the login form, coming back here afterwards."""
     return redirect(url_for("pages.login_form", next=request.full_path.rstrip("?")))  # type: ignore[return-value]
 
 
@@ -106,21 +107,27 @@ def countdown_text(deal: dict[str, Any], now: datetime | None = None) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    span = (
-        f"{days}d {hours}h {minutes:02d}m"
-        if days
-        else f"{hours}h {minutes:02d}m {secs:02d}s"
-        if hours
-        else (f"{minutes}m {secs:02d}s")
-    )
+    if days:
+        span = f"{days}d {hours}h {minutes:02d}m"
+    elif hours:
+        span = f"{hours}h {minutes:02d}m {secs:02d}s"
+    else:
+        span = f"{minutes}m {secs:02d}s"
     return f"{'Starts' if status == 'scheduled' else 'Ends'} in {span}"
 
 
+LIST_ARGS = ("status", "page", "per_page")
+
+
 @bp.get("/")
-def deal_list() -> str:
+def deal_list() -> Any:
     """The deal list with countdowns and live remaining stock; same filters as GET /api/deals."""
     from web.deals import list_deals
 
+    known = {k: v for k, v in request.args.items() if k in LIST_ARGS}
+    if len(known) != len(request.args):
+        # Links carrying tracking parameters still land on the list (the API refuses unknown ones).
+        return redirect(url_for("pages.deal_list", **known))
     data = list_deals().get_json()  # the API view itself: one source of truth for the list
     return render_template("pages/deals.html", page_data=data, countdown=countdown_text)
 
