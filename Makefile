@@ -32,6 +32,12 @@ test: venv
 	$(VENV)/bin/ruff check . ; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## bench: strategies, burst and the Locust scenario into bench/results/ (CSV, Markdown, PNG; ~8 min, 127.0.0.1 only)
+bench: venv
+	@$(PY) scripts/ensure_nginx.py
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
+	$(PY) -m bench.report $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,217 @@
+"""One command for the whole benchmark report: strategies, burst, reference scenario; CSV, Markdown and charts.
+
+Usage: .venv/bin/python -m bench.report [--quick]   (or: make bench)
+Writes bench/results/: strategies.csv|md|json, burst.csv|md|json, burst_timeline.csv, reference.csv|md|json,
+REPORT.md (every table, the machine, the targets) and the charts strategies_throughput.png,
+strategies_latency.png, burst_timeline.png, reference.png. About 6-8 minutes on 2 cores (--quick: ~2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench import bench_strategies, burst, reference  # noqa: E402
+from bench.common import RESULTS, markdown_table  # noqa: E402
+
+
+def machine() -> dict[str, str]:
+    """nproc, memory and CPU model of this machine."""
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        platform.processor(),
+    )
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
+    load = os.getloadavg()
+    return {"nproc": str(os.cpu_count()), "memory": mem, "cpu": cpu, "load average at start": f"{load[0]:.2f}"}
+
+
+def write_csv(name: str, rows: list[dict]) -> None:
+    """bench/results/<name>.csv."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    with (RESULTS / f"{name}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def chart_strategies(rows: list[dict]) -> None:
+    """Orders/s per strategy (with the ratio to (1)), and p50/p99 per strategy."""
+    labels = [r["strategy"].replace(" + ", "\n+ ", 1) for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    bars = ax.bar(labels, [r["orders/s"] for r in rows], color=["#999", "#b88", "#c96", "#2a7"])
+    for b, r in zip(bars, rows, strict=True):
+        ax.annotate(f"{r['orders/s']}/s\n×{r['orders/s vs (1)']}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=9)  # fmt: skip
+    ax.set_ylabel("orders accepted per second")
+    ax.set_title("Admission strategies: throughput (same HTTP load, same run)")
+    ax.margins(y=0.2)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "strategies_throughput.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["p50 ms"] for r in rows], 0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [r["p99 ms"] for r in rows], 0.4, label="p99")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("answer time, ms (log scale)")
+    ax.set_title("Admission strategies: latency under the same load")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "strategies_latency.png", dpi=110)
+    plt.close(fig)
+
+
+def chart_burst(summary: dict) -> None:
+    """Cumulative accepted and confirmed orders over time, and each answer's latency."""
+    series: dict[str, list[tuple[float, float]]] = {"accepted": [], "confirmed": [], "latency_ms": [], "sent": []}
+    with (RESULTS / "burst_timeline.csv").open() as f:
+        for row in csv.DictReader(f):
+            series[row["kind"]].append((float(row["t_s"]), float(row["value"])))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    sent = sorted(t for t, _ in series["sent"])
+    ax.plot(sent, range(1, len(sent) + 1), color="#bbb", label="buy presses (scheduled)")
+    ax.step(*zip(*series["accepted"], strict=True), where="post", color="#2a7", label="accepted (202) answers")
+    if series["confirmed"]:
+        ax.step(*zip(*series["confirmed"], strict=True), where="post", color="#36c", label="confirmed in PostgreSQL")
+    ax.axhline(summary["stock"], color="#c33", ls=":", lw=1, label=f"stock {summary['stock']}")
+    ax.set_xlabel("seconds since the sale opened")
+    ax.set_ylabel("count")
+    ax2 = ax.twinx()
+    ax2.scatter(*zip(*series["latency_ms"], strict=True), s=2, color="#e90", alpha=0.35, label="answer time (ms)")
+    ax2.set_ylabel("answer time, ms")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    ax.set_title(f"Burst: {summary['buyers']} buyers within 1 s, stock {summary['stock']}")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "burst_timeline.png", dpi=110)
+    plt.close(fig)
+
+
+def chart_reference(rows: list[dict], users: int) -> None:
+    """Requests/s and p50/p95/p99 per endpoint of the Locust scenario."""
+    rows = [r for r in rows if r["endpoint"] != "POST /api/auth/login"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    names = [r["endpoint"].replace(" /", "\n/", 1) for r in rows]
+    a1.bar(names, [r["req/s"] for r in rows], color="#2a7")
+    a1.axhline(2000, color="#c33", ls=":", label="target 2,000 req/s (total)")
+    a1.set_title(f"Locust, {users} users: requests/s")
+    a1.legend(fontsize=8)
+    a1.tick_params(axis="x", labelsize=8)
+    x = range(len(rows))
+    for off, key in ((-0.27, "p50 ms"), (0, "p95 ms"), (0.27, "p99 ms")):
+        a2.bar([i + off for i in x], [r[key] for r in rows], 0.27, label=key)
+    a2.axhline(100, color="#c33", ls=":", label="target p99 100 ms")
+    a2.set_xticks(list(x), names, fontsize=8)
+    a2.set_title("answer time, ms")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "reference.png", dpi=110)
+    plt.close(fig)
+
+
+def targets(strat: list[dict], b: dict, ref: dict) -> list[dict]:
+    """The issue's targets, met or not."""
+    ratio = next(r["orders/s vs (1)"] for r in strat if r["key"] == "lua_outbox")
+    total = ref["rows"][0]
+    sold, conf = b["time to sold out (s)"], b["all confirmed in PostgreSQL (s)"]
+    burst_ok = isinstance(sold, float) and isinstance(conf, float) and max(sold, conf) < 2 and b["accepted == stock"]
+    return [
+        {"target": "strategy (4) >= 10x strategy (1), orders/s", "measured": f"x{ratio}", "met": ratio >= 10},
+        {"target": "burst sold out and fully confirmed < 2 s, accepted == stock",
+         "measured": f"sold out {sold} s, confirmed {conf} s, accepted {b['accepted (202)']}", "met": burst_ok},
+        {"target": "reference >= 2,000 req/s total, p99 < 100 ms",
+         "measured": f"{total['req/s']} req/s, p99 {total['p99 ms']} ms",
+         "met": total["req/s"] >= 2000 and total["p99 ms"] < 100},
+        {"target": "no oversell, nothing lost (all runs)", "measured": _integrity(strat, b, ref),
+         "met": _integrity(strat, b, ref) == "ok"},
+    ]  # fmt: skip
+
+
+def _integrity(strat: list[dict], b: dict, ref: dict) -> str:
+    bad = [r["key"] for r in strat if r["oversold"] or not r["sell-out ok"]]
+    if not b["accepted == stock"] or b["gate remaining"] != 0 or b["confirmed"] != b["stock"]:
+        bad.append("burst")
+    if not (ref["remaining + confirmed == total"] and ref["accepted == confirmed (nothing lost)"]):
+        bad.append("reference")
+    return "ok" if not bad else "failed: " + ", ".join(bad)
+
+
+def main() -> None:
+    """Run everything, then write the tables and charts."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a dry run (~2 min)")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    mach = machine()
+    if args.quick:
+        strat = bench_strategies.run(seconds=3, connections=50)
+        b = burst.run(buyers=1000, stock=200, connections=200)
+        ref = reference.run(users=50, seconds=10)
+    else:
+        strat = bench_strategies.run()
+        b = burst.run()
+        ref = reference.run()
+    write_csv("strategies", strat)
+    write_csv("burst", [b])
+    write_csv("reference", ref["rows"])
+    chart_strategies(strat)
+    chart_burst(b)
+    chart_reference(ref["rows"], ref["users"])
+    tgt = targets(strat, b, ref)
+    write_csv("targets", tgt)
+    keep = ["strategy", "orders/s", "orders/s vs (1)", "p50 ms", "p99 ms", "p99 vs (1)", "errors",
+            "persisted after (s)", "oversold", "sell-out: accepted/persisted/remaining of 500", "lost"]  # fmt: skip
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    md = [
+        f"# flashdeal benchmark report ({when}{', quick' if args.quick else ''})",
+        "",
+        f"Machine: {mach['nproc']} cores ({mach['cpu']}), {mach['memory']} RAM, load average "
+        f"{mach['load average at start']} at start (shared with other work: compare ratios, not absolutes).",
+        "",
+        "## Targets",
+        markdown_table(tgt),
+        "",
+        "## Admission strategies (same HTTP load, one run)",
+        markdown_table([{k: r[k] for k in keep} for r in strat]),
+        "",
+        "![throughput](strategies_throughput.png) ![latency](strategies_latency.png)",
+        "",
+        "## Burst",
+        markdown_table([b]),
+        "",
+        "![burst](burst_timeline.png)",
+        "",
+        f"## Reference scenario (Locust, {ref['users']} users, {ref['seconds']} s, through the LB)",
+        markdown_table(ref["rows"]),
+        "",
+        f"Expected 409s by code: {json.dumps(ref['expected 409s by code'])}; "
+        f"after the drain ({ref['drained after (s)']} s): {json.dumps(ref['stats'])}.",
+        "",
+        "![reference](reference.png)",
+        "",
+        f"Whole run: {time.monotonic() - t0:.0f} s.",
+    ]
+    (RESULTS / "REPORT.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
