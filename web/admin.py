@@ -29,17 +29,7 @@ def create() -> Any:
     svc = services()
     if data.ends_at <= datetime.now(UTC):
         raise ApiError(422, "invalid", "ends_at: must be in the future")
-    spec = NewDeal(
-        title=data.title,
-        price=data.price,
-        stock=data.stock,
-        per_user_limit=data.per_user_limit,
-        starts_at=data.starts_at,
-        ends_at=data.ends_at,
-        product_name=data.product_name,
-        product_id=data.product_id,
-        description=data.description,
-    )
+    spec = NewDeal(**data.model_dump())  # same field names by design
     try:
         with svc.db.transaction() as s:
             deal = create_deal(s, spec)
