@@ -33,10 +33,12 @@ def create() -> Any:
     try:
         with svc.db.transaction() as s:
             deal = create_deal(s, spec)
-            if deal.starts_at <= datetime.now(UTC) + timedelta(seconds=svc.settings.deal_load_ahead_seconds):
-                load_deal(s, svc.gate, deal)
     except DealNotFound as exc:
         raise ApiError(422, "invalid", f"product_id: {exc}") from None
+    if deal.starts_at <= datetime.now(UTC) + timedelta(seconds=svc.settings.deal_load_ahead_seconds):
+        # Loaded after the commit: the gate must never admit orders for a deal that was rolled back.
+        with svc.db.read() as s:
+            load_deal(s, svc.gate, deal)
     invalidate_deal(svc.redis, svc.keys, deal.id)
     return jsonify(deal_detail(svc, deal.id)), 201
 
