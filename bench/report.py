@@ -131,12 +131,13 @@ def targets(strat: list[dict], b: dict, ref: dict) -> list[dict]:
     """The issue's targets, met or not."""
     ratio = next(r["orders/s vs (1)"] for r in strat if r["key"] == "lua_outbox")
     total = ref["rows"][0]
-    sold, conf = b["time to sold out (s)"], b["all confirmed in PostgreSQL (s)"]
+    sold, conf = b["last 202 answered (s)"], b["all confirmed in PostgreSQL (s)"]
     burst_ok = isinstance(sold, float) and isinstance(conf, float) and max(sold, conf) < 2 and b["accepted == stock"]
     return [
         {"target": "strategy (4) >= 10x strategy (1), orders/s", "measured": f"x{ratio}", "met": ratio >= 10},
         {"target": "burst sold out and fully confirmed < 2 s, accepted == stock",
-         "measured": f"sold out {sold} s, confirmed {conf} s, accepted {b['accepted (202)']}", "met": burst_ok},
+         "measured": f"stock gone in the gate {b['stock gone in the gate (s)']} s, last 202 answered {sold} s, "
+                     f"all confirmed {conf} s, accepted {b['accepted (202)']}", "met": burst_ok},
         {"target": "reference >= 2,000 req/s total, p99 < 100 ms",
          "measured": f"{total['req/s']} req/s, p99 {total['p99 ms']} ms",
          "met": total["req/s"] >= 2000 and total["p99 ms"] < 100},
@@ -207,7 +208,7 @@ def main() -> None:
         "",
         "![reference](reference.png)",
         "",
-        f"Whole run: {time.monotonic() - t0:.0f} s.",
+        f"Whole run: {time.monotonic() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.2f}.",
     ]
     (RESULTS / "REPORT.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
