@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	@# Registers the `celery flashdeal` sub-command (celery.commands entry point).
-	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 ## up: install, find or start Redis and PostgreSQL, migrate, seed, run the stack (Ctrl-C stops it)
