@@ -31,7 +31,7 @@ from worker.outbox import (
 _UPSERT_DEAD_LETTER = text(
     """
     INSERT INTO dead_letters (order_id, deal_id, entry_id, payload, reason, attempts)
-    VALUES (:order_id, :deal_id, :entry_id, CAST(:payload AS jsonb), :reason, :attempts)
+    VALUES (CAST(:order_id AS uuid), :deal_id, :entry_id, CAST(:payload AS jsonb), :reason, :attempts)
     ON CONFLICT (order_id) DO UPDATE SET
         payload = CASE WHEN EXCLUDED.payload->>'t' = 'c' THEN dead_letters.payload || EXCLUDED.payload
                        ELSE EXCLUDED.payload || dead_letters.payload END,
@@ -42,7 +42,8 @@ _UPSERT_DEAD_LETTER = text(
 )
 
 _HAS_ORDER_OR_LETTER = text(
-    "SELECT EXISTS (SELECT 1 FROM orders WHERE id = :id) OR EXISTS (SELECT 1 FROM dead_letters WHERE order_id = :id)"
+    "SELECT EXISTS (SELECT 1 FROM orders WHERE id = CAST(:id AS uuid))"
+    " OR EXISTS (SELECT 1 FROM dead_letters WHERE order_id = CAST(:id AS uuid))"
 )
 
 
@@ -104,7 +105,7 @@ def dead_letter(
     session: Session,
     deal_id: int,
     entry_id: str,
-    order_id: uuid.UUID,
+    order_id: str,
     payload: dict[str, str],
     reason: str,
     attempts: int,
@@ -137,7 +138,7 @@ def dead_letter_entry(
     item: OutboxRow | Unparsable,
     reason: str,
     attempts: int,
-    canceled_in_gate: Callable[[uuid.UUID], bool],
+    canceled_in_gate: Callable[[str], bool],
 ) -> bool:
     """Dead-letter one refused entry; False when there is nothing to keep (see the cancel case below)."""
     if isinstance(item, Unparsable):
@@ -159,9 +160,9 @@ def dead_letter_entry(
     return True
 
 
-def _order_id_or_synthetic(deal_id: int, item: Unparsable) -> uuid.UUID:
+def _order_id_or_synthetic(deal_id: int, item: Unparsable) -> str:
     try:
-        return uuid.UUID(item.fields.get("id", ""))
+        return str(uuid.UUID(str(item.fields.get("id", ""))))
     except ValueError:
         return synthetic_order_id(deal_id, item.entry_id)
 

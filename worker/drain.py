@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -229,8 +228,8 @@ class Drainer:
                     dead += 1
         return persisted, canceled, dead
 
-    def _canceled_in_gate(self, order_id: uuid.UUID) -> bool:
-        rec = self.rds.hget(self.dk.orders, str(order_id))
+    def _canceled_in_gate(self, order_id: str) -> bool:
+        rec = self.rds.hget(self.dk.orders, order_id)
         return bool(rec) and str(rec).endswith("|canceled")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -163,8 +162,8 @@ def reconcile_deal(
 def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: int) -> _Expected:
     """total − what is held: orders in the outbox, persisted and not canceled, and dead letters."""
     held: dict[str, int] = defaultdict(int)
-    in_outbox: dict[uuid.UUID, OutboxRow] = {}
-    canceled: set[uuid.UUID] = set()
+    in_outbox: dict[str, OutboxRow] = {}
+    canceled: set[str] = set()
     for entry_id, fields in entries:
         row = parse_entry(entry_id, fields or {})
         if not isinstance(row, OutboxRow):
@@ -176,7 +175,7 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
     ids = list(in_outbox.keys() | canceled)
     snap = ms_to_dt(snap_ms)
     with db.read() as s:
-        canceled |= set(s.scalars(_CANCELED_BEFORE, {"ids": ids, "snap": snap}))
+        canceled |= {str(i) for i in s.scalars(_CANCELED_BEFORE, {"ids": ids, "snap": snap})}
         persisted_qty = 0
         for user_id, qty in s.execute(_HELD_BY_USER, {"deal_id": deal_id, "ids": ids, "snap": snap}):
             held[str(user_id)] += int(qty)
@@ -188,7 +187,8 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
             held[str(row.user_id)] += row.quantity
             outbox_qty += row.quantity
     letter_qty = 0
-    for order_id, payload in letters:
+    for letter_id, payload in letters:
+        order_id = str(letter_id)
         row = parse_entry("", {k: str(v) for k, v in payload.items()})
         if order_id in in_outbox or order_id in canceled or not isinstance(row, OutboxRow):
             continue
