@@ -11,7 +11,7 @@ import redis
 
 from shared.keys import Keys
 
-LOCK_MS = 2000
+LOCK_MS = 5000
 WAIT_STEP_S = 0.005
 
 
@@ -33,24 +33,24 @@ def read_through(
     caller that waits longer than the lock builds for itself, so a crashed builder never blocks.
     ``cached`` lets a caller pass a value it already fetched in a pipeline.
     """
-    if cached is None:
-        cached = client.get(key)
-    if cached is not None:
-        return json.loads(cached)
     lock = keys.cache_lock(key)
-    if client.set(lock, "1", nx=True, px=LOCK_MS):
-        try:
-            value = build()
-            client.set(key, json.dumps(value, default=str), ex=ttl)
-            return value
-        finally:
-            client.delete(lock)
     deadline = time.monotonic() + LOCK_MS / 1000
-    while time.monotonic() < deadline:
-        time.sleep(WAIT_STEP_S)
-        cached = client.get(key)
+    while True:
+        if cached is None:
+            cached = client.get(key)
         if cached is not None:
             return json.loads(cached)
-        if not client.exists(lock):
-            break
-    return build()
+        if client.set(lock, "1", nx=True, px=LOCK_MS):
+            try:
+                # Double-checked: a builder may have stored the value between our read and our lock.
+                cached = client.get(key)
+                if cached is not None:
+                    return json.loads(cached)
+                value = build()
+                client.set(key, json.dumps(value, default=str), ex=ttl)
+                return value
+            finally:
+                client.delete(lock)
+        if time.monotonic() >= deadline:
+            return build()  # the builder is stuck or gone: answer anyway
+        time.sleep(WAIT_STEP_S)
