@@ -253,8 +253,11 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
 
         worker.wait_for("ready.", timeout=60)
         a.evaluate(_RECORD_STATES)
+        order_polls: list[str] = []
+        a.on("request", lambda r: order_polls.append(r.url) if "/api/orders/" in r.url else None)
         a.locator("#buy").click()
         expect(a.locator("#order-state")).to_have_text("confirmed", timeout=30_000)
+        polls_when_confirmed = len(order_polls)
         assert a.evaluate("window.__states")[:1] == ["accepted"]  # shown before the worker persisted it
         expect(a.locator("#order-message")).to_have_text("Order confirmed.")
         expect(a.locator("#remaining")).to_have_text("0")
@@ -290,6 +293,8 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
         expect(row.get_by_role("button", name=re.compile("Cancel"))).to_be_visible()
         shot(orders, "my-orders")
         orders.close()
+
+        assert len(order_polls) == polls_when_confirmed  # a confirmed order is no longer polled
 
         # A cancels on the deal page; the stock comes back for A and, without a reload, for B.
         a.locator("#cancel-order").click()

@@ -67,14 +67,16 @@
   /** Run fn every ms while the tab is visible; fn's promise is awaited so calls never pile up. */
   function every(ms, fn) {
     let timer = null;
+    let stopped = false;
     async function tick() {
+      if (stopped) return;
       if (!document.hidden) {
         try { await fn(); } catch (e) { /* network blip: try again next tick */ }
       }
-      timer = setTimeout(tick, ms);
+      if (!stopped) timer = setTimeout(tick, ms);
     }
     tick();
-    return () => clearTimeout(timer);
+    return () => { stopped = true; clearTimeout(timer); }; // safe to call from inside fn
   }
 
   function localTimes() {
