@@ -104,6 +104,25 @@ def test_login_refuses_bad_password_and_foreign_redirects(client, db) -> None:
     assert r.status_code == 303 and r.headers["Location"] == "/"
 
 
+def test_login_form_is_rate_limited_per_account(settings, db) -> None:
+    from web import create_app
+
+    app = create_app(
+        settings.with_(ratelimit_enabled=True, ratelimit_login="2/minute", ratelimit_login_ip="1000/minute")
+    )
+    c = app.test_client()
+    email = email_of(db, make_users(db, 1)[0])
+    token = _token(c.get("/login").get_data(as_text=True))
+    codes = [
+        c.post("/login", data={"email": email, "password": "wrong-pass-1", "csrf_token": token}).status_code
+        for _ in range(3)
+    ]
+    assert codes == [401, 401, 429]
+    r = c.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 429 and "Too many attempts" in r.get_data(as_text=True)
+    assert r.mimetype == "text/html"
+
+
 def test_signup_form_validates_and_logs_in(client) -> None:
     token = _token(client.get("/signup").get_data(as_text=True))
     r = client.post("/signup", data={"email": "nope", "password": "short", "name": "", "csrf_token": token})
