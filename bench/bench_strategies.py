@@ -118,7 +118,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 def run(seconds: int = 8, connections: int = 100, users: int = 200, keys: list[str] | None = None) -> list[dict]:
     """Run every strategy in turn with the same load and workers; returns the rows (also saved)."""
-    ctx = Context.create()
+    ctx = Context.create("flashdeal_bench_strategies", fresh=True)
     deps = Deps(ctx.db, ctx.gate)
     user_ids = [uid for uid, _ in make_users(ctx.db, users)]
     logdir = Path(tempfile.mkdtemp(prefix="flashdeal-strategies-"))

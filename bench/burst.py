@@ -131,7 +131,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(buyers: int = 5000, stock: int = 1000, spread: float = 1.0, connections: int = 1000) -> dict:
     """Run the burst; returns the summary (also saved)."""
-    ctx = Context.create()
+    ctx = Context.create("flashdeal_bench_stack", fresh=True)
     now = datetime.now(UTC)
     with ctx.db.transaction() as s:
         deal = create_deal(s, NewDeal("burst", Decimal("19.99"), stock, 1, now, now + timedelta(hours=1)))

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +30,10 @@ from shared.redis_client import text_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 
-def bench_env() -> dict[str, str]:
+def bench_env(database: str = "flashdeal_bench") -> dict[str, str]:
     """Resolve services into a bench database and a bench key prefix (never the dev data)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "ensure_services.py"), "flashdeal_bench"],
+        [sys.executable, str(ROOT / "scripts" / "ensure_services.py"), database],
         check=True,
         capture_output=True,
         text=True,
@@ -61,10 +62,16 @@ class Context:
     gate: Gate
 
     @classmethod
-    def create(cls) -> Context:
-        """Set up the bench database (migrated) and clients."""
-        env = bench_env()
+    def create(cls, database: str = "flashdeal_bench", fresh: bool = False) -> Context:
+        """Set up the bench database (migrated; emptied first when ``fresh``) and clients."""
+        if fresh and not database.startswith("flashdeal_bench"):
+            raise ValueError(f"refusing to empty {database}: not a bench database")
+        env = bench_env(database)
         settings = Settings.from_env(env)
+        if fresh:
+            url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         upgrade(settings.database_url)
         client = text_client(settings)
         return cls(env, settings, Database(settings), Gate(client, Keys(settings.key_prefix)))

@@ -4,7 +4,8 @@ Run by ``python -m bench.reference`` (which starts the LB stack, creates the dea
   BENCH_DEAL_ID     the deal to browse and buy
   BENCH_USERS_FILE  one buyer email a line (password BENCH_PASSWORD)
   BENCH_409_DIR     where each process writes its count of expected 409 answers on exit
-By hand: locust -f bench/locustfile.py --headless -u 300 -r 100 -t 60s --host http://127.0.0.1:8080
+By hand: locust -f bench/locustfile.py --headless -u 300 -r 100 -t 60s --host http://127.0.0.1:8080 Buyer
+``Ceiling`` measures the generator itself: the same users on nginx's own /lb-healthz (no web node involved).
 A 409 (sold_out / limit_exceeded / deal_not_open) is an expected answer of a flash sale, not an error: it is
 marked as a success and counted apart; anything else that is not 202 is a real failure.
 """
@@ -65,6 +66,17 @@ class Buyer(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(f"HTTP {resp.status_code}")
+
+
+class Ceiling(FastHttpUser):
+    """Calibration: how many requests/s this Locust process can make at all on this machine."""
+
+    wait_time = constant(0)
+
+    @task
+    def lb_health(self) -> None:
+        """Answered by nginx itself."""
+        self.client.get("/lb-healthz", name="GET /lb-healthz (nginx only)")
 
 
 def _code(body: str | None) -> str:

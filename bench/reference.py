@@ -19,25 +19,57 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from bench.common import ROOT, Context, save
+from sqlalchemy.orm import Session
+
+from bench.common import ROOT, Context, save, wrk
 from bench.stack import Stack
-from bench.users import PASSWORD, make_users
+from bench.users import PASSWORD, login_all, make_users
 from shared.deals import NewDeal, create_deal, deal_stats, load_deal
 
 STOCK = 100_000
 PER_USER_LIMIT = 1_000
 DRAIN_TIMEOUT_S = 60.0
+STACK_DATABASE = "flashdeal_bench_stack"
+OTHER_DEALS = 10
+CEILING_S = 10
+WRK_S = 20
+# wrk: each request takes the next step of list -> detail -> order, rotating over the buyers' session cookies.
+LOOP_LUA = """
+local cookies = {%s}
+local n = 0
+local paths = {"/api/deals", "/api/deals/%d", "/api/deals/%d/orders"}
+request = function()
+  n = n + 1
+  local step = (n - 1) %% 3
+  local c = "flashdeal_session=" .. cookies[(math.floor((n - 1) / 3) %% #cookies) + 1]
+  if step < 2 then
+    return wrk.format("GET", paths[step + 1], {["Cookie"] = c})
+  end
+  return wrk.format("POST", paths[3], {["Content-Type"] = "application/json", ["Cookie"] = c}, '{"quantity": 1}')
+end
+"""
 ENDPOINTS = ["GET /api/deals", "GET /api/deals/{id}", "POST /api/deals/{id}/orders", "POST /api/auth/login"]
 
 
-def run_locust(base: str, env: dict[str, str], users: int, seconds: int, processes: int, tmp: Path) -> Path:
-    """Run Locust headless; returns the CSV prefix."""
-    prefix = tmp / "ref"
+def add_other_deals(s: Session, now: datetime) -> None:
+    """A shop's usual neighbours of the sale: some deals that ended, some scheduled for later."""
+    for i in range(OTHER_DEALS):
+        start = now - timedelta(days=2) if i % 2 else now + timedelta(days=1)
+        deal = create_deal(s, NewDeal(f"other deal {i}", Decimal("5.00"), 100, 2, start, start + timedelta(hours=6)))
+        deal.status = "ended" if i % 2 else "scheduled"
+
+
+def run_locust(
+    base: str, env: dict[str, str], users: int, seconds: int, processes: int, tmp: Path, user_class: str = "Buyer"
+) -> Path:
+    """Run Locust headless with one user class; returns the CSV prefix."""
+    prefix = tmp / user_class
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless"]
     cmd += ["-u", str(users), "-r", str(max(1, users // 3)), "-t", f"{seconds}s", "--host", base]
     cmd += ["--csv", str(prefix), "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"]
     if processes:
         cmd += ["--processes", str(processes)]
+    cmd.append(user_class)
     subprocess.run(cmd, cwd=ROOT, env=env, check=False, timeout=seconds + 120, start_new_session=True)
     return prefix
 
@@ -46,6 +78,14 @@ def read_stats(prefix: Path) -> dict[str, dict[str, str]]:
     """Locust's <prefix>_stats.csv by request name (``Aggregated`` is the total)."""
     with open(f"{prefix}_stats.csv") as f:
         return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def _drained_stats(ctx: Context, deal_id: int) -> dict:
+    """Wait (bounded) until the deal's outbox is empty, then return its stats."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < DRAIN_TIMEOUT_S and deal_stats(ctx.db, ctx.gate, deal_id).pending:
+        time.sleep(0.2)
+    return deal_stats(ctx.db, ctx.gate, deal_id).as_dict()
 
 
 def _row(name: str, s: dict[str, str]) -> dict[str, object]:
@@ -63,9 +103,12 @@ def _row(name: str, s: dict[str, str]) -> dict[str, object]:
 
 def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, object]:
     """Run the scenario; returns the summary (also saved)."""
-    ctx = Context.create()
+    # A database of its own, emptied first: the deal list shows this sale plus a few others, not every deal
+    # that earlier bench runs left behind (the list's cost grows with the number of deals, up to 500).
+    ctx = Context.create(STACK_DATABASE, fresh=True)
     now = datetime.now(UTC)
     with ctx.db.transaction() as s:
+        add_other_deals(s, now)
         deal = create_deal(
             s, NewDeal("reference", Decimal("9.99"), STOCK, PER_USER_LIMIT, now, now + timedelta(hours=2))
         )
@@ -73,7 +116,8 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
         load_deal(s, ctx.gate, deal)
         deal_id = deal.id
     tmp = Path(tempfile.mkdtemp(prefix="flashdeal-locust-"))
-    (tmp / "users.txt").write_text("\n".join(e for _, e in make_users(ctx.db, users)))
+    emails = [e for _, e in make_users(ctx.db, users)]
+    (tmp / "users.txt").write_text("\n".join(emails))
     (tmp / "409").mkdir()
     env = {
         **ctx.env,
@@ -84,17 +128,27 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
     }
     try:
         with Stack(ctx.env) as stack:
+            ceiling = read_stats(run_locust(stack.base, env, users, CEILING_S, processes, tmp, "Ceiling"))
             prefix = run_locust(stack.base, env, users, seconds, processes, tmp)
             t0 = time.monotonic()
-            while time.monotonic() - t0 < DRAIN_TIMEOUT_S and deal_stats(ctx.db, ctx.gate, deal_id).pending:
-                time.sleep(0.2)
+            stats = _drained_stats(ctx, deal_id)
             drained_s = round(time.monotonic() - t0, 2)
-            stats = deal_stats(ctx.db, ctx.gate, deal_id).as_dict()
+            # The same loop with a cheap generator: wrk, one session cookie per logged-in buyer.
+            cookies = login_all(stack.base, emails)
+            fast = wrk("wrk: list -> detail -> order", stack.base, connections=users, seconds=WRK_S,
+                       lua=LOOP_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id, deal_id))  # fmt: skip
+            stats_after_wrk = _drained_stats(ctx, deal_id)
     finally:
         ctx.cleanup()
     by_name = read_stats(prefix)
     rows = [_row("total (all requests)", by_name["Aggregated"])]
     rows += [_row(n, by_name[n]) for n in ENDPOINTS if n in by_name]
+    rows.append(_row("calibration: Locust alone, GET /lb-healthz (nginx only)", ceiling["Aggregated"]))
+    rows.append(
+        {"endpoint": f"same loop with wrk ({users} connections, {WRK_S} s)", "requests": fast.requests,
+         "req/s": round(fast.requests_per_s, 1), "p50 ms": fast.p50_ms, "p99 ms": fast.p99_ms,
+         "real errors": fast.errors + fast.non_2xx}
+    )  # fmt: skip
     expected: dict[str, int] = {}
     for f in (tmp / "409").glob("*.json"):
         for code, n in json.loads(f.read_text()).items():
@@ -111,6 +165,9 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
         "stats": stats,
         "remaining + confirmed == total": stats["remaining_stock"] + stats["confirmed"] == stats["total_stock"],
         "accepted == confirmed (nothing lost)": stats["accepted"] == stats["confirmed"] and stats["pending"] == 0,
+        "stats after the wrk loop": stats_after_wrk,
+        "after wrk: remaining + confirmed == total": stats_after_wrk["remaining_stock"] + stats_after_wrk["confirmed"]
+        == stats_after_wrk["total_stock"],
     }
     save("reference", rows, summary)
     print(json.dumps(summary, indent=2))
