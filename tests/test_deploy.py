@@ -125,6 +125,15 @@ def test_prometheus_scrapes_every_process() -> None:
     assert {f"127.0.0.1:{p}" for p in ports} <= targets
 
 
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    r = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "monitoring" / "prometheus.yml")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_grafana_dashboard_uses_exported_metrics() -> None:
     base = ROOT / "deploy" / "monitoring" / "grafana"
     dashboard = json.loads((base / "dashboards" / "flashdeal.json").read_text())
