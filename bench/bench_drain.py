@@ -54,15 +54,26 @@ def make_deal(ctx: Context, stock: int) -> int:
         return deal.id
 
 
+def admission(ctx: Context, deal_id: int) -> tuple[str, list[str]]:
+    """The admission script's SHA (loaded once) and the deal's keys: the exact script the web path runs."""
+    sha = ctx.gate.redis.script_load((ROOT / "lua" / "admit.lua").read_text())
+    return sha, ctx.gate.keys.deal(deal_id).gate_keys()
+
+
+def admit_batch(ctx: Context, sha: str, keys: list[str], plan: list[tuple[int, str]]) -> list:
+    """Run the admission script for (user, order id) pairs in one pipeline; returns the replies."""
+    pipe = ctx.gate.redis.pipeline(transaction=False)
+    for user, order_id in plan:
+        pipe.evalsha(sha, len(keys), *keys, user, 1, order_id, "", 100)
+    return pipe.execute()
+
+
 def admit_backlog(ctx: Context, deal_id: int, users: list[int], n: int) -> None:
-    """Admit n orders through the real admission script, pipelined 1000 at a time (the web path's script)."""
-    script = ctx.gate.redis.register_script((ROOT / "lua" / "admit.lua").read_text())
-    keys = ctx.gate.keys.deal(deal_id).gate_keys()
+    """Admit n orders through the real admission script, pipelined 1000 at a time."""
+    sha, keys = admission(ctx, deal_id)
     for start in range(0, n, 1000):
-        pipe = ctx.gate.redis.pipeline(transaction=False)
-        for i in range(start, min(n, start + 1000)):
-            script(keys=keys, args=[users[i % len(users)], 1, str(uuid.uuid4()), "", 100], client=pipe)
-        replies = pipe.execute()
+        plan = [(users[i % len(users)], str(uuid.uuid4())) for i in range(start, min(n, start + 1000))]
+        replies = admit_batch(ctx, sha, keys, plan)
         assert all(r[0] == "accepted" for r in replies), replies[:3]
 
 
@@ -183,8 +194,8 @@ def main() -> None:
         total = int(args.rate * args.seconds)
         burst = make_deal(ctx, total + 10)
         deals.append(burst)
-        script = ctx.gate.redis.register_script((ROOT / "lua" / "admit.lua").read_text())
-        keys = ctx.gate.keys.deal(burst).gate_keys()
+        sha, keys = admission(ctx, burst)
+        plan = [(users[i % len(users)], str(uuid.uuid4())) for i in range(total)]  # made before the clock starts
         step_s, per_step = 0.01, max(1, int(args.rate * 0.01))
         sent = kicks = 0
         start = time.monotonic()
@@ -192,10 +203,7 @@ def main() -> None:
             due = start + (sent // per_step) * step_s
             if (delay := due - time.monotonic()) > 0:
                 time.sleep(delay)
-            pipe = ctx.gate.redis.pipeline(transaction=False)
-            for i in range(sent, min(total, sent + per_step)):
-                script(keys=keys, args=[users[i % len(users)], 1, str(uuid.uuid4()), "", 100], client=pipe)
-            replies = pipe.execute()
+            replies = admit_batch(ctx, sha, keys, plan[sent : sent + per_step])
             sent += len(replies)
             if any(int(r[2]) for r in replies):
                 kicks += 1
