@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT, RUN_PREFIX, base_env
 
 
-def test_queue() -> str:
+def unique_queue() -> str:
     """A queue no dev stack or other test run listens to."""
     return f"fdtest-{RUN_PREFIX.rstrip(':')}-{uuid.uuid4().hex[:6]}"
 
@@ -69,7 +69,7 @@ class CeleryProcs:
 
     def __init__(self, tmp: Path, queue: str | None = None) -> None:
         self.tmp = tmp
-        self.queue = queue or test_queue()
+        self.queue = queue or unique_queue()
         self.started: list[CeleryProc] = []
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
