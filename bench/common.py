@@ -248,6 +248,7 @@ def save(name: str, rows: list[dict[str, object]], extra: dict[str, object] | No
     """Write bench/results/<name>.json and .md and print the table."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpus": os.cpu_count(), **(extra or {})}
+    meta["load1"] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was when this ended
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown_table(rows)
     (RESULTS / f"{name}.md").write_text(f"<!-- {json.dumps(meta)} -->\n{table}\n")
