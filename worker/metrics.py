@@ -38,6 +38,8 @@ PERSISTED = Counter(
     "Outbox entries written to PostgreSQL by the drain tasks, by kind (order, cancel).",
     ["kind"],
 )
+for _kind in ("order", "cancel"):
+    PERSISTED.labels(_kind)  # pre-created at 0: rate() then sees the first orders too
 DEAD_LETTERED = Counter("flashdeal_orders_dead_lettered_total", "Outbox entries moved to the dead-letter store.")
 DRAIN_BATCH = Histogram(
     "flashdeal_drain_batch_size",
