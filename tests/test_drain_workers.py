@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import text
 
-from shared.gate import Admission, Gate
+from shared.gate import Admission, Cancellation, Gate
 from shared.keys import Keys
 from tests.celery_procs import CeleryProcs, TcpProxy, celery_procs, wait_until  # noqa: F401  (fixture)
 from tests.helpers import make_deal, make_users
@@ -169,3 +169,48 @@ def test_redis_blip_workers_reconnect_and_reconcile_task_reports(db, gate, setti
         assert d["expected_remaining"] == gate.live(deal.id).remaining
     finally:
         proxy.close()
+
+
+def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+    total = 10_000
+    users = make_users(db, 300)
+    deal = make_deal(db, gate, stock=total, limit=50)
+    env = {"DRAIN_BATCH_SIZE": "50"}
+    for w in [celery_procs.worker(n, env, wait=False) for n in ("c1", "c2")]:
+        w.wait_for("ready.")
+
+    def kick(needed: bool) -> None:
+        if needed:  # what a web node does: one task when the script says the kick flag was free
+            send_drain(celery_procs, deal.id)
+
+    def buy_and_maybe_cancel(i: int) -> tuple[str, int, bool]:
+        user = users[i % len(users)]
+        r = gate.admit(deal.id, user, 1 + i % 2, str(uuid.uuid4()))
+        assert r.outcome == Admission.ACCEPTED
+        kick(r.kick)
+        if i % 3 == 0:  # at once: usually before the order is persisted, sometimes in the same batch
+            c = gate.cancel(deal.id, r.order_id, user)
+            assert c.outcome == Cancellation.CANCELED
+            kick(c.kick)
+        return r.order_id, user, i % 3 == 0
+
+    with ThreadPoolExecutor(8) as pool:
+        orders = list(pool.map(buy_and_maybe_cancel, range(3000)))
+    assert wait_until(lambda: db_count(db, deal.id) == 3000, 60, 0.1)
+    late = [o for o in orders if not o[2]][::4]  # canceled after their rows are (mostly) written
+    for order_id, user, _ in late:
+        kick(gate.cancel(deal.id, order_id, user).kick)
+    send_drain(celery_procs, deal.id)
+    assert wait_until(lambda: outbox_empty(gate, deal.id), 60, 0.1)
+    canceled = {o[0] for o in orders if o[2]} | {o[0] for o in late}
+    with db.read() as s:
+        rows = s.execute(
+            text("SELECT id, status, canceled_at, quantity FROM orders WHERE deal_id = :d"), {"d": deal.id}
+        ).all()
+    assert len(rows) == 3000
+    for oid, status, canceled_at, _ in rows:
+        want = "canceled" if str(oid) in canceled else "confirmed"
+        assert status == want and (canceled_at is not None) == (want == "canceled"), (oid, status)
+        assert gate.find_order(str(oid), [deal.id]).canceled == (want == "canceled")
+    held = sum(q for oid, status, _, q in rows if status == "confirmed")
+    assert gate.live(deal.id).remaining + held == total
