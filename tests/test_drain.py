@@ -188,3 +188,30 @@ def test_entries_neither_utf8_nor_storable_are_dead_lettered_without_blocking(db
     assert client.xlen(k.outbox) == 0 and set(_rows(db, deal.id)) == {good}
     letters = {d.order_id: d for d in list_dead_letters(db, deal.id)}
     assert "raw" in letters[nul].payload and "repr" in letters[nul].reason
+
+
+def test_poison_order_canceled_while_a_dead_worker_held_it(db, gate) -> None:
+    from worker.reconcile import reconcile_deal
+
+    deal = make_deal(db, gate, stock=10)
+    uid = 2_200_000_000 + int(uuid.uuid4().int % 1_000_000)
+    (oid,) = _admit(gate, deal.id, [uid])
+    k = gate.keys.deal(deal.id)
+    gate.redis.xgroup_create(k.outbox, gate.keys.drain_group, id="0", mkstream=True)
+    gate.redis.xreadgroup(gate.keys.drain_group, "ghost", {k.outbox: ">"}, count=1)  # holds the order
+    assert gate.cancel(deal.id, oid, uid).outcome == Cancellation.CANCELED
+    first = _drain(db, gate, deal.id, claim_idle_ms=60_000)  # only the cancel: refused, nothing to hold yet
+    assert first.entries == 1 and first.dead_lettered == 0
+    second = _drain(db, gate, deal.id, claim_idle_ms=0)  # the order, claimed: refused, letter says canceled
+    assert second.claimed == 1 and second.dead_lettered == 1
+    (letter,) = list_dead_letters(db, deal.id)
+    assert letter.kind == "c" and "ct" in letter.payload
+    r = reconcile_deal(db, gate.redis, gate.keys, deal.id)
+    assert r is not None and r.ok and r.dead_letter_qty == 0 and r.expected_remaining == 10
+    with db.transaction() as s:
+        s.execute(
+            text("INSERT INTO users (id, email, password_hash, name) VALUES (:id, :e, 'x', 'late')"),
+            {"id": uid, "e": f"late-{uid}@example.com"},
+        )
+    assert retry_dead_letters(db, deal.id).persisted == [oid]
+    assert _rows(db, deal.id)[oid][0] == "canceled"

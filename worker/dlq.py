@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.db import Database
-from shared.gate import Cancellation, Gate
+from shared.gate import Cancellation, Gate, now_ms
 from shared.models import DeadLetter
 from worker.outbox import (
     CANCEL,
@@ -154,8 +154,10 @@ def dead_letter_entry(
             return False
     payload = dict(item.fields)
     if item.kind != CANCEL and canceled_in_gate(item.order_id):
-        # The buyer canceled after admission: the letter must not claim the stock the gate gave back.
+        # The buyer canceled after admission: the letter must not claim the stock the gate gave back. The
+        # cancel's own entry (with its time) may come later and merge in; until then "now" is the best bound.
         payload["t"] = CANCEL
+        payload.setdefault("ct", str(now_ms()))
     dead_letter(session, deal_id, item.entry_id, item.order_id, payload, reason, attempts)
     return True
 
