@@ -10,6 +10,7 @@ servers take turns, round after round, so background noise hits them alike.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -110,7 +111,9 @@ def main() -> None:
                 "socket errors": r.errors,  # type: ignore[attr-defined]
             }
         )
-    save("wsgi", rows, {"connections": args.connections, "seconds": args.seconds, "rounds": args.rounds})
+    # The load average says how busy the machine was besides the benchmark (figures drift with it).
+    meta = {"connections": args.connections, "seconds": args.seconds, "rounds": args.rounds}
+    save("wsgi", rows, meta | {"loadavg_1_5_15_at_end": [round(x, 1) for x in os.getloadavg()]})
 
 
 if __name__ == "__main__":
