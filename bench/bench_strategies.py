@@ -21,11 +21,14 @@ from bench.common import Context, WrkResult, free_port, save, start_granian, sto
 from bench.stack import start_worker, wait_log
 from bench.strategies import STRATEGIES, Deps
 from bench.strategies.base import Check, new_deal, persisted_quantity
+from bench.strategies.direct import run_direct
 from bench.users import make_users
 
 BIG_STOCK = 10_000_000
 SELLOUT_STOCK = 500
 SELLOUT_MAX_S = 15
+DIRECT_PROCESSES = 2
+DIRECT_THREADS = 16
 PERSIST_TIMEOUT_S = 60.0
 
 ORDER_LUA = """
@@ -116,20 +119,52 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def run(seconds: int = 8, connections: int = 100, users: int = 200, keys: list[str] | None = None) -> list[dict]:
-    """Run every strategy in turn with the same load and workers; returns the rows (also saved)."""
+def run_direct_one(ctx: Context, deps: Deps, key: str, user_ids: list[int], seconds: float) -> dict:
+    """The strategy's function called by DIRECT_PROCESSES x DIRECT_THREADS clients, no HTTP; returns the row."""
+    deal = new_deal(deps, BIG_STOCK)
+    res = run_direct(key, ctx.env, deal, user_ids, seconds, DIRECT_PROCESSES, DIRECT_THREADS)
+    strategy = STRATEGIES[key](deps, deal)
+    accepted = strategy.accepted()
+    lag = wait_persisted(deps, deal, accepted, PERSIST_TIMEOUT_S)
+    if lag is None:
+        _purge_queue(ctx)
+    check = strategy.check(BIG_STOCK)
+    lat = sorted(res["latencies"]) or [0.0]
+    return {
+        "strategy": STRATEGIES[key].label,
+        "key": key,
+        "orders/s": round(res["accepted"] / seconds),
+        "p50 ms": round(lat[len(lat) // 2] * 1000, 2),
+        "p99 ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+        "calls": len(res["latencies"]),
+        "errors": res["errors"],
+        "persisted after (s)": lag if lag is not None else f">{PERSIST_TIMEOUT_S:.0f}",
+        "oversold": max(0, check.accepted - check.stock) + max(0, -check.remaining),
+        "lost": max(0, check.accepted - check.persisted),
+    }
+
+
+def run(
+    seconds: int = 8, connections: int = 100, users: int = 200, keys: list[str] | None = None, direct_s: float = 5
+) -> dict[str, list[dict]]:
+    """Run every strategy in turn with the same load and workers, over HTTP then direct; returns both tables."""
     ctx = Context.create("flashdeal_bench_strategies", fresh=True)
     deps = Deps(ctx.db, ctx.gate)
     user_ids = [uid for uid, _ in make_users(ctx.db, users)]
     logdir = Path(tempfile.mkdtemp(prefix="flashdeal-strategies-"))
     workers = [start_worker(ctx.env, f"stratworker{i}", logdir, "bench.strategies.celery_tasks") for i in (1, 2)]
     rows: list[dict] = []
+    direct: list[dict] = []
     try:
         for i, w in enumerate(workers, 1):
             wait_log(logdir / f"stratworker{i}.log", "ready.", w)
         for key in keys or list(STRATEGIES):
             rows.append(run_one(ctx, deps, key, user_ids, seconds, connections))
             print(rows[-1], flush=True)
+        if direct_s:
+            for key in keys or list(STRATEGIES):
+                direct.append(run_direct_one(ctx, deps, key, user_ids, direct_s))
+                print(direct[-1], flush=True)
     finally:
         for w in workers:
             stop(w)
@@ -144,7 +179,14 @@ def run(seconds: int = 8, connections: int = 100, users: int = 200, keys: list[s
             "workers": "2 celery nodes, default concurrency",
         },
     )
-    return rows
+    if direct:
+        direct = with_ratios(direct)
+        save(
+            "strategies_direct",
+            direct,
+            {"load": f"{DIRECT_PROCESSES} processes x {DIRECT_THREADS} threads calling order(), {direct_s} s each"},
+        )
+    return {"http": rows, "direct": direct}
 
 
 def main() -> None:
@@ -152,9 +194,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=100)
+    ap.add_argument("--direct-seconds", type=float, default=5, help="0 skips the direct-call comparison")
     ap.add_argument("--only", nargs="*", choices=list(STRATEGIES))
     args = ap.parse_args()
-    run(args.seconds, args.connections, keys=args.only)
+    run(args.seconds, args.connections, keys=args.only, direct_s=args.direct_seconds)
 
 
 if __name__ == "__main__":
