@@ -269,11 +269,13 @@ def deal_create(
     spec = NewDeal(title, unit_price, stock, per_user_limit, start, end, product_name=product_name)
     with o.db.transaction() as s:
         created = create_deal(s, spec)
-        # Like the admin API: a deal starting soon goes into the gate at once, so its first
-        # second does not wait for the beat tick; later ones are loaded by the tick.
-        if not open_now and created.starts_at <= now + timedelta(seconds=o.settings.deal_load_ahead_seconds):
+    deal_id = created.id
+    # Like the admin API: a deal starting soon goes into the gate at once, so its first second
+    # does not wait for the beat tick (later ones are loaded by the tick). Only after the commit:
+    # the gate must never admit orders for a deal that was rolled back.
+    if not open_now and created.starts_at <= now + timedelta(seconds=o.settings.deal_load_ahead_seconds):
+        with o.db.read() as s:
             load_deal(s, o.gate, created)
-        deal_id = created.id
     if open_now:
         open_deal(o.db, o.gate, deal_id)
     o.invalidate(deal_id)
