@@ -1,9 +1,11 @@
 """Drain benchmark: outbox drain by two worker nodes vs one Celery task per order; latency under a burst.
 
 Usage: .venv/bin/python -m bench.bench_drain [--backlog 100000] [--baseline 5000] [--rate 5000] [--seconds 3]
+                                              [--concurrency 2]
 
 Everything runs on this machine against 127.0.0.1 (Redis, PostgreSQL, two `celery -A worker worker` nodes
-with one prefork process each, and beat for the burst), in a private database and key prefix.
+with --concurrency prefork processes each, like the Procfile's default on 2 cores, and beat for the burst), in
+a private database and key prefix. The baseline stops after 30 s and reports the rate reached so far.
 1. backlog: N orders admitted through the gate script, then drained by two nodes; orders/s from the first
    drain task sent to the outbox being empty.
 2. baseline: M orders persisted the naive way, one `flashdeal.bench_persist_one` task per order, same nodes.
