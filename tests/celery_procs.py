@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import ROOT, RUN_PREFIX, base_env
 
@@ -112,9 +113,12 @@ class CeleryProcs:
         return p
 
     def close(self) -> None:
-        """Stop everything started here."""
+        """Stop everything started here and drop the queue (tasks nobody will ever consume)."""
         for p in self.started:
             p.kill()
+        with contextlib.suppress(redis.RedisError):
+            broker = redis.Redis.from_url(self.env()["CELERY_BROKER_URL"])
+            broker.delete(self.queue, f"_kombu.binding.{self.queue}")
 
 
 @pytest.fixture()
