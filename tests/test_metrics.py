@@ -71,6 +71,10 @@ def test_metrics_correct_with_two_granian_workers(web_server: Callable, tmp_path
     mp = tmp_path / "multiproc"
     mp.mkdir()
     server = web_server({"PROMETHEUS_MULTIPROC_DIR": str(mp)}, workers=2)
+    # Ready means both processes built the app (each writes its counter file then), not just the first.
+    deadline = time.monotonic() + 60
+    while len(glob.glob(str(mp / "counter_*.db"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     healthz = {"endpoint": "/healthz", "method": "GET"}
     # The fixture's readiness probe already hit /healthz: start from what the server reports.
     base = value(
