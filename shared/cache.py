@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis
 
 from shared.keys import Keys
@@ -39,15 +39,15 @@ def read_through(
         if cached is None:
             cached = client.get(key)
         if cached is not None:
-            return json.loads(cached)
+            return orjson.loads(cached)
         if client.set(lock, "1", nx=True, px=LOCK_MS):
             try:
                 # Double-checked: a builder may have stored the value between our read and our lock.
                 cached = client.get(key)
                 if cached is not None:
-                    return json.loads(cached)
+                    return orjson.loads(cached)
                 value = build()
-                client.set(key, json.dumps(value, default=str), ex=ttl)
+                client.set(key, orjson.dumps(value, default=str), ex=ttl)
                 return value
             finally:
                 client.delete(lock)

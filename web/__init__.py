@@ -7,6 +7,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.settings import Settings
 from web.errors import register_error_handlers
+from web.jsonprovider import OrjsonProvider
 from web.services import Services
 
 
@@ -14,8 +15,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build a web node from settings (from the environment when not given)."""
     settings = (settings or Settings.from_env()).check()
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=1024 * 1024)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=1024 * 1024)
+    app.json = OrjsonProvider(app)
     app.extensions["flashdeal"] = Services.build(settings)
     if settings.trusted_proxies > 0:
         # Only trust X-Forwarded-For from our own load balancer(s).
