@@ -207,3 +207,29 @@ def test_concurrent_http_orders_through_two_web_processes(web_server, db, settin
     assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == 0
     outbox = {f["id"] for _i, f in gate.redis.xrange(gate.keys.deal(deal.id).outbox) if f["t"] == "o"}
     assert outbox == {o for _, o in accepted}
+
+
+def test_dead_lettered_order_reads_failed(app, db, svc) -> None:
+    from shared.models import DeadLetter
+
+    deal = make_deal(db, svc.gate, stock=5, limit=1)
+    (owner,) = make_users(db, 1)
+    c = login(app, db, owner)
+    oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
+    with db.transaction() as s:
+        s.add(
+            DeadLetter(
+                order_id=uuid.UUID(oid),
+                deal_id=deal.id,
+                entry_id="1-0",
+                reason="test refusal",
+                attempts=3,
+                payload={"t": "o", "id": oid, "u": str(owner), "q": "1", "p": "9.99", "ts": "1700000000000"},
+            )
+        )
+    assert c.get(f"/api/orders/{oid}").json["status"] == "failed"  # gate record + dead letter
+    svc.gate.unload(deal.id)
+    r = c.get(f"/api/orders/{oid}")
+    assert r.status_code == 200 and r.json["status"] == "failed"  # dead letter alone
+    r = c.post(f"/api/orders/{oid}/cancel")
+    assert r.status_code == 409 and r.json["error"]["code"] == "order_failed"

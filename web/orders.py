@@ -130,6 +130,16 @@ def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder 
     if live is not None:
         status = "canceled" if live.canceled else ("failed" if dead is not None else "accepted")
         return _order_out(live, status), live
+    if dead is not None:
+        # The gate no longer holds the deal: the dead letter's payload is all that is left of the order.
+        p = dead.payload
+        try:
+            held = LiveOrder(
+                order_id, dead.deal_id, int(p["u"]), int(p["q"]), Decimal(p["p"]), ms_to_dt(int(p["ts"])), False
+            )
+        except (KeyError, ValueError, ArithmeticError):
+            return None
+        return _order_out(held, "canceled" if p.get("t") == "c" else "failed"), None
     return None
 
 
