@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -169,6 +171,8 @@ def run(
         for w in workers:
             stop(w)
         ctx.cleanup()
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(logdir, ignore_errors=True)
     rows = with_ratios(rows)
     save(
         "strategies",

@@ -55,7 +55,10 @@ def wait_log(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 6
 
 @dataclass
 class Stack:
-    """nginx + 3 web nodes + 2 worker nodes (+ beat) on the bench environment; ``close`` stops them all."""
+    """nginx + 3 web nodes + 2 worker nodes (+ beat) on the bench environment; ``close`` stops them all.
+
+    Logs go to a temporary folder, removed at ``close`` unless BENCH_KEEP_LOGS is set.
+    """
 
     env: dict[str, str]
     include: str = ""
@@ -117,6 +120,8 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 stop(p)
         self.procs.clear()
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self.start()
