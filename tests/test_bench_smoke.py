@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -81,3 +83,15 @@ def test_strategy_app_answers_202_then_409(key: str, settings: Settings, deps: D
     client = create_app(key, settings).test_client()
     codes = [client.post(f"/deals/{deal_id}/orders/{user_ids[0]}", json={"quantity": 1}).status_code for _ in range(3)]
     assert codes == [202, 202, 409]
+
+
+def test_baselines_stay_out_of_the_product_path() -> None:
+    """No product package imports the benchmark's code (the baselines live in bench/ only)."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = [
+        str(path.relative_to(root))
+        for pkg in ("web", "worker", "shared", "lua")
+        for path in (root / pkg).rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+bench\b", path.read_text(), re.M)
+    ]
+    assert offenders == []
