@@ -33,6 +33,7 @@ STACK_DATABASE = "flashdeal_bench_stack"
 OTHER_DEALS = 10
 CEILING_S = 10
 WRK_S = 20
+WRK_BASE_S = 10
 # wrk: each request takes the next step of list -> detail -> order, rotating over the buyers' session cookies.
 LOOP_LUA = """
 local cookies = {%s}
@@ -135,6 +136,8 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
             drained_s = round(time.monotonic() - t0, 2)
             # The same loop with a cheap generator: wrk, one session cookie per logged-in buyer.
             cookies = login_all(stack.base, emails)
+            # Same-run baseline for the server side: a web node's cheapest answer through the same LB.
+            health = wrk("wrk: GET /healthz", f"{stack.base}/healthz", connections=users, seconds=WRK_BASE_S)
             fast = wrk("wrk: list -> detail -> order", stack.base, connections=users, seconds=WRK_S,
                        lua=LOOP_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id, deal_id))  # fmt: skip
             stats_after_wrk = _drained_stats(ctx, deal_id)
@@ -147,7 +150,13 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
     rows.append(
         {"endpoint": f"same loop with wrk ({users} connections, {WRK_S} s)", "requests": fast.requests,
          "req/s": round(fast.requests_per_s, 1), "p50 ms": fast.p50_ms, "p99 ms": fast.p99_ms,
-         "real errors": fast.errors + fast.non_2xx}
+         "real errors": fast.errors + fast.non_2xx,
+         "vs LB /healthz": round(fast.requests_per_s / health.requests_per_s, 3)}
+    )  # fmt: skip
+    rows.append(
+        {"endpoint": f"wrk: GET /healthz through the LB ({users} connections, {WRK_BASE_S} s)",
+         "requests": health.requests, "req/s": round(health.requests_per_s, 1), "p50 ms": health.p50_ms,
+         "p99 ms": health.p99_ms, "real errors": health.errors + health.non_2xx}
     )  # fmt: skip
     expected: dict[str, int] = {}
     for f in (tmp / "409").glob("*.json"):

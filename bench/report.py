@@ -141,6 +141,8 @@ def _short(endpoint: str) -> str:
         return "Locust alone\n(nginx /lb-healthz)"
     if endpoint.startswith("same loop with wrk"):
         return "same loop\nwith wrk"
+    if endpoint.startswith("wrk: GET /healthz"):
+        return "wrk /healthz\n(web node)"
     names = {"total (all requests)": "Locust\ntotal", "GET /api/deals": "GET\nlist"}
     names["GET /api/deals/{id}"] = "GET\ndetail"
     return names.get(endpoint, "POST\norder" if endpoint.startswith("POST /api/deals") else endpoint)
