@@ -8,7 +8,7 @@ with --concurrency prefork processes each, like the Procfile's default on 2 core
 a private database and key prefix. The baseline stops after 30 s and reports the rate reached so far.
 1. backlog: N orders admitted through the gate script, then drained by two nodes; orders/s from the first
    drain task sent to the outbox being empty.
-2. baseline: M orders persisted the naive way, one `flashdeal.bench_persist_one` task per order, same nodes.
+2. baseline: M orders persisted the naive way, one `bench.persist_one` task per order, same nodes.
 3. burst: orders admitted at RATE/s for SECONDS, a drain task sent whenever the script reports a kick (as a
    web node does); admission-to-confirmed latency = orders.persisted_at - orders.admitted_at.
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import insert, text
 
 from bench.common import ROOT, Context, save, stop
+from bench.strategies.lua_celery import PERSIST_TASK
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.models import User
@@ -153,6 +154,8 @@ def main() -> None:
             queue,
             "--without-mingle",
             "--without-gossip",
+            "-I",
+            "bench.strategies.celery_tasks",  # the baseline's per-order task lives in bench/, not in the product
         ]
         for name in ("bench1", "bench2"):
             procs.append(start_node(ctx, name, logdir, ["worker", "-n", f"{name}@%h", *node_args]))
@@ -175,11 +178,10 @@ def main() -> None:
         # 2. Baseline: one Celery task per order.
         base_deal = make_deal(ctx, args.baseline + 10)
         deals.append(base_deal)
-        now_ms = int(time.time() * 1000)
         t0 = time.monotonic()
         for i in range(args.baseline):
-            order = {"id": str(uuid.uuid4()), "u": users[i % len(users)], "q": 1, "p": "9.99", "ts": now_ms}
-            app.send_task("flashdeal.bench_persist_one", args=[base_deal, order], queue=queue)
+            order = {"id": str(uuid.uuid4()), "user_id": users[i % len(users)], "quantity": 1, "price": "9.99"}
+            app.send_task(PERSIST_TASK, args=[base_deal, order], queue=queue)
         # Bounded: after BASELINE_MAX_S the rate so far is extrapolated and the rest of the queue purged.
         end = time.monotonic() + BASELINE_MAX_S
         while time.monotonic() < end and (done := count(ctx, base_deal)) < args.baseline:

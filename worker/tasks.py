@@ -11,15 +11,13 @@ from typing import Any
 
 import redis
 from celery import Task
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.deals import tick as deals_tick
 from worker.celery_app import app
 from worker.context import get_context
 from worker.drain import DrainOptions, prune_consumers
 from worker.drain import drain_deal as run_drain
-from worker.outbox import is_transient
 from worker.reconcile import reconcile as run_reconcile
 
 log = logging.getLogger(__name__)
@@ -124,25 +122,3 @@ def reconcile(deal_id: int | None = None, repair: bool = False) -> dict[str, Any
             " repaired" if d.repaired else "",
         )
     return report.as_dict()
-
-
-_INSERT_ONE = text(
-    """
-    INSERT INTO orders (id, deal_id, user_id, quantity, unit_price, status, admitted_at)
-    VALUES (CAST(:id AS uuid), :deal_id, :u, :q, CAST(:p AS numeric), 'confirmed', to_timestamp(:ts / 1000.0::float8))
-    ON CONFLICT (id) DO NOTHING
-    """
-)
-
-
-@app.task(name="flashdeal.bench_persist_one", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
-def persist_one(deal_id: int, order: dict[str, str]) -> None:
-    """The design the drain replaces, kept only as the benchmark's baseline: one task and one commit per order."""
-    ctx = get_context()
-    try:
-        with ctx.db.transaction() as s:
-            s.execute(_INSERT_ONE, {"deal_id": int(deal_id), **order})
-    except DBAPIError as exc:
-        if is_transient(exc):
-            raise
-        log.error("bench_persist_one refused: %s", exc)
