@@ -7,17 +7,9 @@ One granian instance (2 workers) on 127.0.0.1; wrk as the load generator on the 
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from sqlalchemy import insert
-
-from bench.common import Context, free_port, login_cookies, paced, save, start_granian, stop, wrk
-from shared.accounts import hash_password
-from shared.deals import NewDeal, create_deal, load_deal
-from shared.models import User
-
-PASSWORD = "bench-password-1"
+from bench.common import Context, free_port, open_sale, paced, save, start_granian, stop, wrk
+from bench.users import login_all, make_users
 
 ORDER_LUA = """
 local cookies = {%s}
@@ -40,33 +32,24 @@ def main() -> None:
     args = ap.parse_args()
 
     ctx = Context.create()
-    now = datetime.now(UTC)
-    with ctx.db.transaction() as s:
-        deal = create_deal(
-            s, NewDeal("bench deal", Decimal("9.99"), 10_000_000, 100_000, now, now + timedelta(hours=1))
-        )
-        deal.status = "open"
-        load_deal(s, ctx.gate, deal)
-        pw = hash_password(PASSWORD)
-        tag = deal.id
-        emails = [f"bench{i}-{tag}@example.com" for i in range(args.users)]
-        s.execute(insert(User), [{"email": e, "password_hash": pw, "name": "bench", "role": "buyer"} for e in emails])
+    deal_id = open_sale(ctx, "bench deal")
+    emails = [email for _id, email in make_users(ctx.db, args.users)]
     port = free_port()
     proc = start_granian(ctx.env, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        cookies = login_cookies(base, emails, PASSWORD)
-        wrk("warmup", f"{base}/api/deals/{deal.id}", connections=50, seconds=2)
+        cookies = login_all(base, emails)
+        wrk("warmup", f"{base}/api/deals/{deal_id}", connections=50, seconds=2)
         common = {"connections": args.connections, "seconds": args.seconds}
         health = wrk("GET /healthz", f"{base}/healthz", **common)
-        detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal.id}", **common)
-        lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal.id)
+        detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal_id}", **common)
+        lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
         orders = wrk("POST /api/deals/{id}/orders", base, lua=lua, **common)
         # Latency below saturation: the same connections, paced to 80% of each path's own maximum.
         d_rate, o_rate = 0.8 * detail.requests_per_s, 0.8 * orders.requests_per_s
         detail_paced = wrk(
             f"GET /api/deals/{{id}} paced to {d_rate:.0f}/s",
-            f"{base}/api/deals/{deal.id}",
+            f"{base}/api/deals/{deal_id}",
             lua=paced(d_rate, args.connections),
             **common,
         )
@@ -76,7 +59,7 @@ def main() -> None:
             lua=paced(o_rate, args.connections, lua),
             **common,
         )
-        accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal.id).orders)
+        accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal_id).orders)
     finally:
         stop(proc)
         ctx.cleanup()

@@ -13,16 +13,10 @@ import argparse
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from sqlalchemy import insert
-
-from bench.bench_http import ORDER_LUA, PASSWORD
-from bench.common import ROOT, Context, free_port, login_cookies, save, start_granian, stop, wait_http, wrk
-from shared.accounts import hash_password
-from shared.deals import NewDeal, create_deal, load_deal
-from shared.models import User
+from bench.bench_http import ORDER_LUA
+from bench.common import ROOT, Context, free_port, open_sale, save, start_granian, stop, wait_http, wrk
+from bench.users import login_all, make_users
 
 WORKERS = 2
 
@@ -61,16 +55,8 @@ def main() -> None:
     args = ap.parse_args()
 
     ctx = Context.create()
-    now = datetime.now(UTC)
-    with ctx.db.transaction() as s:
-        deal = create_deal(
-            s, NewDeal("wsgi bench", Decimal("9.99"), 10_000_000, 100_000, now, now + timedelta(hours=1))
-        )
-        deal.status = "open"
-        load_deal(s, ctx.gate, deal)
-        pw = hash_password(PASSWORD)
-        emails = [f"wsgi{i}-{deal.id}@example.com" for i in range(args.users)]
-        s.execute(insert(User), [{"email": e, "password_hash": pw, "name": "bench", "role": "buyer"} for e in emails])
+    deal_id = open_sale(ctx, "wsgi bench")
+    emails = [email for _id, email in make_users(ctx.db, args.users)]
     common = {"connections": args.connections, "seconds": args.seconds}
     best: dict[tuple[str, str], object] = {}
     cookies: list[str] = []
@@ -81,12 +67,12 @@ def main() -> None:
                 proc = start(ctx.env, port)
                 base = f"http://127.0.0.1:{port}"
                 try:
-                    cookies = cookies or login_cookies(base, emails, PASSWORD)  # sessions live in Redis: any server
-                    wrk("warmup", f"{base}/api/deals/{deal.id}", connections=20, seconds=1)
-                    lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal.id)
+                    cookies = cookies or login_all(base, emails)  # sessions live in Redis: any server
+                    wrk("warmup", f"{base}/api/deals/{deal_id}", connections=20, seconds=1)
+                    lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
                     for scenario, result in (
                         ("GET /healthz", lambda b=base: wrk("h", f"{b}/healthz", **common)),
-                        ("GET /api/deals/{id}", lambda b=base: wrk("d", f"{b}/api/deals/{deal.id}", **common)),
+                        ("GET /api/deals/{id}", lambda b=base: wrk("d", f"{b}/api/deals/{deal_id}", **common)),
                         ("POST /api/deals/{id}/orders", lambda b=base, s=lua: wrk("o", b, lua=s, **common)),
                     ):
                         r = result()

@@ -13,6 +13,8 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -23,6 +25,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
 from shared.db import Database  # noqa: E402
+from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
@@ -145,14 +148,15 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, 9)
 
 
-def login_cookies(base: str, emails: list[str], password: str) -> list[str]:
-    """Log each user in through the API; return their session cookie values."""
-    cookies = []
-    for email in emails:
-        r = requests.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
-        r.raise_for_status()
-        cookies.append(r.cookies["flashdeal_session"])
-    return cookies
+def open_sale(ctx: Context, title: str, stock: int = 10_000_000, limit: int = 100_000) -> int:
+    """Create an open deal loaded into the gate (stock and limit ample unless given); returns its id."""
+    now = datetime.now(UTC)
+    with ctx.db.transaction() as s:
+        deal = create_deal(s, NewDeal(title, Decimal("9.99"), stock, limit, now, now + timedelta(hours=1)))
+        deal.status = "open"
+    with ctx.db.read() as s:
+        load_deal(s, ctx.gate, deal)
+    return deal.id
 
 
 @dataclass
