@@ -215,7 +215,7 @@ def main() -> None:
     mach = machine()
     if args.render:
         strat, direct, b, ref = load_saved()
-        mach["load average at start"] = f"{ref.get('load1', '?')} (at the end of the saved run; re-rendered)"
+        mach["load average at start"] = "unknown (re-rendered)"
     elif args.quick:
         both = bench_strategies.run(seconds=3, connections=50, direct_s=2)
         b = burst.run(buyers=1000, stock=200, connections=200)
@@ -240,11 +240,13 @@ def main() -> None:
     keep_direct = ["strategy", "orders/s", "orders/s vs (1)", "p50 ms", "p99 ms", "p99 vs (1)", "errors",
                    "persisted after (s)", "oversold", "lost"]  # fmt: skip
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.render:
+        when = f"re-rendered from the run that ended {ref.get('when', '?')}"
     md = [
         f"# flashdeal benchmark report ({when}{', quick' if args.quick else ''})",
         "",
         f"Machine: {mach['nproc']} cores ({mach['cpu']}), {mach['memory']} RAM, load average "
-        f"{mach['load average at start']} at start (shared with other work: compare ratios, not absolutes).",
+        f"at start {mach['load average at start']} (shared with other work: compare ratios, not absolutes).",
         "",
         "## Targets",
         markdown_table(tgt),
