@@ -121,6 +121,17 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def http_ceiling(ctx: Context, seconds: int, connections: int) -> float:
+    """Same-run ceiling of the HTTP setup: the tiny app's GET /healthz (no strategy work) under the same load."""
+    port = free_port()
+    proc = start_granian({**ctx.env, "BENCH_STRATEGY": "lua_outbox"}, port, 2, 8, "bench.strategies.app:app")
+    try:
+        res = wrk("GET /healthz", f"http://127.0.0.1:{port}/healthz", connections=connections, seconds=seconds)
+        return res.requests_per_s
+    finally:
+        stop(proc)
+
+
 def run_direct_one(ctx: Context, deps: Deps, key: str, user_ids: list[int], seconds: float) -> dict:
     """The strategy's function called by DIRECT_PROCESSES x DIRECT_THREADS clients, no HTTP; returns the row."""
     deal = new_deal(deps, BIG_STOCK)
@@ -160,6 +171,7 @@ def run(
     try:
         for i, w in enumerate(workers, 1):
             wait_log(logdir / f"stratworker{i}.log", "ready.", w)
+        ceiling = http_ceiling(ctx, seconds, connections)
         for key in keys or list(STRATEGIES):
             rows.append(run_one(ctx, deps, key, user_ids, seconds, connections))
             print(rows[-1], flush=True)
@@ -181,6 +193,7 @@ def run(
             "server": "tiny Flask app per strategy, granian wsgi 2 workers x 8 threads",
             "load": f"wrk 2 threads, {connections} connections, {seconds} s per strategy, {users} buyers",
             "workers": "2 celery nodes, default concurrency",
+            "http_ceiling_rps": round(ceiling),
         },
     )
     if direct:

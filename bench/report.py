@@ -62,6 +62,9 @@ def chart_strategies(rows: list[dict], direct: list[dict]) -> None:
         for b, r in zip(bars, data, strict=True):
             ax.annotate(f"{r['orders/s']}\n×{r['orders/s vs (1)']}", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ceiling = _meta("strategies").get("http_ceiling_rps")
+    if ceiling:
+        ax.axhline(ceiling, color="#2a7", ls=":", lw=1, label=f"HTTP ceiling: the tiny app's /healthz, {ceiling}/s")
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylabel("orders accepted per second")
     ax.set_title("Admission strategies: throughput, same load, same run (×: ratio to (1))")
@@ -188,10 +191,15 @@ def _integrity(strat: list[dict], direct: list[dict], b: dict, ref: dict) -> str
     return "ok" if not bad else "failed: " + ", ".join(bad)
 
 
+def _meta(name: str) -> dict:
+    """What a part saved next to its rows."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text())["meta"] if path.exists() else {}
+
+
 def _load(name: str) -> str:
     """The 1-minute load average a part saved with its results."""
-    meta = json.loads((RESULTS / f"{name}.json").read_text())["meta"]
-    return str(meta.get("load1", "?"))
+    return str(_meta(name).get("load1", "?"))
 
 
 def load_saved() -> tuple[list[dict], list[dict], dict, dict]:
@@ -253,6 +261,9 @@ def main() -> None:
         "",
         "## Admission strategies (same HTTP load, one run)",
         markdown_table([{k: r[k] for k in keep} for r in strat]),
+        "",
+        f"HTTP ceiling in the same run: the same tiny app answering GET /healthz (no strategy work) under the same"
+        f" load: {_meta('strategies').get('http_ceiling_rps', '?')} req/s.",
         "",
         "## The same strategies called directly (no HTTP; 2 processes x 16 threads)",
         markdown_table([{k: r[k] for k in keep_direct} for r in direct]) if direct else "(not run)",
