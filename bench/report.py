@@ -202,6 +202,31 @@ def _load(name: str) -> str:
     return str(_meta(name).get("load1", "?"))
 
 
+HISTORY_COLS = [
+    "when", "load at start", "load at end", "(4)/(1) HTTP", "(4)/(1) direct", "burst stock gone s",
+    "burst all confirmed s", "burst p99 ms", "Locust req/s", "Locust p99 ms", "wrk loop req/s", "integrity",
+]  # fmt: skip
+
+
+def append_history(mach: dict[str, str], tgt: list[dict], strat: list[dict], direct: list[dict], b: dict,
+                   ref: dict) -> list[dict]:  # fmt: skip
+    """Add this run's key figures to bench/results/history.csv (one line a full run); returns every line."""
+    four = next(r for r in strat if r["key"] == "lua_outbox")
+    dfour = next((r for r in direct if r["key"] == "lua_outbox"), None)
+    fast = next(r for r in ref["rows"] if r["endpoint"].startswith("same loop with wrk"))
+    line = dict(zip(HISTORY_COLS, [
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), mach["load average at start"],
+        f"{os.getloadavg()[0]:.2f}", four["orders/s vs (1)"], dfour["orders/s vs (1)"] if dfour else "-",
+        b["stock gone in the gate (s)"], b["all confirmed in PostgreSQL (s)"], b["p99 ms"], ref["rows"][0]["req/s"],
+        ref["rows"][0]["p99 ms"], fast["req/s"], tgt[-1]["measured"],
+    ], strict=True))  # fmt: skip
+    path = RESULTS / "history.csv"
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    rows.append(line)
+    write_csv("history", rows)
+    return rows
+
+
 def load_saved() -> tuple[list[dict], list[dict], dict, dict]:
     """The rows and summaries the last run saved as bench/results/<name>.json."""
 
@@ -243,6 +268,11 @@ def main() -> None:
     chart_reference(ref["rows"], ref["users"])
     tgt = targets(strat, direct, b, ref)
     write_csv("targets", tgt)
+    hist_path = RESULTS / "history.csv"
+    if args.quick or args.render:
+        history = list(csv.DictReader(hist_path.open())) if hist_path.exists() else []
+    else:
+        history = append_history(mach, tgt, strat, direct, b, ref)
     keep = ["strategy", "orders/s", "orders/s vs (1)", "p50 ms", "p99 ms", "p99 vs (1)", "errors",
             "persisted after (s)", "oversold", "sell-out: accepted/persisted/remaining of 500", "lost"]  # fmt: skip
     keep_direct = ["strategy", "orders/s", "orders/s vs (1)", "p50 ms", "p99 ms", "p99 vs (1)", "errors",
@@ -282,6 +312,9 @@ def main() -> None:
         f"after the drain ({ref['drained after (s)']} s): {json.dumps(ref['stats'])}.",
         "",
         "![reference](reference.png)",
+        "",
+        "## Full runs so far (same code paths; the machine is shared, so the spread is the noise)",
+        markdown_table(history[-10:]) if history else "(none yet)",
         "",
         f"Load average (1 min) at the end of each part: strategies {_load('strategies')}, burst {_load('burst')}, "
         f"reference {_load('reference')}." + ("" if args.render else f" Whole run: {time.monotonic() - t0:.0f} s."),
