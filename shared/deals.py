@@ -199,9 +199,9 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
                     deal.status = new
                     (report.sold_out if new == "sold_out" else report.opened).append(deal.id)
                     gate.set_window(deal.id, status="open")
-    # Cached deal data shows the state PostgreSQL holds: drop it for every deal that moved.
-    for deal_id in {*report.opened, *report.sold_out, *report.ended}:
-        invalidate_deal(gate.redis, gate.keys, deal_id)
+    # No cache invalidation here: the API computes open / sold out / ended live from the gate's
+    # window and stock, so the scheduler's moves need no rebuild (and the first second of a sale
+    # sends no burst of cache rebuilds to PostgreSQL).
     return report
 
 
