@@ -123,7 +123,7 @@ def chart_reference(rows: list[dict], users: int) -> None:
     names = [_short(r["endpoint"]) for r in rows]
     a1.bar(names, [r["req/s"] for r in rows], color="#2a7")
     a1.axhline(2000, color="#c33", ls=":", label="target 2,000 req/s (total)")
-    a1.set_title(f"Locust, {users} users: requests/s")
+    a1.set_title(f"Reference loop, {users} users (Locust) or connections (wrk): requests/s")
     a1.legend(fontsize=8)
     a1.tick_params(axis="x", labelsize=7)
     x = range(len(rows))
@@ -145,7 +145,7 @@ def _short(endpoint: str) -> str:
     if endpoint.startswith("same loop with wrk"):
         return "same loop\nwith wrk"
     if endpoint.startswith("wrk: GET /healthz"):
-        return "wrk /healthz\n(web node)"
+        return "wrk /healthz\n(through the LB)"
     names = {"total (all requests)": "Locust\ntotal", "GET /api/deals": "GET\nlist"}
     names["GET /api/deals/{id}"] = "GET\ndetail"
     return names.get(endpoint, "POST\norder" if endpoint.startswith("POST /api/deals") else endpoint)
