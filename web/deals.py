@@ -104,13 +104,18 @@ def list_deals() -> Any:
     version = int(svc.redis.get(svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version, "all", 0, LIST_LIMIT)
     views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc))
+    start = (q.page - 1) * q.per_page
+    if q.status == "all":
+        # Unfiltered: only the page's deals need their live stock (one pipelined round trip).
+        page = views[start : start + q.per_page]
+        stocks = svc.gate.remaining([v["id"] for v in page])
+        items = [live_view(v, stocks.get(v["id"])) for v in page]
+        return jsonify(items=items, page=q.page, per_page=q.per_page, total=len(views))
+    # A status filter needs every deal's live status before paging.
     stocks = svc.gate.remaining([v["id"] for v in views])
     items = [live_view(v, stocks.get(v["id"])) for v in views]
-    if q.status == "active":
-        items = [i for i in items if i["status"] in ("scheduled", "open")]
-    elif q.status != "all":
-        items = [i for i in items if i["status"] == q.status]
-    start = (q.page - 1) * q.per_page
+    wanted = ("scheduled", "open") if q.status == "active" else (q.status,)
+    items = [i for i in items if i["status"] in wanted]
     return jsonify(items=items[start : start + q.per_page], page=q.page, per_page=q.per_page, total=len(items))
 
 
