@@ -4,7 +4,7 @@
 --
 -- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick
 -- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
--- Reply: {outcome, order id, kick (0/1), remaining stock}
+-- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
 
 local user = ARGV[1]
 local qty = tonumber(ARGV[2])
@@ -13,7 +13,7 @@ local idem = ARGV[4]
 
 local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price')
 if not st[1] then
-  return {'deal_not_open', '', 0, -1}
+  return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
 
 -- A replayed Idempotency-Key answers with the first order, whatever happened since.

@@ -47,7 +47,12 @@ class AdmitResult:
     outcome: Admission
     order_id: str
     kick: bool
-    remaining: int
+    remaining: int  # -1 when the script did not read it, -2 when the deal is not loaded in the gate
+
+    @property
+    def deal_unknown(self) -> bool:
+        """True when the gate holds no state for the deal (never loaded, or unloaded)."""
+        return self.remaining == -2
 
 
 @dataclass(frozen=True)

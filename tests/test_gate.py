@@ -161,3 +161,12 @@ def test_all_keys_of_a_deal_share_one_cluster_slot() -> None:
         keys = Keys("fd:").deal(deal_id).gate_keys()
         assert len({key_slot(k.encode()) for k in keys}) == 1
     assert key_slot(Keys("fd:").deal(1).stock.encode()) != key_slot(Keys("fd:").deal(2).stock.encode())
+
+
+def test_unknown_deal_is_told_apart_from_a_closed_one(db, gate) -> None:
+    (user,) = make_users(db, 1)
+    unknown = gate.admit(987_654_321, user, 1, str(uuid.uuid4()))
+    assert unknown.outcome is Admission.DEAL_NOT_OPEN and unknown.deal_unknown
+    later = make_deal(db, gate, stock=5, limit=1, starts_in=60)
+    early = gate.admit(later.id, user, 1, str(uuid.uuid4()))
+    assert early.outcome is Admission.DEAL_NOT_OPEN and not early.deal_unknown

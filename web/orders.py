@@ -79,13 +79,13 @@ def place_order(deal_id: int) -> Any:
         raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
     if outcome is Admission.QUANTITY_ABOVE_LIMIT:
         raise ApiError(422, "invalid", "quantity: above this deal's per-user limit")
-    if outcome is Admission.DEAL_NOT_OPEN and not _deal_exists(svc, deal_id):
+    if result.deal_unknown and not _deal_exists(svc, deal_id):
         raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
     raise ApiError(409, outcome.value, _CONFLICTS[outcome])
 
 
 def _deal_exists(svc: Services, deal_id: int) -> bool:
-    """Off the hot path: only asked when the gate knows nothing of the deal."""
+    """Off the hot path: asked only when the gate holds no state for the deal (not a closed or early one)."""
     from web.deals import deal_detail
 
     try:
