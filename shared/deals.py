@@ -127,9 +127,10 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         if deal.starts_at > now:
             deal.starts_at = now
         deal.status = "open"
+    # After the commit: a failed commit must not leave the gate admitting orders. Loading
+    # rewrites the rules in full (never the live stock), so the new window takes effect at once.
+    with db.read() as s:
         load_deal(s, gate, deal)
-        # Rules are re-written in full (load never touches live stock), so the window moves too.
-        gate.set_window(deal.id, status="open", open_ms=dt_to_ms(deal.starts_at))
     invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
@@ -142,8 +143,8 @@ def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         if deal.ends_at > now:
             deal.ends_at = max(now, deal.starts_at + timedelta(milliseconds=1))
         deal.status = "ended"
-        # The gate is switched first, inside the transaction: if the commit fails the deal is
-        # closed in Redis but not in PostgreSQL, and the next tick re-closes it (safe side).
+        # The gate is switched before the commit, on purpose: if the commit fails the deal stays
+        # closed in Redis (refusing is the safe side) and the admin sees the error and retries.
         if gate.live(deal.id) is not None:
             gate.set_window(deal.id, status="ended", close_ms=min(now_ms(), dt_to_ms(deal.ends_at)))
     invalidate_deal(gate.redis, gate.keys, deal.id)

@@ -100,11 +100,16 @@ class LiveDeal:
 
     def status_at(self, now_ms: int) -> str:
         """Buyer-facing status computed live: scheduled, open, sold_out or ended."""
-        if self.rules.status == "ended" or now_ms >= self.rules.close_ms:
-            return "ended"
-        if now_ms < self.rules.open_ms:
-            return "scheduled"
-        return "sold_out" if self.remaining <= 0 else "open"
+        return buyer_status(self.rules.status, self.rules.open_ms, self.rules.close_ms, self.remaining, now_ms)
+
+
+def buyer_status(gate_status: str, open_ms: int, close_ms: int, remaining: int, now_ms: int) -> str:
+    """What buyers see, from the gate's status and window and the stock: the rule the gate itself applies."""
+    if gate_status == "ended" or now_ms >= close_ms:
+        return "ended"
+    if now_ms < open_ms:
+        return "scheduled"
+    return "sold_out" if remaining <= 0 else "open"
 
 
 def now_ms() -> int:

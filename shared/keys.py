@@ -69,9 +69,9 @@ class Keys:
         """Counter bumped whenever any deal changes; part of every list cache key."""
         return f"{self.prefix}cache:deals:ver"
 
-    def deal_list_cache(self, version: int, status: str, page: int, per_page: int) -> str:
-        """Cached JSON of one page of the deal list."""
-        return f"{self.prefix}cache:deals:{version}:{status}:{page}:{per_page}"
+    def deal_list_cache(self, version: int) -> str:
+        """Cached JSON of the deal list (static fields; filtering and paging happen per request)."""
+        return f"{self.prefix}cache:deals:{version}"
 
     def cache_lock(self, key: str) -> str:
         """Rebuild lock for a cache key (one rebuild, not a stampede)."""

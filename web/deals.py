@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from shared.cache import read_through
 from shared.deals import sold_quantity
-from shared.gate import DealRules, LiveDeal, dt_to_ms, now_ms
+from shared.gate import buyer_status, dt_to_ms, now_ms
 from shared.models import Deal
 from web.errors import ApiError
 from web.openapi import doc
@@ -42,19 +42,21 @@ def static_view(deal: Deal, sold: int) -> dict[str, Any]:
     }
 
 
-def _static_rules(view: dict[str, Any]) -> DealRules:
-    status = "ended" if view["db_status"] == "ended" else "open"
-    return DealRules(view["id"], status, view["open_ms"], view["close_ms"], view["per_user_limit"], 0, 0, "")
+def live_view(
+    view: dict[str, Any], remaining: int | None, window: tuple[str, int, int] | None = None
+) -> dict[str, Any]:
+    """Combine the cached static view with live state into the API's DealOut shape.
 
-
-def live_view(view: dict[str, Any], remaining: int | None, rules: DealRules | None = None) -> dict[str, Any]:
-    """Combine the cached static view with the live stock into the API's DealOut shape."""
+    ``window`` is the gate's (status, open_ms, close_ms) when the deal is loaded; otherwise the
+    cached window decides.
+    """
     if remaining is None:
         remaining = view["unloaded_remaining"]
-    live = LiveDeal(rules or _static_rules(view), remaining)
+    if window is None:
+        window = ("ended" if view["db_status"] == "ended" else "open", view["open_ms"], view["close_ms"])
     out = {k: v for k, v in view.items() if k not in ("db_status", "open_ms", "close_ms", "unloaded_remaining")}
     out["remaining_stock"] = max(remaining, 0)
-    out["status"] = live.status_at(now_ms())
+    out["status"] = buyer_status(*window, remaining, now_ms())
     return out
 
 
@@ -80,11 +82,9 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
     )
     if view is None:
         raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
-    rules = None
-    if state[0] is not None:
-        # The live window wins over the cached one: an admin open/close shows at once.
-        rules = DealRules(deal_id, state[0], int(state[1]), int(state[2]), view["per_user_limit"], 0, 0, "")
-    return live_view(view, int(stock) if stock is not None else None, rules)
+    # The live window wins over the cached one: an admin open/close shows at once.
+    window = (state[0], int(state[1]), int(state[2])) if state[0] is not None else None
+    return live_view(view, int(stock) if stock is not None else None, window)
 
 
 def _build_list(svc: Services) -> list[dict[str, Any]]:
@@ -102,7 +102,7 @@ def list_deals() -> Any:
     q = parse_query(DealListQuery)
     svc = services()
     version = int(svc.redis.get(svc.keys.deal_list_version) or 0)
-    key = svc.keys.deal_list_cache(version, "all", 0, LIST_LIMIT)
+    key = svc.keys.deal_list_cache(version)
     views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc))
     start = (q.page - 1) * q.per_page
     if q.status == "all":

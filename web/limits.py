@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -57,7 +57,5 @@ def order_user_limit() -> str:
 
 def user_key() -> str:
     """Rate-limit key of the logged-in user (falls back to the IP)."""
-    from flask import session
-
     uid = session.get("uid")
     return f"user:{uid}" if uid is not None else f"ip:{get_remote_address()}"
