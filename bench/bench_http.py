@@ -1,6 +1,6 @@
 """Web benchmark: deal detail and order admission against /healthz of the same server, same run.
 
-Usage: .venv/bin/python -m bench.bench_http [--seconds 10] [--connections 300]
+Usage: .venv/bin/python -m bench.bench_http [--seconds 10] [--connections 300] [--few 32]
 One granian instance (2 workers) on 127.0.0.1; wrk as the load generator on the same machine.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import Context, free_port, open_sale, paced, save, start_granian, stop, wrk
+from bench.common import Context, WrkResult, free_port, open_sale, paced, save, start_granian, stop, wrk
 from bench.users import login_all, make_users
 
 ORDER_LUA = """
@@ -23,11 +23,28 @@ end
 """
 
 
+def _orders_lua(cookies: list[str], deal_id: int) -> str:
+    return ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
+
+
+def _orders_on(ctx: Context, deal_id: int, emails: list[str], name: str, env: dict[str, str], **load: int) -> WrkResult:
+    """Start one more instance with ``env`` changes and measure orders on it alone."""
+    port = free_port()
+    proc = start_granian({**ctx.env, **env}, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        lua = _orders_lua(login_all(base, emails), deal_id)
+        return wrk(name, base, lua=lua, **load)
+    finally:
+        stop(proc)
+
+
 def main() -> None:
-    """Run the three scenarios and print the table with ratios to /healthz."""
+    """Run the scenarios and print the table with ratios to /healthz."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=300)
+    ap.add_argument("--few", type=int, default=32, help="connections of the low-concurrency latency run")
     ap.add_argument("--users", type=int, default=200)
     args = ap.parse_args()
 
@@ -37,13 +54,12 @@ def main() -> None:
     port = free_port()
     proc = start_granian(ctx.env, port)
     base = f"http://127.0.0.1:{port}"
+    common = {"connections": args.connections, "seconds": args.seconds}
     try:
-        cookies = login_all(base, emails)
+        lua = _orders_lua(login_all(base, emails), deal_id)
         wrk("warmup", f"{base}/api/deals/{deal_id}", connections=50, seconds=2)
-        common = {"connections": args.connections, "seconds": args.seconds}
         health = wrk("GET /healthz", f"{base}/healthz", **common)
         detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal_id}", **common)
-        lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
         orders = wrk("POST /api/deals/{id}/orders", base, lua=lua, **common)
         # Latency below saturation: the same connections, paced to 80% of each path's own maximum.
         d_rate, o_rate = 0.8 * detail.requests_per_s, 0.8 * orders.requests_per_s
@@ -59,11 +75,39 @@ def main() -> None:
             lua=paced(o_rate, args.connections, lua),
             **common,
         )
-        accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal_id).orders)
+        orders_few = wrk(
+            f"POST /api/deals/{{id}}/orders, {args.few} connections",
+            base,
+            lua=lua,
+            connections=args.few,
+            seconds=args.seconds,
+        )
     finally:
         stop(proc)
+    try:
+        # The same orders through Flask's full request cycle: the fast path turned off, then
+        # Flask-Limiter turned on (which also takes orders through Flask).
+        orders_flask = _orders_on(
+            ctx, deal_id, emails, "POST /api/deals/{id}/orders, fast path off", {"ORDER_FAST_PATH": "false"}, **common
+        )
+        orders_limited = _orders_on(
+            ctx,
+            deal_id,
+            emails,
+            "POST /api/deals/{id}/orders, Flask-Limiter on",
+            {
+                "RATELIMIT_ENABLED": "true",
+                "RATELIMIT_ORDER": "100000/second",
+                "RATELIMIT_ORDER_IP": "1000000/second",
+                "RATELIMIT_LOGIN_IP": "100000/minute",  # the 200 buyers log in from one address
+            },
+            **common,
+        )
+        accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal_id).orders)
+    finally:
         ctx.cleanup()
-    rows = [r.row(health) for r in (health, detail, orders, detail_paced, orders_paced)]
+    runs = (health, detail, orders, detail_paced, orders_paced, orders_few, orders_flask, orders_limited)
+    rows = [r.row(health) for r in runs]
     save(
         "http",
         rows,
@@ -73,6 +117,7 @@ def main() -> None:
             "seconds": args.seconds,
             "logged_in_users": args.users,
             "orders_accepted": accepted,
+            "fast_path_over_flask": round(orders.requests_per_s / orders_flask.requests_per_s, 2),
         },
     )
     print(f"\norders accepted by the gate during the run: {accepted} (every 202 is in the outbox)")
@@ -80,8 +125,10 @@ def main() -> None:
         f"detail: {detail.requests_per_s / health.requests_per_s:.0%} of /healthz (target >= 40%), "
         f"p99 {detail.p99_ms:.1f} ms saturated / {detail_paced.p99_ms:.1f} ms paced (target < 20 ms)\n"
         f"orders: {orders.requests_per_s:.0f}/s (target >= 5000), {orders.requests_per_s / health.requests_per_s:.0%} "
-        f"of /healthz (target >= 30%), p99 {orders.p99_ms:.1f} ms saturated / {orders_paced.p99_ms:.1f} ms paced "
-        "(target < 25 ms)"
+        f"of /healthz (target >= 30%), p99 {orders.p99_ms:.1f} ms saturated / {orders_paced.p99_ms:.1f} ms paced / "
+        f"{orders_few.p99_ms:.1f} ms at {args.few} connections (target < 25 ms)\n"
+        f"fast path {orders.requests_per_s / orders_flask.requests_per_s:.1f}x the Flask view "
+        f"({orders_flask.requests_per_s:.0f}/s); with Flask-Limiter on {orders_limited.requests_per_s:.0f}/s"
     )
 
 

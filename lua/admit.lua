@@ -16,6 +16,12 @@ if not st[1] then
   return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
 
+-- The same order id again is a client retry of this very attempt (the reply was lost with a
+-- dropped connection): answer as the first run did instead of admitting it twice.
+if redis.call('HEXISTS', KEYS[5], order_id) == 1 then
+  return {'replay', order_id, 0, -1}
+end
+
 -- A replayed Idempotency-Key answers with the first order, whatever happened since.
 if idem ~= '' then
   local prev = redis.call('HGET', KEYS[4], user .. ':' .. idem)

@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from shared.keys import Keys
+from shared.redis_client import DirectCalls
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 
@@ -137,15 +138,23 @@ class Gate:
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, so the gate keeps
         # working after SCRIPT FLUSH or a Redis restart.
         self._admit = client.register_script(_lua("admit"))
+        # Admission is the hot path: it goes straight to a per-thread connection (DirectCalls).
+        self._direct = DirectCalls(client)
         self._cancel = client.register_script(_lua("cancel"))
         self._load = client.register_script(_lua("load_deal"))
 
     def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
         """Run the admission script for one order attempt."""
-        k = self.keys.deal(deal_id)
-        outcome, oid, kick, remaining = self._admit(
-            keys=k.gate_keys(), args=[user_id, quantity, order_id, idem_key, self.kick_ms]
-        )
+        keys = self.keys.deal(deal_id).gate_keys()
+        args = (user_id, quantity, order_id, idem_key, self.kick_ms)
+        # Safe to send twice (DirectCalls retries once on a dropped connection): the script
+        # answers "replay" for an order id it has already admitted.
+        try:
+            reply = self._direct.call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis lost its script cache (SCRIPT FLUSH, restart): EVAL loads it again.
+            reply = self._direct.call("EVAL", self._admit.script, len(keys), *keys, *args)
+        outcome, oid, kick, remaining = reply
         return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining))
 
     def cancel(

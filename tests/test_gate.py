@@ -127,6 +127,31 @@ def test_gate_survives_script_flush(db, gate) -> None:
     assert gate.cancel(deal.id, order.order_id, user).outcome is Cancellation.CANCELED
 
 
+def test_a_resent_admission_is_admitted_once(db, gate) -> None:
+    """The client resends an admission whose reply was lost: the same order id must not sell twice."""
+    deal = make_deal(db, gate, stock=5, limit=5)
+    (user,) = make_users(db, 1)
+    oid = str(uuid.uuid4())
+    first = gate.admit(deal.id, user, 2, oid)
+    again = gate.admit(deal.id, user, 2, oid)
+    assert first.outcome is Admission.ACCEPTED and again.outcome is Admission.REPLAY and again.order_id == oid
+    k = gate.keys.deal(deal.id)
+    assert int(gate.redis.get(k.stock)) == 3 and int(gate.redis.hget(k.buyers, str(user))) == 2
+    assert [f["id"] for f in _outbox_orders(gate, deal.id)] == [oid]
+
+
+def test_admission_survives_a_dropped_connection(db, gate) -> None:
+    """Redis closes the gate's connection (restart, idle kill): the next order still goes through, once."""
+    deal = make_deal(db, gate, stock=5, limit=5)
+    (user,) = make_users(db, 1)
+    assert gate.admit(deal.id, user, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
+    conn_id = gate._direct.call("CLIENT", "ID")  # the connection this thread's admissions use
+    assert gate.redis.client_kill_filter(_id=conn_id) == 1
+    assert gate.admit(deal.id, user, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
+    assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == 3
+    assert len(_outbox_orders(gate, deal.id)) == 2
+
+
 def test_window_and_limits(db, gate) -> None:
     later = make_deal(db, gate, stock=5, limit=2, starts_in=60)
     (user,) = make_users(db, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -26,6 +27,10 @@ _HTTP_CODES = {
 }
 
 
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+UNAVAILABLE = "The service is briefly unavailable; try again."
+
+
 class ApiError(Exception):
     """An error answered to the client in the JSON error shape."""
 
@@ -40,12 +45,17 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
-    """Build the JSON error response."""
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON error shape: {"error": {code, message[, details]}}."""
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    resp = jsonify(error=body)
+    return {"error": body}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
+    """Build the JSON error response."""
+    resp = jsonify(error_body(code, message, details))
     resp.status_code = status
     return resp
 
@@ -62,6 +72,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 500 and isinstance(getattr(exc, "original_exception", None), REDIS_DOWN):
+            # Raised while Flask opened the session (outside the view): Flask wraps it in a 500.
+            return _redis_down(exc.original_exception)  # type: ignore[attr-defined]
         code = _HTTP_CODES.get(status, "error")
         message = exc.description or "error"
         if status == 429:
@@ -69,6 +82,16 @@ def register_error_handlers(app: Flask) -> None:
         resp = error_response(status, code, message)
         if status == 405 and getattr(exc, "valid_methods", None):
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return resp
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_down(exc: Exception) -> Response:
+        # A dependency outage, not a bug: 503 tells clients to retry (an order with its
+        # Idempotency-Key is never admitted twice).
+        log.warning("Redis unavailable: %s", exc)
+        resp = error_response(503, "unavailable", UNAVAILABLE)
+        resp.headers["Retry-After"] = "1"
         return resp
 
     @app.errorhandler(Exception)

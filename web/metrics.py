@@ -9,8 +9,10 @@ Without the variable (tests, ``flask run``) the process's own registry is served
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -48,15 +50,39 @@ ADMISSIONS = Counter(
 bp = Blueprint("metrics", __name__)
 
 
+# Labelled series looked up once: ``labels()`` takes a lock and validates on every call, which
+# costs more than the increment itself on the order path. Label values are bounded (URL rules,
+# methods, statuses, outcomes), so the caches stay small.
+@functools.cache
+def _admissions(outcome: str) -> Any:
+    return ADMISSIONS.labels(outcome=outcome)
+
+
+@functools.cache
+def _latency(endpoint: str, method: str) -> Any:
+    return LATENCY.labels(endpoint, method)
+
+
+@functools.cache
+def _requests(endpoint: str, method: str, status: int) -> Any:
+    return REQUESTS.labels(endpoint, method, str(status))
+
+
 def record_admission(outcome: str) -> None:
     """Count one order attempt by outcome; the order view calls this once per attempt."""
-    ADMISSIONS.labels(outcome=str(outcome)).inc()
+    _admissions(str(outcome)).inc()
 
 
 def _endpoint_label() -> str:
     """The matched URL rule (``/api/deals/<int:deal_id>``), never the raw path: bounded label values."""
     rule = request.url_rule
     return rule.rule if rule is not None else "unmatched"
+
+
+def record_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency (Flask's hooks and the order fast path)."""
+    _latency(endpoint, method).observe(seconds)
+    _requests(endpoint, method, status).inc()
 
 
 def _before() -> None:
@@ -66,9 +92,7 @@ def _before() -> None:
 def _after(response: Response) -> Response:
     start = g.pop("_metrics_start", None)
     if start is not None:
-        endpoint, method = _endpoint_label(), request.method
-        LATENCY.labels(endpoint, method).observe(time.perf_counter() - start)
-        REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
+        record_request(_endpoint_label(), request.method, response.status_code, time.perf_counter() - start)
     return response
 
 

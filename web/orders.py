@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -41,8 +42,45 @@ _CONFLICTS = {
 }
 
 
-def _accepted(order_id: str, deal_id: int, quantity: int) -> Any:
-    return jsonify(order_id=order_id, status="accepted", deal_id=deal_id, quantity=quantity), 202
+@dataclass(frozen=True)
+class Admitted:
+    """An order the gate accepted (or the first answer to a replayed Idempotency-Key)."""
+
+    order_id: str
+    deal_id: int
+    quantity: int
+
+    def body(self) -> dict[str, Any]:
+        """The 202 body."""
+        return {"order_id": self.order_id, "status": "accepted", "deal_id": self.deal_id, "quantity": self.quantity}
+
+
+def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
+    """One order attempt through the gate; raises ApiError (409/422/404) when refused.
+
+    Shared by the Flask view and the WSGI fast path (web/order_fastpath.py): needs no request context.
+    """
+    if idem and not IDEMPOTENCY_KEY.match(idem):
+        raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
+    if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
+        record_admission(Admission.SOLD_OUT.value)
+        raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
+    result = svc.gate.admit(deal_id, user_id, quantity, str(uuid.uuid4()), idem)
+    outcome = result.outcome
+    record_admission(outcome.value)
+    if outcome in (Admission.ACCEPTED, Admission.REPLAY):
+        if result.kick:
+            kick_drain(deal_id)
+        return Admitted(result.order_id, deal_id, quantity)
+    if outcome is Admission.SOLD_OUT and result.remaining <= 0:
+        _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
+    if outcome is Admission.IDEMPOTENCY_MISMATCH:
+        raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
+    if outcome is Admission.QUANTITY_ABOVE_LIMIT:
+        raise ApiError(422, "invalid", "quantity: above this deal's per-user limit")
+    if result.deal_unknown and not _deal_exists(svc, deal_id):
+        raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
+    raise ApiError(409, outcome.value, _CONFLICTS[outcome])
 
 
 @bp.post("/deals/<int:deal_id>/orders")
@@ -59,29 +97,8 @@ def place_order(deal_id: int) -> Any:
     """Admit an order through the gate; 202 with the order id, 409 when refused."""
     user_id = require_user()
     body = parse_body(OrderIn)
-    idem = request.headers.get("Idempotency-Key", "")
-    if idem and not IDEMPOTENCY_KEY.match(idem):
-        raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
-    if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
-        record_admission(Admission.SOLD_OUT.value)
-        raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
-    svc = services()
-    result = svc.gate.admit(deal_id, user_id, body.quantity, str(uuid.uuid4()), idem)
-    outcome = result.outcome
-    record_admission(outcome.value)
-    if outcome in (Admission.ACCEPTED, Admission.REPLAY):
-        if result.kick:
-            kick_drain(deal_id)
-        return _accepted(result.order_id, deal_id, body.quantity)
-    if outcome is Admission.SOLD_OUT and result.remaining <= 0:
-        _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
-    if outcome is Admission.IDEMPOTENCY_MISMATCH:
-        raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
-    if outcome is Admission.QUANTITY_ABOVE_LIMIT:
-        raise ApiError(422, "invalid", "quantity: above this deal's per-user limit")
-    if result.deal_unknown and not _deal_exists(svc, deal_id):
-        raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
-    raise ApiError(409, outcome.value, _CONFLICTS[outcome])
+    admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
+    return jsonify(admitted.body()), 202
 
 
 def _deal_exists(svc: Services, deal_id: int) -> bool:

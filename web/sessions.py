@@ -8,12 +8,50 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Flask, g, request, session
-from flask_session import Session as FlaskSession
+from flask_session.redis import RedisSessionInterface
 
 from shared.keys import Keys
-from shared.redis_client import bytes_client
+from shared.redis_client import DirectCalls, bytes_client
 from shared.settings import Settings
 from web.errors import ApiError
+
+COOKIE_NAME = "flashdeal_session"
+
+
+class SessionStore(RedisSessionInterface):
+    """Flask-Session's Redis store; reads go through a per-thread connection (DirectCalls).
+
+    Every logged-in request reads its session, so the read is on the order path: it skips
+    redis-py's client layer like the gate does. Writes and deletes stay Flask-Session's own.
+    """
+
+    def __init__(self, app: Flask, client: Any, key_prefix: str) -> None:
+        super().__init__(app, client=client, key_prefix=key_prefix, permanent=True)
+        self._direct = DirectCalls(client)
+
+    def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
+        raw = self._direct.call("GET", store_id, raw=True)
+        return self.serializer.decode(raw) if raw else None
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        """Save as Flask-Session does; nothing to save when the session could not be opened."""
+        if session is None:
+            return  # Redis was unreachable when the request began: the error handler answered 503
+        super().save_session(app, session, response)
+
+    def load(self, sid: str) -> dict[str, Any] | None:
+        """The stored data of session ``sid`` (unsigned cookie value), or None."""
+        return self._retrieve_session_data(self._get_store_id(sid))
+
+
+def session_state(data: Any, settings: Settings, now: float) -> str:
+    """The lifetime rule: ``expired`` (absolute or idle), ``refresh`` (push the idle timeout) or ``valid``."""
+    seen = float(data.get("seen", 0))
+    too_old = now - float(data.get("login_at", 0)) >= settings.session_absolute_seconds
+    if too_old or now - seen >= settings.session_idle_seconds:
+        return "expired"
+    return "refresh" if now - seen >= settings.session_refresh_seconds else "valid"
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,27 +59,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 def init_sessions(app: Flask, settings: Settings) -> None:
     """Configure Flask-Session on Redis and enforce the lifetimes on every request."""
     app.config.update(
-        SESSION_TYPE="redis",
-        SESSION_REDIS=bytes_client(settings),
-        SESSION_KEY_PREFIX=Keys(settings.key_prefix).session_prefix,
         SESSION_PERMANENT=True,
         # The Redis TTL is the idle timeout; it is pushed forward by before_request below.
         PERMANENT_SESSION_LIFETIME=settings.session_idle_seconds,
         # Rewriting the session on every request costs a fifth of the order path (DESIGN.md
         # section 7); we refresh it only when it is older than session_refresh_seconds.
         SESSION_REFRESH_EACH_REQUEST=False,
-        SESSION_COOKIE_NAME="flashdeal_session",
+        SESSION_COOKIE_NAME=COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
     )
-    FlaskSession(app)
-
-    cookie_name = app.config["SESSION_COOKIE_NAME"]
+    app.session_interface = SessionStore(app, bytes_client(settings), Keys(settings.key_prefix).session_prefix)
 
     @app.before_request
     def _enforce_lifetimes() -> None:
-        if cookie_name not in request.cookies:
+        if COOKIE_NAME not in request.cookies:
             # Not touching the session keeps cookie-less requests (probes, anonymous reads)
             # free of the session's bookkeeping and of a needless "Vary: Cookie".
             return
@@ -49,16 +82,12 @@ def init_sessions(app: Flask, settings: Settings) -> None:
         if uid is None:
             return
         now = time.time()
-        seen = float(session.get("seen", 0))
-        if (
-            now - float(session.get("login_at", 0)) >= settings.session_absolute_seconds
-            or now - seen >= settings.session_idle_seconds
-        ):
+        state = session_state(session, settings, now)
+        if state == "expired":
             # Expired on the server whatever the cookie says: drop the record.
             session.clear()
             g.session_expired = True
-            return
-        if now - seen >= settings.session_refresh_seconds:
+        elif state == "refresh":
             session["seen"] = now  # marks the session modified: saved with a fresh TTL
 
 

@@ -1,0 +1,149 @@
+"""The order fast path (web/order_fastpath.py) answers exactly what the Flask view answers, or hands over."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from web import create_app
+from web.order_fastpath import OrderFastPath
+
+
+def _apps(settings):
+    fast = create_app(settings.with_(ratelimit_enabled=False))
+    slow = create_app(settings.with_(ratelimit_enabled=False, order_fast_path=False))
+    return fast, slow
+
+
+def _login(app, db, user_id: int):
+    c = app.test_client()
+    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
+    return c
+
+
+def _flask_view_forbidden(app) -> None:
+    """Make the Flask view fail loudly: a 202 afterwards can only come from the fast path."""
+
+    def boom(**_kw):
+        raise AssertionError("the Flask order view ran")
+
+    app.view_functions["orders.place_order"] = boom
+
+
+def test_fast_path_is_on_by_default_and_off_with_rate_limits(settings) -> None:
+    fast, slow = _apps(settings)
+    assert isinstance(fast.wsgi_app, OrderFastPath) and fast.wsgi_app.enabled
+    assert not slow.wsgi_app.enabled
+    assert not create_app(settings.with_(ratelimit_enabled=True)).wsgi_app.enabled
+
+
+def test_plain_order_is_answered_without_flask(settings, db) -> None:
+    fast, _slow = _apps(settings)
+    svc = fast.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=2)
+    c = _login(fast, db, make_users(db, 1)[0])
+    _flask_view_forbidden(fast)
+    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}, headers={"Idempotency-Key": "k1"})
+    assert r.status_code == 202 and r.json["status"] == "accepted" and r.json["quantity"] == 2
+    assert r.headers["Content-Type"] == "application/json" and "Cookie" in r.headers["Vary"]
+    again = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 202 and again.json["order_id"] == r.json["order_id"]
+    assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 409
+    assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 3
+
+
+def _scenarios(db, gate):
+    """(name, deal id, json body or raw bytes, headers, login?) covering every answer of the endpoint."""
+    open_deal = make_deal(db, gate, stock=3, limit=2)
+    gone = make_deal(db, gate, stock=1, limit=1)
+    assert gate.admit(gone.id, make_users(db, 1)[0], 1, str(uuid.uuid4())).order_id  # someone else bought it all
+    later = make_deal(db, gate, starts_in=3600)
+    ok = {"quantity": 1}
+    return [
+        ("accepted", open_deal.id, ok, {}, True),
+        ("idem first", open_deal.id, ok, {"Idempotency-Key": "same"}, True),
+        ("idem replay", open_deal.id, ok, {"Idempotency-Key": "same"}, True),
+        ("idem other body", open_deal.id, {"quantity": 2}, {"Idempotency-Key": "same"}, True),
+        ("above limit", open_deal.id, {"quantity": 3}, {}, True),
+        ("limit reached", open_deal.id, {"quantity": 1}, {}, True),
+        ("sold out", gone.id, ok, {}, True),
+        ("not open yet", later.id, ok, {}, True),
+        ("no such deal", 987654321, ok, {}, True),
+        ("bad idem key", open_deal.id, ok, {"Idempotency-Key": "has space"}, True),
+        ("anonymous", open_deal.id, ok, {}, False),
+        ("zero", open_deal.id, {"quantity": 0}, {}, True),
+        ("string", open_deal.id, {"quantity": "1"}, {}, True),
+        ("extra field", open_deal.id, {"quantity": 1, "x": 1}, {}, True),
+        ("not json", open_deal.id, b"quantity=1", {"Content-Type": "application/x-www-form-urlencoded"}, True),
+        ("malformed", open_deal.id, b"{", {"Content-Type": "application/json"}, True),
+        ("array", open_deal.id, [1], {}, True),
+        ("leading zero", f"0{open_deal.id}", ok, {}, True),
+    ]
+
+
+def test_fast_path_answers_what_the_flask_view_answers(settings, db) -> None:
+    """The same sequence of requests, once with the fast path and once without: same statuses and bodies."""
+    answers = []
+    for app in _apps(settings):
+        svc = app.extensions["flashdeal"]
+        user = make_users(db, 1)[0]
+        buyer, anonymous = _login(app, db, user), app.test_client()
+        seen = []
+        for name, deal_id, body, headers, logged_in in _scenarios(db, svc.gate):
+            c = buyer if logged_in else anonymous
+            kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+            r = c.post(f"/api/deals/{deal_id}/orders", headers=headers, **kwargs)
+            payload = dict(r.json)
+            if "order_id" in payload:
+                payload["order_id"] = "<id>"
+            if "deal_id" in payload:
+                payload["deal_id"] = "<deal>"
+            if "error" in payload:
+                payload["error"] = {**payload["error"], "message": payload["error"]["message"].split(" ")[0]}
+            seen.append((name, r.status_code, payload))
+        answers.append(seen)
+    fast, slow = answers
+    assert fast == slow
+    statuses = {name: status for name, status, _ in fast}
+    assert statuses["accepted"] == statuses["idem replay"] == 202 and statuses["sold out"] == 409
+    assert statuses["no such deal"] == 404 and statuses["anonymous"] == 401 and statuses["not json"] == 415
+
+
+def test_a_session_due_for_refresh_is_refreshed(settings, db) -> None:
+    """The idle timeout is still pushed forward: such a request goes to Flask, which rewrites the session."""
+    app = create_app(settings.with_(ratelimit_enabled=False, session_refresh_seconds=1))
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=5)
+    c = _login(app, db, make_users(db, 1)[0])
+    sid = c.get_cookie("flashdeal_session").value
+    store = app.session_interface
+    seen_at_login = store.load(sid)["seen"]
+    assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 202
+    assert store.load(sid)["seen"] == seen_at_login  # answered by the fast path: no write
+    time.sleep(1.1)
+    assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 202
+    assert store.load(sid)["seen"] > seen_at_login
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_logout_ends_ordering_at_once(settings, db, fast_path) -> None:
+    app = create_app(settings.with_(ratelimit_enabled=False, order_fast_path=fast_path))
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=5)
+    c = _login(app, db, make_users(db, 1)[0])
+    assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 202
+    assert c.post("/api/auth/logout").status_code in (200, 204)
+    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    assert r.status_code == 401
+
+
+def test_redis_down_is_503_not_500(settings, db) -> None:
+    """Redis unreachable: a clear 503 in the JSON error shape, with Retry-After."""
+    app = create_app(settings.with_(ratelimit_enabled=False, redis_url="redis://127.0.0.1:1/0"))
+    c = app.test_client()
+    c.set_cookie("flashdeal_session", uuid.uuid4().hex)
+    r = c.post("/api/deals/1/orders", json={"quantity": 1})
+    assert r.status_code == 503 and r.json["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
