@@ -139,7 +139,7 @@ class Gate:
         # working after SCRIPT FLUSH or a Redis restart.
         self._admit = client.register_script(_lua("admit"))
         # Admission is the hot path: it goes straight to a per-thread connection (DirectCalls).
-        self._direct = DirectCalls(client)
+        self.direct = DirectCalls(client)
         self._cancel = client.register_script(_lua("cancel"))
         self._load = client.register_script(_lua("load_deal"))
 
@@ -150,10 +150,10 @@ class Gate:
         # Safe to send twice (DirectCalls retries once on a dropped connection): the script
         # answers "replay" for an order id it has already admitted.
         try:
-            reply = self._direct.call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+            reply = self.direct.call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             # Redis lost its script cache (SCRIPT FLUSH, restart): EVAL loads it again.
-            reply = self._direct.call("EVAL", self._admit.script, len(keys), *keys, *args)
+            reply = self.direct.call("EVAL", self._admit.script, len(keys), *keys, *args)
         outcome, oid, kick, remaining = reply
         return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining))
 
@@ -209,10 +209,10 @@ class Gate:
 
     def remaining(self, deal_ids: list[int]) -> dict[int, int | None]:
         """Remaining stock of several deals in one round trip (None where not loaded)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for deal_id in deal_ids:
-            pipe.get(self.keys.deal(deal_id).stock)
-        return {d: (int(v) if v is not None else None) for d, v in zip(deal_ids, pipe.execute(), strict=False)}
+        if not deal_ids:
+            return {}
+        replies = self.direct.pipeline(*(("GET", self.keys.deal(d).stock) for d in deal_ids))
+        return {d: (int(v) if v is not None else None) for d, v in zip(deal_ids, replies, strict=True)}
 
     def live_deal_ids(self) -> list[int]:
         """Ids of deals whose gate is loaded."""

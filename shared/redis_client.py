@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -57,19 +58,46 @@ class DirectCalls:
         A dropped connection (Redis restarted, idle socket closed) is reopened and the command
         sent once more when ``retry``: only for commands that are safe to repeat.
         """
+        return self._exchange([args], raw=raw, retry=retry)[0]
+
+    def pipeline(self, *commands: tuple[str | int | bytes, ...], retry: bool = True) -> list[Any]:
+        """Several read commands in one round trip; error replies come back as exception objects."""
+        return self._exchange(list(commands), raw=False, retry=retry, errors_as_values=True)
+
+    def _exchange(
+        self, commands: list[tuple[Any, ...]], *, raw: bool, retry: bool, errors_as_values: bool = False
+    ) -> list[Any]:
         conn = self._conn()
-        try:
-            conn.send_command(*args, check_health=False)
-            return conn.read_response(disable_decoding=raw)
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
-            if not retry:
+        packed = conn.pack_commands(commands)
+        for attempt in (1, 2):
+            try:
+                conn.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response(disable_decoding=raw))
+                    except redis.ResponseError as exc:
+                        # An error reply was read in full: the connection is still in step.
+                        if not errors_as_values:
+                            self._drain(conn, len(commands) - len(replies) - 1)
+                            raise
+                        replies.append(exc)
+                return replies
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                if not retry or attempt == 2:
+                    raise
+            except redis.ResponseError:
                 raise
-            conn.send_command(*args, check_health=False)
-            return conn.read_response(disable_decoding=raw)
-        except redis.ResponseError:
-            raise  # an error reply was read in full: the connection is still in step
-        except BaseException:
-            # Anything else may leave a reply unread on the socket: start clean next time.
-            conn.disconnect()
-            raise
+            except BaseException:
+                # Anything else may leave replies unread on the socket: start clean next time.
+                conn.disconnect()
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _drain(conn: Connection, n: int) -> None:
+        """Read and drop ``n`` pending replies so the connection stays in step."""
+        for _ in range(n):
+            with contextlib.suppress(redis.ResponseError):
+                conn.read_response()

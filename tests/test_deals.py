@@ -201,3 +201,21 @@ def test_admin_change_seen_by_every_web_instance(web_server, db) -> None:
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "ended"
     r = buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1})
     assert r.status_code == 409 and r.json()["error"]["code"] == "deal_not_open"
+
+
+def test_public_reads_do_not_read_the_session(app, db) -> None:
+    """A logged-in buyer's list and detail requests skip the session read; /api/me still reads it."""
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate)
+    c = _login(app, db)
+    store = app.session_interface
+    reads: list[str] = []
+    original = store._retrieve_session_data
+    store._retrieve_session_data = lambda store_id: reads.append(store_id) or original(store_id)
+    assert c.get(f"/api/deals/{deal.id}").status_code == 200
+    assert c.get("/api/deals").status_code == 200
+    assert reads == []
+    assert c.get("/api/me").json["id"]
+    assert len(reads) == 1
+    assert c.get(f"/api/deals/{deal.id}").status_code == 200 and len(reads) == 1
+    assert c.get("/api/me").status_code == 200  # the cookie still works: nothing was reset

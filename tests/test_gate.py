@@ -145,7 +145,7 @@ def test_admission_survives_a_dropped_connection(db, gate) -> None:
     deal = make_deal(db, gate, stock=5, limit=5)
     (user,) = make_users(db, 1)
     assert gate.admit(deal.id, user, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
-    conn_id = gate._direct.call("CLIENT", "ID")  # the connection this thread's admissions use
+    conn_id = gate.direct.call("CLIENT", "ID")  # the connection this thread's admissions use
     assert gate.redis.client_kill_filter(_id=conn_id) == 1
     assert gate.admit(deal.id, user, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
     assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == 3
