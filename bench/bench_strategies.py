@@ -1,7 +1,7 @@
 """Four admission strategies, one run, same machine, same HTTP load; ratios against (1).
 
 Usage: .venv/bin/python -m bench.bench_strategies [--seconds 8] [--connections 100]
-Each strategy is served by the same tiny Flask app (bench/strategies/app.py) under granian (2 workers,
+Each strategy is served by the same tiny WSGI app (bench/strategies/app.py) under granian (2 workers,
 8 threads); wrk posts orders with rotating buyer ids. Two Celery worker nodes (the product's worker app plus
 bench/strategies/celery_tasks.py) persist (3) and (4). Per strategy: a throughput phase on a deal with ample
 stock, then a sell-out phase (stock 500, same load) whose every unit must be persisted once and only once.
@@ -200,7 +200,7 @@ def run(
         "strategies",
         rows,
         {
-            "server": "tiny Flask app per strategy, granian wsgi 2 workers x 8 threads",
+            "server": "tiny WSGI app per strategy, granian wsgi 2 workers x 8 threads",
             "load": f"wrk 2 threads, {connections} connections, {seconds} s per strategy, {users} buyers",
             "workers": "2 celery nodes, default concurrency",
             "http_ceiling_rps": round(ceiling),

@@ -52,7 +52,7 @@ def chart_strategies(rows: list[dict], direct: list[dict]) -> None:
     """Orders/s per strategy (with the ratio to (1)) over HTTP and direct, and p50/p99 per strategy."""
     labels = [r["strategy"].replace(" + ", "\n+ ", 1) for r in rows]
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    series = [("through HTTP (tiny Flask app, granian)", rows, -0.2, "#2a7")]
+    series = [("through HTTP (tiny WSGI app, granian)", rows, -0.2, "#2a7")]
     if direct:
         series.append(("direct calls (2 processes x 16 threads)", direct, 0.2, "#36c"))
     width = 0.4 if direct else 0.6

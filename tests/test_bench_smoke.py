@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import insert, select
+from werkzeug.test import Client
 
 from bench.strategies import STRATEGIES, Deps, Strategy
 from bench.strategies.app import create_app
@@ -80,7 +81,7 @@ def test_strategy_sells_exactly_the_stock(key: str, deps: Deps, user_ids: list[i
 def test_strategy_app_answers_202_then_409(key: str, settings: Settings, deps: Deps, user_ids: list[int]) -> None:
     """The tiny per-strategy web app: 202 while stock lasts, then 409 sold_out."""
     deal_id = new_deal(deps, 2)
-    client = create_app(key, settings).test_client()
+    client = Client(create_app(key, settings))
     codes = [client.post(f"/deals/{deal_id}/orders/{user_ids[0]}", json={"quantity": 1}).status_code for _ in range(3)]
     assert codes == [202, 202, 409]
 
