@@ -149,12 +149,7 @@ class Gate:
         args = (user_id, quantity, order_id, idem_key, self.kick_ms)
         # Safe to send twice (DirectCalls retries once on a dropped connection): the script
         # answers "replay" for an order id it has already admitted.
-        try:
-            reply = self.direct.call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            # Redis lost its script cache (SCRIPT FLUSH, restart): EVAL loads it again.
-            reply = self.direct.call("EVAL", self._admit.script, len(keys), *keys, *args)
-        outcome, oid, kick, remaining = reply
+        ((outcome, oid, kick, remaining),) = self.direct.scripts((self._admit, keys, list(args)))
         return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining))
 
     def cancel(

@@ -8,7 +8,9 @@ import threading
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 from redis.connection import Connection
+from redis.exceptions import NoScriptError
 
 from shared.settings import Settings
 
@@ -34,7 +36,7 @@ class DirectCalls:
 
     Why not ``client.execute_command``: on this VM redis-py's client layer (pool checkout and
     release, retry wrapper, observability hooks) costs 50-80 µs of CPU per command on top of
-    the ~25 µs the connection itself needs (README, "Why the order path talks to a connection").
+    the ~25 µs the connection itself needs (README, "Order fast path").
     The order path makes two commands per order, so it uses this. AUTH, SELECT, TLS and the
     RESP parsing (hiredis) stay redis-py's: we only skip the per-call bookkeeping.
     """
@@ -94,6 +96,23 @@ class DirectCalls:
                 conn.disconnect()
                 raise
         raise AssertionError("unreachable")
+
+    def scripts(self, *calls: tuple[Script, list[str], list[Any]]) -> list[Any]:
+        """Run registered scripts in one round trip (EVALSHA); any that Redis forgot are sent again as EVAL.
+
+        Safe against double effects: a NOSCRIPT reply means that call did not run. Error replies
+        other than NOSCRIPT are raised.
+        """
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        replies = self.pipeline(*commands)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                # Redis lost its script cache (SCRIPT FLUSH, restart): EVAL loads it again.
+                script, keys, args = calls[i]
+                replies[i] = self.call("EVAL", script.script, len(keys), *keys, *args)
+            elif isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
 
     @staticmethod
     def _drain(conn: Connection, n: int) -> None:

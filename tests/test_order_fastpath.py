@@ -33,11 +33,46 @@ def _flask_view_forbidden(app) -> None:
     app.view_functions["orders.place_order"] = boom
 
 
-def test_fast_path_is_on_by_default_and_off_with_rate_limits(settings) -> None:
+def test_fast_path_is_on_by_default_with_or_without_rate_limits(settings) -> None:
     fast, slow = _apps(settings)
-    assert isinstance(fast.wsgi_app, OrderFastPath) and fast.wsgi_app.enabled
+    assert isinstance(fast.wsgi_app, OrderFastPath) and fast.wsgi_app.enabled and fast.wsgi_app.limits is None
     assert not slow.wsgi_app.enabled
-    assert not create_app(settings.with_(ratelimit_enabled=True)).wsgi_app.enabled
+    limited = create_app(settings.with_(ratelimit_enabled=True)).wsgi_app
+    assert limited.enabled and limited.limits is not None
+
+
+def test_rate_limits_count_in_the_same_windows_on_both_paths(settings, db) -> None:
+    """Flask-Limiter's windows are shared: orders counted by one path are seen by the other."""
+    limited = settings.with_(ratelimit_enabled=True, ratelimit_order="3/minute", ratelimit_order_ip="1000/minute")
+    fast = create_app(limited)
+    svc = fast.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=100, limit=100)
+    u1, u2 = make_users(db, 2)
+    c1 = _login(fast, db, u1)
+    _flask_view_forbidden(fast)
+    # Three orders within the limit: all answered by the fast path (the Flask view would raise).
+    assert [c1.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)] == [202] * 3
+    # The window is full for the Flask path too (a plain Flask app on the same Redis).
+    slow = create_app(limited.with_(order_fast_path=False))
+    r = _login(slow, db, u1).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    assert r.status_code == 429 and r.json["error"]["code"] == "rate_limited" and int(r.headers["Retry-After"]) > 0
+    # And the other way round: orders counted by Flask-Limiter fill the fast path's window.
+    slow = create_app(limited.with_(order_fast_path=False))
+    c2 = _login(slow, db, u2)
+    assert [c2.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)] == [202] * 3
+    fast = create_app(limited)
+    r = _login(fast, db, u2).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+def test_per_ip_limit_on_the_fast_path(settings, db) -> None:
+    limited = settings.with_(ratelimit_enabled=True, ratelimit_order="1000/minute", ratelimit_order_ip="2/minute")
+    app = create_app(limited)
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=100, limit=100)
+    clients = [_login(app, db, u) for u in make_users(db, 3)]
+    codes = [c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for c in clients]
+    assert codes == [202, 202, 429]
 
 
 def test_plain_order_is_answered_without_flask(settings, db) -> None:

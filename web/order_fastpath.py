@@ -3,11 +3,11 @@
 In a flash sale nearly every request is an order attempt. Flask's request context, hooks and
 response objects cost about three times the admission itself on our 2-core VM (README, "Order
 fast path"), so this WSGI middleware answers the common case directly: a valid session, a valid
-JSON body, rate limits off. The decision is the same code as the Flask view's: the session comes
+JSON body, within the order rate limits. The decision is the same code as the Flask view's: the session comes
 from Flask-Session's store with the same lifetime rule (``session_state``) and the order goes
 through ``admit_order``. Everything else (no or expired session, a session due for its idle
-refresh, any body the fast path does not accept as is, rate limits on, an unexpected error before
-the gate) is handed to the Flask app unchanged, which answers it as it always did. So the fast
+refresh, any body the fast path does not accept as is, a request over a rate limit, an unexpected
+error before the gate) is handed to the Flask app unchanged, which answers it as it always did. So the fast
 path can only answer what the view would answer, faster.
 """
 
@@ -25,6 +25,7 @@ from flask import Flask
 from pydantic import ValidationError
 
 from web.errors import REDIS_DOWN, UNAVAILABLE, ApiError, error_body
+from web.limits import OrderLimits
 from web.metrics import record_request
 from web.orders import admit_order
 from web.schemas import OrderIn
@@ -66,8 +67,11 @@ class OrderFastPath:
         store = app.session_interface
         assert isinstance(store, SessionStore)
         self.store = store
-        # Flask-Limiter runs inside Flask's request cycle only: with limits on, orders take that path.
-        self.enabled = self.svc.settings.order_fast_path and not app.config.get("RATELIMIT_ENABLED", True)
+        settings = self.svc.settings
+        # With rate limits on, the fast path counts the order view's Flask-Limiter windows itself
+        # (web/limits.py: OrderLimits); a limiter it cannot mirror leaves every order to Flask.
+        self.limits = OrderLimits.of(settings) if settings.ratelimit_enabled else None
+        self.enabled = settings.order_fast_path and (not settings.ratelimit_enabled or self.limits is not None)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.enabled and environ.get("REQUEST_METHOD") == "POST":
@@ -130,4 +134,9 @@ class OrderFastPath:
             body = OrderIn.model_validate_json(raw)
         except ValidationError:
             return None  # Flask's parse_body words the 400/422
-        return int(data["uid"]), body.quantity
+        user_id = int(data["uid"])
+        if self.limits is not None and not self.limits.within(
+            self.svc.gate.direct, user_id, environ.get("REMOTE_ADDR") or "127.0.0.1"
+        ):
+            return None  # over a limit: Flask-Limiter answers the 429 with its headers
+        return user_id, body.quantity
