@@ -32,14 +32,21 @@ SELLOUT_MAX_S = 15
 DIRECT_PROCESSES = 2
 DIRECT_THREADS = 16
 PERSIST_TIMEOUT_S = 60.0
+SERVER_THREADS = int(os.environ.get("BENCH_SERVER_THREADS", "8"))  # granian blocking threads per worker
 
+# Formatted once per wrk thread (init): the load generator shares the cores with the servers.
 ORDER_LUA = """
 local users = {%s}
+local reqs = {}
 local n = 0
+init = function(args)
+  for i, u in ipairs(users) do
+    reqs[i] = wrk.format("POST", "/deals/%d/orders/" .. u, {["Content-Type"] = "application/json"}, '{"quantity": 1}')
+  end
+end
 request = function()
   n = n + 1
-  return wrk.format("POST", "/deals/%d/orders/" .. users[(n %% #users) + 1],
-    {["Content-Type"] = "application/json"}, '{"quantity": 1}')
+  return reqs[(n %% #reqs) + 1]
 end
 """
 
@@ -72,7 +79,7 @@ def run_one(ctx: Context, deps: Deps, key: str, user_ids: list[int], seconds: in
     """Serve one strategy, load it, wait for persistence, check for oversell; returns the result row."""
     cls = STRATEGIES[key]
     port = free_port()
-    proc = start_granian({**ctx.env, "BENCH_STRATEGY": key}, port, 2, 8, "bench.strategies.app:app")
+    proc = start_granian({**ctx.env, "BENCH_STRATEGY": key}, port, 2, SERVER_THREADS, "bench.strategies.app:app")
     base = f"http://127.0.0.1:{port}"
     try:
         wrk("warmup", base, connections=20, seconds=1, lua=order_lua(new_deal(deps, BIG_STOCK), user_ids))
@@ -133,7 +140,9 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 def http_ceiling(ctx: Context, seconds: int, connections: int) -> float:
     """Same-run ceiling of the HTTP setup: the tiny app's GET /healthz (no strategy work) under the same load."""
     port = free_port()
-    proc = start_granian({**ctx.env, "BENCH_STRATEGY": "lua_outbox"}, port, 2, 8, "bench.strategies.app:app")
+    proc = start_granian(
+        {**ctx.env, "BENCH_STRATEGY": "lua_outbox"}, port, 2, SERVER_THREADS, "bench.strategies.app:app"
+    )
     try:
         # Through a Lua request() too, so the generator pays the same per-request cost as for the orders.
         res = wrk("GET /healthz", f"http://127.0.0.1:{port}", connections=connections, seconds=seconds, lua=HEALTH_LUA)
@@ -200,7 +209,7 @@ def run(
         "strategies",
         rows,
         {
-            "server": "tiny WSGI app per strategy, granian wsgi 2 workers x 8 threads",
+            "server": f"tiny WSGI app per strategy, granian wsgi 2 workers x {SERVER_THREADS} threads",
             "load": f"wrk 2 threads, {connections} connections, {seconds} s per strategy, {users} buyers",
             "workers": "2 celery nodes, default concurrency",
             "http_ceiling_rps": round(ceiling),
