@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench import bench_strategies, burst, reference  # noqa: E402
-from bench.common import RESULTS, markdown_table  # noqa: E402
+from bench.common import RESULTS, ROOT, markdown_table  # noqa: E402
 
 
 def machine() -> dict[str, str]:
@@ -203,9 +203,20 @@ def _load(name: str) -> str:
 
 
 HISTORY_COLS = [
-    "when", "load at start", "load at end", "(4)/(1) HTTP", "(4)/(1) direct", "burst stock gone s",
+    "when", "commit", "load at start", "load at end", "(4)/(1) HTTP", "(4)/(1) direct", "burst stock gone s",
     "burst all confirmed s", "burst p99 ms", "Locust req/s", "Locust p99 ms", "wrk loop req/s", "integrity",
 ]  # fmt: skip
+
+
+def code_version() -> str:
+    """The commit the run measured (``+dirty`` with uncommitted changes), so history rows compare like with like."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "web", "shared", "lua", "worker", "bench/*.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "-"
+    return (head.stdout.strip() or "-") + ("+dirty" if dirty else "")
 
 
 def append_history(mach: dict[str, str], tgt: list[dict], strat: list[dict], direct: list[dict], b: dict,
@@ -215,7 +226,7 @@ def append_history(mach: dict[str, str], tgt: list[dict], strat: list[dict], dir
     dfour = next((r for r in direct if r["key"] == "lua_outbox"), None)
     fast = next(r for r in ref["rows"] if r["endpoint"].startswith("same loop with wrk"))
     line = dict(zip(HISTORY_COLS, [
-        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), mach["load average at start"],
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), code_version(), mach["load average at start"],
         f"{os.getloadavg()[0]:.2f}", four["orders/s vs (1)"], dfour["orders/s vs (1)"] if dfour else "-",
         b["stock gone in the gate (s)"], b["all confirmed in PostgreSQL (s)"], b["p99 ms"], ref["rows"][0]["req/s"],
         ref["rows"][0]["p99 ms"], fast["req/s"], tgt[-1]["measured"],
@@ -313,7 +324,7 @@ def main() -> None:
         "",
         "![reference](reference.png)",
         "",
-        "## Full runs so far (same code paths; the machine is shared, so the spread is the noise)",
+        "## Full runs so far (the commit that ran; the machine is shared: the spread within one commit is noise)",
         markdown_table(history[-10:]) if history else "(none yet)",
         "",
         f"Load average (1 min) at the end of each part: strategies {_load('strategies')}, burst {_load('burst')}, "
