@@ -20,6 +20,8 @@ class DealKeys:
     orders: str  # hash: order id -> "user|qty|price|admitted_ms|status"
     outbox: str  # stream: orders and cancels waiting to be persisted
     kick: str  # short-lived flag: a drain task is already on its way
+    follow_up: str  # short-lived flag: a drain task is scheduled to look again one kick interval later
+    fanout: str  # short-lived flag: a draining worker already asked for one more node
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -43,6 +45,8 @@ class Keys:
             orders=f"{tag}:orders",
             outbox=f"{tag}:outbox",
             kick=f"{tag}:kick",
+            follow_up=f"{tag}:follow-up",
+            fanout=f"{tag}:fanout",
         )
 
     @property

@@ -214,3 +214,32 @@ def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_pro
         assert gate.find_order(str(oid), [deal.id]).canceled == (want == "canceled")
     held = sum(q for oid, status, _, q in rows if status == "confirmed")
     assert gate.live(deal.id).remaining + held == total
+
+
+def test_a_trickle_is_persisted_in_batches_one_look_per_interval(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+    """Orders arriving one by one are batched: about one transaction per kick interval, not one per few orders."""
+    import re
+
+    deal = make_deal(db, gate, stock=100_000, limit=100_000)
+    users = make_users(db, 20)
+    node = celery_procs.worker("trickle1")
+    admitted: dict[str, int] = {}
+    end = time.monotonic() + 3.0
+    i = 0
+    while time.monotonic() < end:  # ~200 orders/s, each kicking a drain when the script says one is due
+        r = gate.admit(deal.id, users[i % len(users)], 1, str(uuid.uuid4()))
+        assert r.outcome is Admission.ACCEPTED
+        admitted[r.order_id] = 1
+        if r.kick:
+            send_drain(celery_procs, deal.id)
+        i += 1
+        time.sleep(0.004)
+    last = time.monotonic()
+    assert wait_until(lambda: db_count(db, deal.id) == len(admitted), 15)
+    confirmed_after = time.monotonic() - last
+    assert_exactly_once(db, gate, deal.id, admitted, 100_000)
+    batches = sum(int(n) for n in re.findall(r"drain_deal\[.*?succeeded.*?'batches': (\d+)", node.text()))
+    assert len(admitted) >= 300
+    # One look per 100 ms over ~3 s is ~30 batches; polling the stream would commit hundreds.
+    assert 1 <= batches <= 60, (batches, len(admitted))
+    assert confirmed_after < 2.0

@@ -30,11 +30,17 @@ class DrainOptions:
     claim_idle_ms: int = 10000
     max_attempts: int = 3
     budget_s: float = 2.0
+    # Stop at a trickle (a batch that is not full) without clearing the kick flag, and let the caller
+    # look again one kick interval later (``DrainResult.follow_up``), instead of polling the stream
+    # for a few entries at a time: one transaction per interval, not per few orders.
+    follow_up: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, budget_s: float = 2.0) -> DrainOptions:
+    def from_settings(cls, settings: Settings, budget_s: float = 2.0, follow_up: bool = False) -> DrainOptions:
         """Options from the process settings."""
-        return cls(settings.drain_batch_size, settings.drain_claim_idle_ms, settings.dlq_max_attempts, budget_s)
+        return cls(
+            settings.drain_batch_size, settings.drain_claim_idle_ms, settings.dlq_max_attempts, budget_s, follow_up
+        )
 
 
 @dataclass
@@ -49,7 +55,8 @@ class DrainResult:
     entries: int = 0
     claimed: int = 0
     seconds: float = 0.0
-    more: bool = False
+    more: bool = False  # the budget ran out with entries left: carry on at once
+    follow_up: bool = False  # stopped at a trickle with the kick flag still set: look again soon
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (task results)."""
@@ -99,13 +106,19 @@ class Drainer:
             deadline = t0 + self.opt.budget_s
             # 1. Our own pending entries first: a retried task (PostgreSQL was down) finishes the batch it
             #    already holds at once instead of waiting for another consumer to claim it.
-            while time.monotonic() < deadline and self._read_and_write("0"):
+            while time.monotonic() < deadline and self._read_and_write("0") > 0:
                 pass
             # 2. Entries a dead consumer read but never acked, once idle long enough to be surely abandoned.
             self._claim_abandoned(deadline)
-            # 3. New entries.
+            # 3. New entries: read on while full batches come back (a backlog).
             while time.monotonic() < deadline:
-                if self._read_and_write(">"):
+                got = self._read_and_write(">")
+                if got >= self.opt.batch_size:
+                    continue
+                if got and self.opt.follow_up:
+                    self.result.follow_up = True  # the kick flag stays set: the caller must look again
+                    break
+                if got:
                     continue
                 self._clear_kick()
                 if not self._read_and_write(">"):
@@ -143,14 +156,15 @@ class Drainer:
             return []
         return reply[0][1] if reply else []
 
-    def _read_and_write(self, start: str) -> bool:
+    def _read_and_write(self, start: str) -> int:
+        """Read one batch and persist it; returns how many entries it held."""
         entries = self._read(start)
         if not entries:
-            return False
+            return 0
         if start == ">" and len(entries) >= self.opt.batch_size and self.on_backlog is not None:
             self.on_backlog()
         self._write_and_ack(entries)
-        return True
+        return len(entries)
 
     def _claim_abandoned(self, deadline: float) -> None:
         cursor = "0-0"

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # PostgreSQL or Redis unreachable: the entries stay pending in the stream and the task comes back later.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
 RETRY_BACKOFF_MAX = 30
+# Beat runs flashdeal.drain_active every second: no drain flag needs to outlive that by much.
+SAFETY_NET_MS = 1000
 
 
 def _consumer(task: Task) -> str:
@@ -41,17 +43,24 @@ def _consumer(task: Task) -> str:
     retry_jitter=True,
     max_retries=12,
 )
-def drain_deal(self: Task, deal_id: int) -> dict[str, Any]:
+def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, Any]:
     """Persist one deal's outbox (sent by web nodes at most once per kick interval per deal)."""
     ctx = get_context()
     deal_id = int(deal_id)
+    dk = ctx.keys.deal(deal_id)
 
     def fan_out() -> None:
-        # A full batch means a backlog: bring one more node in, at most once per kick interval (the same
-        # flag the admission script sets, so web nodes and workers together send one task per interval).
-        if ctx.redis.set(ctx.keys.deal(deal_id).kick, "1", nx=True, px=ctx.settings.drain_kick_ms):
+        # A full batch means a backlog: bring one more node in, at most once per kick interval. A flag of
+        # its own, because the kick flag is held by this very task while it drains.
+        if ctx.redis.set(dk.fanout, "1", nx=True, px=ctx.settings.drain_kick_ms):
             drain_deal.apply_async((deal_id,))
 
+    if follow_up:
+        ctx.redis.delete(dk.follow_up)  # this is the scheduled look: the next one may be booked from now on
+    # Hold the kick flag while this task runs, so admissions do not queue tasks for what it is about to
+    # drain anyway (on a busy machine a task outlives the flag's 100 ms). The drain deletes the flag
+    # before its last look at the stream, as it always did.
+    ctx.redis.set(dk.kick, "draining", px=int(ctx.drain_budget_s * 1000) + SAFETY_NET_MS)
     try:
         result = run_drain(
             ctx.db,
@@ -59,7 +68,7 @@ def drain_deal(self: Task, deal_id: int) -> dict[str, Any]:
             ctx.keys,
             deal_id,
             _consumer(self),
-            DrainOptions.from_settings(ctx.settings, ctx.drain_budget_s),
+            DrainOptions.from_settings(ctx.settings, ctx.drain_budget_s, follow_up=True),
             on_backlog=fan_out,
         )
     except TRANSIENT:
@@ -67,6 +76,15 @@ def drain_deal(self: Task, deal_id: int) -> dict[str, Any]:
         raise
     if result.more:
         drain_deal.apply_async((deal_id,))  # budget spent: yield the process, carry on in a fresh task
+    elif result.follow_up:
+        # A trickle: one look per kick interval persists what came in meanwhile, so batches grow with the
+        # rate instead of one transaction per few orders. At most one look is booked per deal (the
+        # follow-up flag); the kick flag stays set meanwhile, so admissions send no task of their own.
+        # Both flags expire after the safety-net interval: if the booked look is lost, beat's drain of
+        # every live deal (each second) takes over and the next admission kicks again.
+        ctx.redis.set(dk.kick, "follow-up", px=SAFETY_NET_MS)
+        if ctx.redis.set(dk.follow_up, "1", nx=True, px=SAFETY_NET_MS):
+            drain_deal.apply_async((deal_id, True), countdown=ctx.settings.drain_kick_ms / 1000)
     return result.as_dict()
 
 
