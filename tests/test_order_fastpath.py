@@ -182,3 +182,19 @@ def test_redis_down_is_503_not_500(settings, db) -> None:
     c.set_cookie("flashdeal_session", uuid.uuid4().hex)
     r = c.post("/api/deals/1/orders", json={"quantity": 1})
     assert r.status_code == 503 and r.json["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
+
+
+def test_an_unexpected_error_is_answered_in_the_json_shape(settings, db, monkeypatch) -> None:
+    import web.order_fastpath
+
+    fast, _slow = _apps(settings)
+    svc = fast.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=2)
+    c = _login(fast, db, make_users(db, 1)[0])
+
+    def broken(*_a, **_kw):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(web.order_fastpath, "admit_order", broken)
+    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    assert r.status_code == 500 and r.json["error"]["code"] == "internal_error"

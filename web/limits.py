@@ -75,11 +75,11 @@ class OrderLimits:
     """The order view's Flask-Limiter limits, checked outside Flask by the order fast path.
 
     Same library objects, same counters: the items are parsed by ``limits`` (Flask-Limiter's
-    engine), the keys built by ``RateLimitItem.key_for`` and the storage's ``prefixed_key`` with the
-    identifiers Flask-Limiter passes for a route limit (its key prefix, the key function's value,
-    then the endpoint as scope), and the counters bumped by the storage's own fixed-window script. Only the
-    transport differs: all three counters in one round trip on a DirectCalls connection, where
-    Flask-Limiter makes one redis-py call per limit (README, "Order fast path").
+    engine), the keys built by ``RateLimitItem.key_for`` and the storage's ``prefixed_key`` with
+    the identifiers Flask-Limiter passes for a route limit (its key prefix, the key function's
+    value, then the endpoint as scope), and the counters bumped by the storage's own fixed-window
+    script. Only the transport differs: all counters in one round trip on a DirectCalls
+    connection, where Flask-Limiter makes one redis-py call per limit (README, "Order fast path").
     ``tests/test_order_fastpath.py`` checks that both paths count into the same windows.
     """
 

@@ -3,12 +3,13 @@
 In a flash sale nearly every request is an order attempt. Flask's request context, hooks and
 response objects cost about three times the admission itself on our 2-core VM (README, "Order
 fast path"), so this WSGI middleware answers the common case directly: a valid session, a valid
-JSON body, within the order rate limits. The decision is the same code as the Flask view's: the session comes
-from Flask-Session's store with the same lifetime rule (``session_state``) and the order goes
-through ``admit_order``. Everything else (no or expired session, a session due for its idle
-refresh, any body the fast path does not accept as is, a request over a rate limit, an unexpected
-error before the gate) is handed to the Flask app unchanged, which answers it as it always did. So the fast
-path can only answer what the view would answer, faster.
+JSON body, within the order rate limits. The decision is the same code as the Flask view's: the
+session comes from Flask-Session's store with the same lifetime rule (``session_state``), the
+limits are Flask-Limiter's windows (``OrderLimits``) and the order goes through ``admit_order``.
+Everything else (no or expired session, a session due for its idle refresh, any body the fast
+path does not accept as is, a request over a rate limit, an unexpected error before the gate) is
+handed to the Flask app unchanged, which answers it as it always did. So the fast path can only
+answer what the view would answer, faster.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 ORDER_PATH = re.compile(r"/api/deals/([1-9][0-9]{0,17})/orders")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 ENDPOINT = "/api/deals/<int:deal_id>/orders"  # the metrics label Flask's hooks use for this route
-_REASONS = {202: "ACCEPTED", 404: "NOT FOUND", 409: "CONFLICT", 422: "UNPROCESSABLE ENTITY", 503: "SERVICE UNAVAILABLE"}
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -89,7 +90,7 @@ class OrderFastPath:
                     ]
                     if status == 503:
                         headers.append(("Retry-After", "1"))
-                    start_response(f"{status} {_REASONS[status]}", headers)
+                    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
                     return [payload]
         return self.inner(environ, start_response)
 
@@ -111,6 +112,10 @@ class OrderFastPath:
         except REDIS_DOWN as exc:
             log.warning("Redis unavailable: %s", exc)
             return 503, orjson.dumps(error_body("unavailable", UNAVAILABLE))
+        except Exception:
+            # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
+            log.exception("unhandled error in the order fast path")
+            return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
         return 202, orjson.dumps(admitted.body())
 
     def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
