@@ -29,6 +29,7 @@ _HTTP_CODES = {
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 UNAVAILABLE = "The service is briefly unavailable; try again."
+UNAVAILABLE_RETRY_AFTER = "1"  # seconds: Redis restarts and failovers take about that long
 
 
 class ApiError(Exception):
@@ -91,7 +92,7 @@ def register_error_handlers(app: Flask) -> None:
         # Idempotency-Key is never admitted twice).
         log.warning("Redis unavailable: %s", exc)
         resp = error_response(503, "unavailable", UNAVAILABLE)
-        resp.headers["Retry-After"] = "1"
+        resp.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
         return resp
 
     @app.errorhandler(Exception)

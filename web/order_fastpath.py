@@ -26,7 +26,7 @@ import orjson
 from flask import Flask
 from pydantic import ValidationError
 
-from web.errors import REDIS_DOWN, UNAVAILABLE, ApiError, error_body
+from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
 from web.orders import admit_order
@@ -89,7 +89,7 @@ class OrderFastPath:
                         ("Vary", "Cookie"),  # as Flask-Session marks any answer that read the session
                     ]
                     if status == 503:
-                        headers.append(("Retry-After", "1"))
+                        headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
                     start_response(f"{status} {HTTPStatus(status).phrase}", headers)
                     return [payload]
         return self.inner(environ, start_response)
