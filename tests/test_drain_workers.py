@@ -131,7 +131,11 @@ def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_
         time.sleep(3)
         # Nothing reaches PostgreSQL, nothing is lost: the entries wait in the stream.
         assert db_count(db, deal.id) == during < 10_000
-        assert gate.redis.xlen(gate.keys.deal(deal.id).outbox) == 10_000 - during
+        left = gate.redis.xlen(gate.keys.deal(deal.id).outbox)
+        # Nothing left the stream without reaching PostgreSQL. A batch whose commit reached PostgreSQL just
+        # as the proxy cut the connection was never acknowledged: it stays (at most one batch per worker)
+        # and is written again later, changing nothing (checked below: every order exactly once).
+        assert 10_000 - during <= left <= 10_000 - during + 2 * 100
         proxy.restore()
         assert wait_until(lambda: outbox_empty(gate, deal.id), 60, 0.2), w1.text()[-3000:]
         assert_exactly_once(db, gate, deal.id, admitted, total)
