@@ -1,8 +1,8 @@
 """The production topology on private ports for benchmarks: nginx LB -> 3 granian nodes, 2 Celery nodes, beat.
 
-Same commands as the Procfile (``scripts/proc`` + granian ``--workers 1 --blocking-threads 8``, celery worker with
-default concurrency, beat, nginx with ``deploy/nginx.conf``), but ports are free ones and the environment is the
-bench's (private database, key prefix and Celery queue), so a running ``make up`` is never touched.
+Same commands as the Procfile (``scripts/proc`` + granian ``--workers 1 --blocking-threads 8 --http 1``, celery
+worker with default concurrency, beat, nginx with ``deploy/nginx.conf``), but ports are free ones and the environment
+is the bench's (private database, key prefix and Celery queue), so a running ``make up`` is never touched.
 """
 
 from __future__ import annotations
@@ -82,7 +82,18 @@ class Stack:
         try:
             for i, port in enumerate(self.web_ports, 1):
                 cmd = ["scripts/proc", f"web{i}", sys.executable, "-m", "granian", "--interface", "wsgi"]
-                cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--blocking-threads", "8"]
+                cmd += [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--blocking-threads",
+                    "8",
+                    "--http",
+                    "1",
+                ]
                 self.procs.append(_spawn([*cmd, "web.wsgi:app"], env, self.dir / f"web{i}.log"))
             workers = []
             for i in (1, 2):
