@@ -72,7 +72,7 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
     """One deal for buyers: cache and live state in one Redis round trip; PostgreSQL only on a miss."""
     key = svc.keys.deal_cache(deal_id)
     k = svc.keys.deal(deal_id)
-    cached, state, stock = svc.gate.direct.pipeline(
+    cached, state, stock = svc.direct.pipeline(
         ("GET", key), ("HMGET", k.state, "status", "open_ms", "close_ms"), ("GET", k.stock)
     )
     view = read_through(
@@ -99,7 +99,7 @@ def list_deals() -> Any:
     """List deals with live stock and status; ``status=active`` means scheduled or open."""
     q = parse_query(DealListQuery)
     svc = services()
-    version = int(svc.gate.direct.call("GET", svc.keys.deal_list_version) or 0)
+    version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
     views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc))
     start = (q.page - 1) * q.per_page

@@ -141,7 +141,7 @@ class OrderFastPath:
             return None  # Flask's parse_body words the 400/422
         user_id = int(data["uid"])
         if self.limits is not None and not self.limits.within(
-            self.svc.gate.direct, user_id, environ.get("REMOTE_ADDR") or "127.0.0.1"
+            self.svc.direct, user_id, environ.get("REMOTE_ADDR") or "127.0.0.1"
         ):
             return None  # over a limit: Flask-Limiter answers the 429 with its headers
         return user_id, body.quantity

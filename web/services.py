@@ -10,7 +10,7 @@ from flask import current_app
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import text_client
+from shared.redis_client import DirectCalls, text_client
 from shared.settings import Settings
 
 
@@ -23,6 +23,11 @@ class Services:
     redis: redis.Redis
     keys: Keys
     gate: Gate
+
+    @property
+    def direct(self) -> DirectCalls:
+        """The per-thread Redis connection of the hot paths (the gate's)."""
+        return self.gate.direct
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
