@@ -30,7 +30,8 @@ end
 """
 
 
-def _orders_lua(cookies: list[str], deal_id: int) -> str:
+def orders_lua(cookies: list[str], deal_id: int) -> str:
+    """wrk script: POST an order for the deal, rotating over the buyers' session cookies."""
     return ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
 
 
@@ -40,7 +41,7 @@ def _orders_on(ctx: Context, deal_id: int, emails: list[str], name: str, env: di
     proc = start_granian({**ctx.env, **env}, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        lua = _orders_lua(login_all(base, emails), deal_id)
+        lua = orders_lua(login_all(base, emails), deal_id)
         return wrk(name, base, lua=lua, **load)
     finally:
         stop(proc)
@@ -63,7 +64,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     common = {"connections": args.connections, "seconds": args.seconds}
     try:
-        lua = _orders_lua(login_all(base, emails), deal_id)
+        lua = orders_lua(login_all(base, emails), deal_id)
         wrk("warmup", f"{base}/api/deals/{deal_id}", connections=50, seconds=2)
         health = wrk("GET /healthz", f"{base}/healthz", **common)
         detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal_id}", **common)

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from bench.bench_http import ORDER_LUA
+from bench.bench_http import orders_lua
 from bench.common import ROOT, Context, free_port, open_sale, save, start_granian, stop, wait_http, wrk
 from bench.users import login_all, make_users
 
@@ -69,7 +69,7 @@ def main() -> None:
                 try:
                     cookies = cookies or login_all(base, emails)  # sessions live in Redis: any server
                     wrk("warmup", f"{base}/api/deals/{deal_id}", connections=20, seconds=1)
-                    lua = ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
+                    lua = orders_lua(cookies, deal_id)
                     for scenario, result in (
                         ("GET /healthz", lambda b=base: wrk("h", f"{b}/healthz", **common)),
                         ("GET /api/deals/{id}", lambda b=base: wrk("d", f"{b}/api/deals/{deal_id}", **common)),

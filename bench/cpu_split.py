@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from bench.common import Context, wrk
-from bench.reference import LOOP_LUA, STACK_DATABASE, add_other_deals
+from bench.reference import STACK_DATABASE, add_other_deals, loop_lua
 from bench.stack import Stack
 from bench.users import login_all, make_users
 from shared.deals import NewDeal, create_deal, load_deal
@@ -72,7 +72,7 @@ def main() -> None:
             }
             before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
             t0 = time.monotonic()
-            lua = LOOP_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id, deal_id)
+            lua = loop_lua(cookies, deal_id)
             res = wrk("loop", stack.base, connections=args.connections, seconds=args.seconds, lua=lua)
             elapsed = time.monotonic() - t0
             after = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}

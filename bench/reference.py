@@ -49,6 +49,13 @@ request = function()
   return wrk.format("POST", paths[3], {["Content-Type"] = "application/json", ["Cookie"] = c}, '{"quantity": 1}')
 end
 """
+
+
+def loop_lua(cookies: list[str], deal_id: int) -> str:
+    """wrk script of the reference loop (list -> detail -> order) over the buyers' session cookies."""
+    return LOOP_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id, deal_id)
+
+
 ENDPOINTS = ["GET /api/deals", "GET /api/deals/{id}", "POST /api/deals/{id}/orders", "POST /api/auth/login"]
 
 
@@ -155,7 +162,7 @@ def run(users: int = 300, seconds: int = 60, processes: int = 0) -> dict[str, ob
             # Same-run baseline for the server side: a web node's cheapest answer through the same LB.
             health = wrk("wrk: GET /healthz", f"{stack.base}/healthz", connections=users, seconds=WRK_BASE_S)
             fast = wrk("wrk: list -> detail -> order", stack.base, connections=users, seconds=WRK_S,
-                       lua=LOOP_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id, deal_id))  # fmt: skip
+                       lua=loop_lua(cookies, deal_id))  # fmt: skip
             stats_after_wrk = _drained_stats(ctx, deal_id)
     finally:
         ctx.cleanup()
