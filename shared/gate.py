@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -115,7 +116,7 @@ def buyer_status(gate_status: str, open_ms: int, close_ms: int, remaining: int, 
 
 def now_ms() -> int:
     """Wall clock in milliseconds."""
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return int(time.time() * 1000)
 
 
 def ms_to_dt(ms: int) -> datetime:
@@ -206,7 +207,10 @@ class Gate:
         """Remaining stock of several deals in one round trip (None where not loaded)."""
         if not deal_ids:
             return {}
-        replies = self.direct.pipeline(*(("GET", self.keys.deal(d).stock) for d in deal_ids))
+        # One MGET rather than a GET per deal: a list page is up to 100 deals, and each reply
+        # parsed is CPU on the web node. The keys span cluster slots; DirectCalls is a
+        # standalone-Redis connection anyway (a cluster client would split it per slot).
+        replies = self.direct.call("MGET", *(self.keys.deal(d).stock for d in deal_ids))
         return {d: (int(v) if v is not None else None) for d, v in zip(deal_ids, replies, strict=True)}
 
     def live_deal_ids(self) -> list[int]:
