@@ -316,7 +316,8 @@ def main() -> None:
         "",
         "![burst](burst_timeline.png)",
         "",
-        f"## Reference scenario (Locust, {ref['users']} users, {ref['seconds']} s, through the LB)",
+        f"## Reference scenario (Locust, {ref['users']} users, {ref['seconds']} s, "
+        f"{ref.get('locust processes', 1)} Locust processes, through the LB)",
         markdown_table(ref["rows"]),
         "",
         f"Expected 409s by code: {json.dumps(ref['expected 409s by code'])}; "
