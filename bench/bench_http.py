@@ -96,7 +96,7 @@ def main() -> None:
         # The same orders through Flask's full request cycle: the fast path turned off, then
         # Flask-Limiter turned on (which also takes orders through Flask).
         orders_flask = _orders_on(
-            ctx, deal_id, emails, "POST /api/deals/{id}/orders, fast path off", {"ORDER_FAST_PATH": "false"}, **common
+            ctx, deal_id, emails, "POST /api/deals/{id}/orders, fast path off", {"FAST_PATH": "false"}, **common
         )
         orders_limited = _orders_on(
             ctx,

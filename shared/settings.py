@@ -44,7 +44,7 @@ class Settings:
     session_refresh_seconds: int = 60
     session_cookie_secure: bool = False
     ratelimit_enabled: bool = True
-    order_fast_path: bool = True
+    fast_path: bool = True
     ratelimit_order: str = "30/second;600/minute"
     ratelimit_order_ip: str = "2000/second"
     ratelimit_login: str = "10/minute"
@@ -75,7 +75,7 @@ class Settings:
             session_refresh_seconds=_int(e, "SESSION_REFRESH_SECONDS", cls.session_refresh_seconds),
             session_cookie_secure=_bool(e.get("SESSION_COOKIE_SECURE"), False),
             ratelimit_enabled=_bool(e.get("RATELIMIT_ENABLED"), True),
-            order_fast_path=_bool(e.get("ORDER_FAST_PATH"), True),
+            fast_path=_bool(e.get("FAST_PATH"), True),
             ratelimit_order=e.get("RATELIMIT_ORDER", cls.ratelimit_order),
             ratelimit_order_ip=e.get("RATELIMIT_ORDER_IP", cls.ratelimit_order_ip),
             ratelimit_login=e.get("RATELIMIT_LOGIN", cls.ratelimit_login),

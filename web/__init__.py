@@ -20,9 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["flashdeal"] = Services.build(settings)
 
     from web import admin, auth, deals, health, openapi, orders, pages
+    from web.fastpath import FastPath
     from web.limits import init_limits
     from web.metrics import init_metrics
-    from web.order_fastpath import OrderFastPath
     from web.sessions import init_sessions
 
     init_sessions(app, settings)
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_metrics(app)
     for module in (health, auth, deals, orders, admin, openapi, pages):
         app.register_blueprint(module.bp)
-    app.wsgi_app = OrderFastPath(app, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = FastPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies > 0:
         # Only trust X-Forwarded-For from our own load balancer(s); outermost, so every path sees it.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]

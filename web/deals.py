@@ -42,21 +42,26 @@ def static_view(deal: Deal, sold: int) -> dict[str, Any]:
     }
 
 
+_PRIVATE_FIELDS = ("db_status", "open_ms", "close_ms", "unloaded_remaining")  # cached, never shown
+
+
 def live_view(
-    view: dict[str, Any], remaining: int | None, window: tuple[str, int, int] | None = None
+    view: dict[str, Any], remaining: int | None, window: tuple[str, int, int] | None = None, now: int | None = None
 ) -> dict[str, Any]:
     """Combine the cached static view with live state into the API's DealOut shape.
 
     ``window`` is the gate's (status, open_ms, close_ms) when the deal is loaded; otherwise the
-    cached window decides.
+    cached window decides. ``now`` (ms) lets a list page use one clock reading for all its deals.
     """
     if remaining is None:
         remaining = view["unloaded_remaining"]
     if window is None:
         window = ("ended" if view["db_status"] == "ended" else "open", view["open_ms"], view["close_ms"])
-    out = {k: v for k, v in view.items() if k not in ("db_status", "open_ms", "close_ms", "unloaded_remaining")}
+    out = view.copy()  # a copy and four deletions: a list page does this for each of its deals
+    for private in _PRIVATE_FIELDS:
+        del out[private]
     out["remaining_stock"] = max(remaining, 0)
-    out["status"] = buyer_status(*window, remaining, now_ms())
+    out["status"] = buyer_status(*window, remaining, now_ms() if now is None else now)
     return out
 
 
@@ -93,28 +98,32 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
         return [static_view(d, sold.get(d.id, 0)) for d in deals]
 
 
-@bp.get("/deals")
-@doc("List deals (filter by status, paged)", query=DealListQuery, responses={200: DealPage, 422: None})
-def list_deals() -> Any:
-    """List deals with live stock and status; ``status=active`` means scheduled or open."""
-    q = parse_query(DealListQuery)
-    svc = services()
+def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
+    """One page of the deal list with live stock; shared by the Flask view and the fast path (web/fastpath.py)."""
     version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
-    views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc))
-    start = (q.page - 1) * q.per_page
+    cached = svc.direct.call("GET", key)
+    views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc), cached)
+    start, now = (q.page - 1) * q.per_page, now_ms()
     if q.status == "all":
         # Unfiltered: only the page's deals need their live stock (one pipelined round trip).
         page = views[start : start + q.per_page]
         stocks = svc.gate.remaining([v["id"] for v in page])
-        items = [live_view(v, stocks.get(v["id"])) for v in page]
-        return jsonify(items=items, page=q.page, per_page=q.per_page, total=len(views))
+        items = [live_view(v, stocks.get(v["id"]), now=now) for v in page]
+        return {"items": items, "page": q.page, "per_page": q.per_page, "total": len(views)}
     # A status filter needs every deal's live status before paging.
     stocks = svc.gate.remaining([v["id"] for v in views])
-    items = [live_view(v, stocks.get(v["id"])) for v in views]
+    items = [live_view(v, stocks.get(v["id"]), now=now) for v in views]
     wanted = ("scheduled", "open") if q.status == "active" else (q.status,)
     items = [i for i in items if i["status"] in wanted]
-    return jsonify(items=items[start : start + q.per_page], page=q.page, per_page=q.per_page, total=len(items))
+    return {"items": items[start : start + q.per_page], "page": q.page, "per_page": q.per_page, "total": len(items)}
+
+
+@bp.get("/deals")
+@doc("List deals (filter by status, paged)", query=DealListQuery, responses={200: DealPage, 422: None})
+def list_deals() -> Any:
+    """List deals with live stock and status; ``status=active`` means scheduled or open."""
+    return jsonify(deal_page(services(), parse_query(DealListQuery)))
 
 
 @bp.get("/deals/<int:deal_id>")

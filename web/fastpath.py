@@ -1,15 +1,20 @@
-"""The order fast path: ``POST /api/deals/{id}/orders`` answered without Flask's request cycle.
+"""The fast path: the requests of a sale answered without Flask's request cycle.
 
-In a flash sale nearly every request is an order attempt. Flask's request context, hooks and
-response objects cost about three times the admission itself on our 2-core VM (README, "Order
-fast path"), so this WSGI middleware answers the common case directly: a valid session, a valid
-JSON body, within the order rate limits. The decision is the same code as the Flask view's: the
-session comes from Flask-Session's store with the same lifetime rule (``session_state``), the
-limits are Flask-Limiter's windows (``OrderLimits``) and the order goes through ``admit_order``.
-Everything else (no or expired session, a session due for its idle refresh, any body the fast
-path does not accept as is, a request over a rate limit, an unexpected error before the gate) is
-handed to the Flask app unchanged, which answers it as it always did. So the fast path can only
-answer what the view would answer, faster.
+In a flash sale nearly every request is one of three: the deal list, a deal's detail and an
+order attempt. Flask's request context, hooks and response objects cost more than the work
+itself on our 2-core VM (README, "Fast path"), so this WSGI middleware answers the common case
+of those three directly, with the same functions as the Flask views:
+
+- ``POST /api/deals/{id}/orders``: the session comes from Flask-Session's store with the same
+  lifetime rule (``session_state``), the limits are Flask-Limiter's windows (``OrderLimits``) and
+  the order goes through ``admit_order``. Anything else (no or expired session, a session due
+  for its idle refresh, any body the fast path does not accept as is, a request over a rate
+  limit, an unexpected error before the gate) is handed to Flask unchanged.
+- ``GET /api/deals/{id}`` and ``GET /api/deals``: public reads that never use the session
+  (``deal_detail`` and ``deal_page``); a query string that does not validate, or an unexpected
+  error, is handed to Flask (a read has no effect, so running it again there is safe).
+
+So the fast path can only answer what the views would answer, faster.
 """
 
 from __future__ import annotations
@@ -21,29 +26,37 @@ import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from flask import Flask
 from pydantic import ValidationError
 
+from web.deals import deal_detail, deal_page
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
 from web.orders import admit_order
-from web.schemas import OrderIn
+from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
 from web.validation import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
-# Flask's route is /api/deals/<int:deal_id>/orders; anything less plain (leading zeros, huge
+# Flask's routes are /api/deals/<int:deal_id>[/orders]; anything less plain (leading zeros, huge
 # numbers) is left to Flask's own URL matching.
 ORDER_PATH = re.compile(r"/api/deals/([1-9][0-9]{0,17})/orders")
+DEAL_PATH = re.compile(r"/api/deals/([1-9][0-9]{0,17})")
+LIST_PATH = "/api/deals"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
-ENDPOINT = "/api/deals/<int:deal_id>/orders"  # the metrics label Flask's hooks use for this route
+# The metrics labels Flask's hooks use for these routes (their URL rules).
+ORDER_ENDPOINT = "/api/deals/<int:deal_id>/orders"
+DEAL_ENDPOINT = "/api/deals/<int:deal_id>"
+LIST_ENDPOINT = "/api/deals"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Answer = tuple[int, bytes]  # (status, JSON body)
 
 
 def _session_id(header: str) -> str | None:
@@ -59,7 +72,22 @@ def _session_id(header: str) -> str | None:
     return None
 
 
-class OrderFastPath:
+def _query_args(query: str) -> dict[str, str]:
+    """Query-string arguments as werkzeug's ``request.args.to_dict()`` gives them (first value wins)."""
+    args: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        args.setdefault(name, value)
+    return args
+
+
+def _error(exc: ApiError) -> Answer:
+    return exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details))
+
+
+_UNAVAILABLE = 503, orjson.dumps(error_body("unavailable", UNAVAILABLE))
+
+
+class FastPath:
     """WSGI middleware in front of the Flask app; see the module docstring for what it answers."""
 
     def __init__(self, app: Flask, inner: WSGIApp) -> None:
@@ -72,30 +100,71 @@ class OrderFastPath:
         # With rate limits on, the fast path counts the order view's Flask-Limiter windows itself
         # (web/limits.py: OrderLimits); a limiter it cannot mirror leaves every order to Flask.
         self.limits = OrderLimits.of(settings) if settings.ratelimit_enabled else None
-        self.enabled = settings.order_fast_path and (not settings.ratelimit_enabled or self.limits is not None)
+        self.enabled = settings.fast_path
+        self.orders = self.enabled and (not settings.ratelimit_enabled or self.limits is not None)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if self.enabled and environ.get("REQUEST_METHOD") == "POST":
-            match = ORDER_PATH.fullmatch(environ.get("PATH_INFO", ""))
-            if match is not None:
-                start = time.perf_counter()
-                answer = self._answer(environ, int(match.group(1)))
-                if answer is not None:
-                    status, payload = answer
-                    record_request(ENDPOINT, "POST", status, time.perf_counter() - start)
-                    headers = [
-                        ("Content-Type", "application/json"),
-                        ("Content-Length", str(len(payload))),
-                        ("Vary", "Cookie"),  # as Flask-Session marks any answer that read the session
-                    ]
-                    if status == 503:
-                        headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
-                    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-                    return [payload]
+        if self.enabled:
+            start = time.perf_counter()
+            routed = self._route(environ)
+            if routed is not None:
+                endpoint, method, (status, payload) = routed
+                record_request(endpoint, method, status, time.perf_counter() - start)
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+                if method == "POST":
+                    headers.append(("Vary", "Cookie"))  # as Flask-Session marks any answer that read the session
+                if status == 503:
+                    headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
+                start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+                return [payload]
         return self.inner(environ, start_response)
 
-    def _answer(self, environ: dict[str, Any], deal_id: int) -> tuple[int, bytes] | None:
-        """(status, JSON body), or None to hand the request to Flask."""
+    def _route(self, environ: dict[str, Any]) -> tuple[str, str, Answer] | None:
+        """(endpoint, method, answer) for a request the fast path answers, else None."""
+        method = environ.get("REQUEST_METHOD")
+        path = environ.get("PATH_INFO", "")
+        if method == "GET":
+            if path == LIST_PATH:
+                answer = self._list(environ.get("QUERY_STRING", ""))
+                return None if answer is None else (LIST_ENDPOINT, method, answer)
+            match = DEAL_PATH.fullmatch(path)
+            if match is not None:
+                answer = self._detail(int(match.group(1)))
+                return None if answer is None else (DEAL_ENDPOINT, method, answer)
+        elif method == "POST" and self.orders:
+            match = ORDER_PATH.fullmatch(path)
+            if match is not None:
+                answer = self._order(environ, int(match.group(1)))
+                return None if answer is None else (ORDER_ENDPOINT, method, answer)
+        return None
+
+    def _detail(self, deal_id: int) -> Answer | None:
+        """GET /api/deals/{id}, as the ``get_deal`` view answers it."""
+        try:
+            return 200, orjson.dumps(deal_detail(self.svc, deal_id))
+        except ApiError as exc:
+            return _error(exc)
+        except REDIS_DOWN as exc:
+            log.warning("Redis unavailable: %s", exc)
+            return _UNAVAILABLE
+        except Exception:
+            log.debug("fast path: handing a deal read over to Flask", exc_info=True)
+            return None
+
+    def _list(self, query: str) -> Answer | None:
+        """GET /api/deals, as the ``list_deals`` view answers it; a query Flask must word a 422 for is handed over."""
+        try:
+            q = DealListQuery.model_validate(_query_args(query)) if query else DealListQuery()
+            return 200, orjson.dumps(deal_page(self.svc, q))
+        except REDIS_DOWN as exc:
+            log.warning("Redis unavailable: %s", exc)
+            return _UNAVAILABLE
+        except Exception:
+            log.debug("fast path: handing the deal list over to Flask", exc_info=True)
+            return None
+
+    def _order(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
+        """POST /api/deals/{id}/orders, as the ``place_order`` view answers it."""
         try:
             found = self._read(environ)
         except Exception:
@@ -108,10 +177,10 @@ class OrderFastPath:
         try:
             admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)
         except ApiError as exc:
-            return exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details))
+            return _error(exc)
         except REDIS_DOWN as exc:
             log.warning("Redis unavailable: %s", exc)
-            return 503, orjson.dumps(error_body("unavailable", UNAVAILABLE))
+            return _UNAVAILABLE
         except Exception:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")

@@ -80,7 +80,7 @@ class OrderLimits:
     value, then the endpoint as scope), and the counters bumped by the storage's own fixed-window
     script. Only the transport differs: all counters in one round trip on a DirectCalls
     connection, where Flask-Limiter makes one redis-py call per limit (README, "Order fast path").
-    ``tests/test_order_fastpath.py`` checks that both paths count into the same windows.
+    ``tests/test_fastpath.py`` checks that both paths count into the same windows.
     """
 
     storage: Any

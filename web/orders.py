@@ -58,7 +58,7 @@ class Admitted:
 def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
     """One order attempt through the gate; raises ApiError (409/422/404) when refused.
 
-    Shared by the Flask view and the WSGI fast path (web/order_fastpath.py): needs no request context.
+    Shared by the Flask view and the WSGI fast path (web/fastpath.py): needs no request context.
     """
     if idem and not IDEMPOTENCY_KEY.match(idem):
         raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")

@@ -20,6 +20,11 @@ COOKIE_NAME = "flashdeal_session"
 PUBLIC_READS = re.compile(r"/api/deals(/[0-9]+)?")  # JSON endpoints that never use the session
 
 
+def is_public_read(request: Any) -> bool:
+    """A deal list or detail read: it never looks at the session, so the session is never opened."""
+    return request.method in ("GET", "HEAD") and PUBLIC_READS.fullmatch(request.path) is not None
+
+
 class SessionStore(RedisSessionInterface):
     """Flask-Session's Redis store; reads go through a per-thread connection (DirectCalls).
 
@@ -37,7 +42,7 @@ class SessionStore(RedisSessionInterface):
 
     def open_session(self, app: Flask, request: Any) -> Any:
         """Open the request's session; the public catalog reads skip the Redis read altogether."""
-        if request.method in ("GET", "HEAD") and PUBLIC_READS.fullmatch(request.path):
+        if is_public_read(request):
             # Flask opens the session before routing, for every request with a cookie. The deal
             # list and detail never look at it, and they are two thirds of a buyer's requests in
             # a sale: an empty, unsaved session spares them a Redis round trip.
@@ -85,9 +90,10 @@ def init_sessions(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _enforce_lifetimes() -> None:
-        if COOKIE_NAME not in request.cookies:
-            # Not touching the session keeps cookie-less requests (probes, anonymous reads)
-            # free of the session's bookkeeping and of a needless "Vary: Cookie".
+        if COOKIE_NAME not in request.cookies or is_public_read(request):
+            # Not touching the session keeps cookie-less requests (probes, anonymous reads) and
+            # the public deal reads free of the session's bookkeeping and of a needless
+            # "Vary: Cookie" (their answer is the same for everyone).
             return
         uid = session.get("uid")
         if uid is None:

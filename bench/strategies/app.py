@@ -4,7 +4,7 @@
 No session, no rate limit and no web framework on purpose: the comparison isolates the admission
 itself. Flask's request cycle alone costs more than the Lua gate on this machine, so under Flask every
 fast strategy would measure the framework (the product's order endpoint skips it too:
-web/order_fastpath.py). Run: ``granian --interface wsgi bench.strategies.app:app`` with the bench
+web/fastpath.py). Run: ``granian --interface wsgi bench.strategies.app:app`` with the bench
 environment.
 """
 
