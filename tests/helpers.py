@@ -9,6 +9,7 @@ from decimal import Decimal
 from sqlalchemy import insert
 
 from shared.accounts import hash_password
+from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
@@ -66,4 +67,6 @@ def make_deal(
             deal.status = "open"
         if gate is not None:
             load_deal(s, gate, deal)
+    if gate is not None:
+        invalidate_deal(gate.redis, gate.keys, deal.id)  # as the admin API and the CLI do after creating one
     return deal

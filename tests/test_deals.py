@@ -13,6 +13,7 @@ import pytest
 import requests
 from sqlalchemy import event
 
+from shared.cache import LocalCopies
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 
 
@@ -192,13 +193,21 @@ def test_admin_change_seen_by_every_web_instance(web_server, db) -> None:
     admin.post(a.url + "/api/auth/login", json={"email": email_of(db, admin_id), "password": PASSWORD})
     buyer.post(b.url + "/api/auth/login", json={"email": email_of(db, buyer_id), "password": PASSWORD})
     deal = admin.post(a.url + "/api/admin/deals", json=_deal_body(starts_at=_iso(900), ends_at=_iso(1800))).json()
+
+    def listed_status() -> str:
+        items = buyer.get(f"{b.url}/api/deals?per_page=100").json()["items"]
+        return next(i["status"] for i in items if i["id"] == deal["id"])
+
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "scheduled"  # B caches it
+    assert listed_status() == "scheduled"  # and keeps the parsed list in its process
     admin.post(f"{a.url}/api/admin/deals/{deal['id']}/open")
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "open"
+    assert listed_status() == "open"
     assert buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1}).status_code == 202
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["remaining_stock"] == 9
     admin.post(f"{a.url}/api/admin/deals/{deal['id']}/close")
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "ended"
+    assert listed_status() == "ended"
     r = buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1})
     assert r.status_code == 409 and r.json()["error"]["code"] == "deal_not_open"
 
@@ -219,3 +228,16 @@ def test_public_reads_do_not_read_the_session(app, db) -> None:
     assert len(reads) == 1
     assert c.get(f"/api/deals/{deal.id}").status_code == 200 and len(reads) == 1
     assert c.get("/api/me").status_code == 200  # the cookie still works: nothing was reset
+
+
+def test_local_copies_age_out_and_stay_bounded() -> None:
+    clock = [100.0]
+    copies = LocalCopies(seconds=1.0, size=2, clock=lambda: clock[0])
+    copies.put("v1", [1])
+    assert copies.get("v1") == [1] and copies.get("v2") is None
+    clock[0] += 1.01
+    assert copies.get("v1") is None  # too old: the caller fetches it again
+    copies.put("v1", [1])
+    copies.put("v2", [2])
+    copies.put("v3", [3])  # full: older versions are dropped, never more than size kept
+    assert copies.get("v3") == [3] and len(copies._copies) <= 2

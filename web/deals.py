@@ -102,8 +102,12 @@ def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
     """One page of the deal list with live stock; shared by the Flask view and the fast path (web/fastpath.py)."""
     version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
-    cached = svc.direct.call("GET", key)
-    views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc), cached)
+    views = svc.local.get(key)
+    if views is None:
+        # Every deal change bumps the version, so a copy under this key is this version's list.
+        cached = svc.direct.call("GET", key)
+        views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc), cached)
+        svc.local.put(key, views)
     start, now = (q.page - 1) * q.per_page, now_ms()
     if q.status == "all":
         # Unfiltered: only the page's deals need their live stock (one pipelined round trip).

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from flask import current_app
 
+from shared.cache import LocalCopies
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
@@ -23,6 +24,8 @@ class Services:
     redis: redis.Redis
     keys: Keys
     gate: Gate
+    # Parsed deal lists by versioned cache key; a second at most, so a TTL rebuild shows within it.
+    local: LocalCopies = field(default_factory=lambda: LocalCopies(seconds=1.0))
 
     @property
     def direct(self) -> DirectCalls:
