@@ -36,7 +36,7 @@ class DirectCalls:
 
     Why not ``client.execute_command``: on this VM redis-py's client layer (pool checkout and
     release, retry wrapper, observability hooks) costs 50-80 µs of CPU per command on top of
-    the ~25 µs the connection itself needs (README, "Order fast path").
+    the ~25 µs the connection itself needs (README, "Fast path").
     The order path makes two commands per order, so it uses this. AUTH, SELECT, TLS and the
     RESP parsing (hiredis) stay redis-py's: we only skip the per-call bookkeeping.
     """

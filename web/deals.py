@@ -110,7 +110,7 @@ def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
         svc.local.put(key, views)
     start, now = (q.page - 1) * q.per_page, now_ms()
     if q.status == "all":
-        # Unfiltered: only the page's deals need their live stock (one pipelined round trip).
+        # Unfiltered: only the page's deals need their live stock (one MGET).
         page = views[start : start + q.per_page]
         stocks = svc.gate.remaining([v["id"] for v in page])
         items = [live_view(v, stocks.get(v["id"]), now=now) for v in page]
