@@ -35,14 +35,19 @@ def orders_lua(cookies: list[str], deal_id: int) -> str:
     return ORDER_LUA % (", ".join(f'"{c}"' for c in cookies), deal_id)
 
 
-def _orders_on(ctx: Context, deal_id: int, emails: list[str], name: str, env: dict[str, str], **load: int) -> WrkResult:
-    """Start one more instance with ``env`` changes and measure orders on it alone."""
+def _on_instance(
+    ctx: Context, deal_id: int, emails: list[str], env: dict[str, str], runs: dict[str, str], **load: int
+) -> list[WrkResult]:
+    """Start one more instance with ``env`` changes and run each named scenario ("orders" or "detail") on it."""
     port = free_port()
     proc = start_granian({**ctx.env, **env}, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        lua = orders_lua(login_all(base, emails), deal_id)
-        return wrk(name, base, lua=lua, **load)
+        lua = orders_lua(login_all(base, emails), deal_id) if "orders" in runs.values() else None
+        return [
+            wrk(name, base, lua=lua, **load) if what == "orders" else wrk(name, f"{base}/api/deals/{deal_id}", **load)
+            for name, what in runs.items()
+        ]
     finally:
         stop(proc)
 
@@ -93,28 +98,33 @@ def main() -> None:
     finally:
         stop(proc)
     try:
-        # The same orders through Flask's full request cycle: the fast path turned off, then
+        # The same requests through Flask's full request cycle: the fast path turned off, then
         # Flask-Limiter turned on (which also takes orders through Flask).
-        orders_flask = _orders_on(
-            ctx, deal_id, emails, "POST /api/deals/{id}/orders, fast path off", {"FAST_PATH": "false"}, **common
-        )
-        orders_limited = _orders_on(
+        detail_flask, orders_flask = _on_instance(
             ctx,
             deal_id,
             emails,
-            "POST /api/deals/{id}/orders, Flask-Limiter on",
+            {"FAST_PATH": "false"},
+            {"GET /api/deals/{id}, fast path off": "detail", "POST /api/deals/{id}/orders, fast path off": "orders"},
+            **common,
+        )
+        (orders_limited,) = _on_instance(
+            ctx,
+            deal_id,
+            emails,
             {
                 "RATELIMIT_ENABLED": "true",
                 "RATELIMIT_ORDER": "100000/second",
                 "RATELIMIT_ORDER_IP": "1000000/second",
                 "RATELIMIT_LOGIN_IP": "100000/minute",  # the 200 buyers log in from one address
             },
+            {"POST /api/deals/{id}/orders, Flask-Limiter on": "orders"},
             **common,
         )
         accepted = ctx.gate.redis.hlen(ctx.gate.keys.deal(deal_id).orders)
     finally:
         ctx.cleanup()
-    runs = (health, detail, orders, detail_paced, orders_paced, orders_few, orders_flask, orders_limited)
+    runs = (health, detail, orders, detail_paced, orders_paced, orders_few, detail_flask, orders_flask, orders_limited)
     rows = [r.row(health) for r in runs]
     save(
         "http",
@@ -126,6 +136,7 @@ def main() -> None:
             "logged_in_users": args.users,
             "orders_accepted": accepted,
             "fast_path_over_flask": round(orders.requests_per_s / orders_flask.requests_per_s, 2),
+            "detail_fast_path_over_flask": round(detail.requests_per_s / detail_flask.requests_per_s, 2),
         },
     )
     print(f"\norders accepted by the gate during the run: {accepted} (every 202 is in the outbox)")
@@ -135,8 +146,9 @@ def main() -> None:
         f"orders: {orders.requests_per_s:.0f}/s (target >= 5000), {orders.requests_per_s / health.requests_per_s:.0%} "
         f"of /healthz (target >= 30%), p99 {orders.p99_ms:.1f} ms saturated / {orders_paced.p99_ms:.1f} ms paced / "
         f"{orders_few.p99_ms:.1f} ms at {args.few} connections (target < 25 ms)\n"
-        f"fast path {orders.requests_per_s / orders_flask.requests_per_s:.1f}x the Flask view "
-        f"({orders_flask.requests_per_s:.0f}/s); with Flask-Limiter on {orders_limited.requests_per_s:.0f}/s"
+        f"fast path: orders {orders.requests_per_s / orders_flask.requests_per_s:.1f}x the Flask view "
+        f"({orders_flask.requests_per_s:.0f}/s), detail {detail.requests_per_s / detail_flask.requests_per_s:.1f}x "
+        f"({detail_flask.requests_per_s:.0f}/s); with Flask-Limiter on {orders_limited.requests_per_s:.0f}/s"
     )
 
 
