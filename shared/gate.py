@@ -233,7 +233,7 @@ class Gate:
     def unload(self, deal_id: int) -> None:
         """Forget a deal's gate entirely (tests, finished deals after archiving)."""
         k = self.keys.deal(deal_id)
-        self.redis.delete(k.state, k.stock, k.buyers, k.idem, k.orders, k.outbox, k.kick, k.follow_up, k.fanout)
+        self.redis.delete(*k.gate_keys(), k.follow_up, k.fanout)
         self.redis.srem(self.keys.live_deals, deal_id)
 
 

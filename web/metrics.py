@@ -80,7 +80,7 @@ def _endpoint_label() -> str:
 
 
 def record_request(endpoint: str, method: str, status: int, seconds: float) -> None:
-    """Count one answered request and its latency (Flask's hooks and the order fast path)."""
+    """Count one answered request and its latency (Flask's hooks and the fast path)."""
     _latency(endpoint, method).observe(seconds)
     _requests(endpoint, method, status).inc()
 
