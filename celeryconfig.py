@@ -56,7 +56,8 @@ enable_utc = True
 worker_send_task_events = True  # Flower
 task_send_sent_event = False  # a sent event costs every publisher (web nodes) a second write
 
-# Interval-only schedule: nothing to remember between restarts, so beat keeps no schedule file.
+# Interval-only schedule: nothing needs remembering between restarts; the file beat is given (`-s var/...`)
+# only keeps last-run times, and losing it sends each task once more at start.
 beat_scheduler = "celery.beat:Scheduler"
 beat_schedule = {
     "tick": {"task": "flashdeal.tick", "schedule": 1.0, "options": {"expires": 5}},

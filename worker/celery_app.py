@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, worker_process_init
 
 from worker.context import after_fork
+from worker.logs import quiet_routine_tasks
 
 app = Celery("flashdeal", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
@@ -17,3 +18,9 @@ app.config_from_object("celeryconfig")
 def _dispose_after_fork(**_: Any) -> None:
     """A pool process must not reuse the parent's database or Redis sockets."""
     after_fork()
+
+
+@after_setup_logger.connect
+def _quiet_routine_tasks(**_: Any) -> None:
+    """Routine periodic tasks log at DEBUG in workers and beat (see worker/logs.py)."""
+    quiet_routine_tasks()

@@ -121,7 +121,10 @@ def drain_active(self: Task) -> dict[str, Any]:
 def tick() -> dict[str, Any]:
     """Move deals along their lifecycle (load ahead, open, sold out, ended); beat runs it every second."""
     ctx = get_context()
-    return asdict(deals_tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds))
+    report = deals_tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds)
+    if report.changed:  # the task's own "succeeded" line is at DEBUG (worker/logs.py): state moves stay visible
+        log.info("tick: %s", {k: v for k, v in asdict(report).items() if v})
+    return asdict(report)
 
 
 @app.task(name="flashdeal.reconcile", ignore_result=False)
