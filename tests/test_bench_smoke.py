@@ -26,6 +26,8 @@ from shared.models import User
 from shared.settings import Settings
 from worker.drain import DrainOptions, drain_deal
 
+pytestmark = pytest.mark.shared_state  # module-scoped fixtures build the state its tests share
+
 STOCK = 25
 THREADS = 12
 ATTEMPTS = 6  # per thread: 72 attempts for 25 units, all at once

@@ -25,6 +25,8 @@ from tests.conftest import ROOT
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 from web.pages import countdown_text
 
+pytestmark = pytest.mark.shared_state  # module-scoped fixtures build the state its tests share
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

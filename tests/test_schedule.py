@@ -50,7 +50,8 @@ def test_tick_is_idempotent_and_never_resets_live_stock(db, settings) -> None:
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
     deal = make_deal(db, None, stock=10, limit=10, starts_in=-1, status="scheduled")
     report = tick(db, gate)
-    assert deal.id in report.loaded and deal.id in report.opened
+    # Only this test's deal: every test starts on empty tables (conftest's ``isolated``).
+    assert report.loaded == [deal.id] and report.opened == [deal.id]
     (user,) = make_users(db, 1)
     assert gate.admit(deal.id, user, 4, str(uuid.uuid4())).outcome is Admission.ACCEPTED
     for _ in range(3):  # a restart, a second beat: the sale in progress is untouched

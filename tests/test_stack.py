@@ -30,7 +30,7 @@ from shared.redis_client import text_client
 from shared.settings import Settings
 from tests.conftest import PASSWORD, ROOT, RUN_PREFIX, base_env, unique_email
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.shared_state]
 
 LB = "http://127.0.0.1:8080"
 WEB = {1: "http://127.0.0.1:8001", 2: "http://127.0.0.1:8002", 3: "http://127.0.0.1:8003"}
