@@ -88,7 +88,7 @@ def isolated(request: pytest.FixtureRequest, settings: Settings) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def isolated_module(request: pytest.FixtureRequest, settings: Settings) -> None:
     """A ``shared_state`` module starts clean too (autouse: before its own module-scoped fixtures)."""
-    if any(m.name == "shared_state" for m in request.module.__dict__.get("pytestmark", []) or []):
+    if request.node.get_closest_marker("shared_state") is not None:
         wipe(settings)
 
 
