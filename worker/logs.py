@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-# Beat sends these every second (or every 30 s) and web nodes kick drains during a sale: their "received",
-# "succeeded" and "Sending due task" lines would be three INFO lines a second per worker, and `make up`'s URLs
-# and credentials would scroll away within seconds. The tasks log their own warnings, and tick its state moves.
-ROUTINE_TASKS = frozenset({"flashdeal.tick", "flashdeal.drain_active", "flashdeal.reconcile", "flashdeal.drain_deal"})
+from celery.app import trace
+
+# Beat sends these every second (reconcile every 30 s), sale or no sale: their "received", "succeeded" and
+# "Sending due task" lines would be three INFO lines a second per worker, and `make up`'s URLs and credentials
+# would scroll away within seconds. The tasks log their own warnings, and tick its state moves. Drains that
+# web nodes kick (flashdeal.drain_deal) run only while orders arrive and keep their INFO lines.
+ROUTINE_TASKS = frozenset({"flashdeal.tick", "flashdeal.drain_active", "flashdeal.reconcile"})
 
 # The loggers that announce every task: the worker's "received" and "succeeded", beat's "Sending due task".
 _ANNOUNCERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+# Only these announcements are demoted: a retry, a failure or anything else Celery says stays as it is.
+_ROUTINE_MESSAGES = (trace.LOG_RECEIVED, trace.LOG_SUCCESS, "Scheduler: Sending due task %s (%s)")
 
 
 def _names(args: Any) -> set[str]:
@@ -24,11 +29,13 @@ def _names(args: Any) -> set[str]:
 
 
 class RoutineAtDebug(logging.Filter):
-    """Turns the INFO announcements of routine tasks into DEBUG records; WARNING and above pass unchanged."""
+    """Turns the "received"/"succeeded"/"sending" lines of routine tasks into DEBUG records; all else passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Demote a routine task's announcement; keep it only when DEBUG is enabled."""
-        if record.levelno >= logging.WARNING or not (_names(record.args) & ROUTINE_TASKS):
+        if record.levelno >= logging.WARNING or record.msg not in _ROUTINE_MESSAGES:
+            return True
+        if not (_names(record.args) & ROUTINE_TASKS):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
