@@ -127,6 +127,8 @@ def reconcile_deal(
                     pipe.time()
                     pipe.hgetall(k.buyers)
                     stock, entries, now, buyers = pipe.execute()
+                if stock is None and _retired(db, deal_id):
+                    return None  # retired since the check above (marked in PostgreSQL before its keys went)
                 snap_ms = int(now[0]) * 1000 + int(now[1]) // 1000
                 exp = _expected(db, deal_id, total, entries, snap_ms)
                 current = int(stock) if stock is not None else None
@@ -158,6 +160,11 @@ def reconcile_deal(
             except redis.WatchError:
                 continue
     raise ReconcileBusy(f"deal {deal_id}: the stock kept changing during {tries} repair attempts")
+
+
+def _retired(db: Database, deal_id: int) -> bool:
+    with db.read() as s:
+        return s.scalar(select(Deal.retired_at).where(Deal.id == deal_id)) is not None
 
 
 def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: int) -> _Expected:
