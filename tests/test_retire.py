@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 
@@ -11,6 +13,7 @@ from shared.models import Deal, Order
 from shared.retire import retire_deal, retire_ended
 from tests.celery_procs import celery_procs, wait_until  # noqa: F401  (fixture)
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from worker.dlq import dead_letter, drop_dead_letter
 from worker.drain import DrainOptions, drain_deal
 from worker.reconcile import reconcile_deal
 
@@ -86,6 +89,13 @@ def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, d
     close_now(db, gate, deal.id)
     assert reconcile_deal(db, gate.redis, gate.keys, deal.id, repair=True) is None
     _drain(db, gate, deal.id)
+    # A dead letter of the deal dropped after it retired: deleted, no stock written back.
+    letter = str(uuid.uuid4())
+    with db.transaction() as s:
+        payload = {"t": "o", "id": letter, "u": str(uid), "q": "1", "p": "9.99", "ts": "1"}
+        dead_letter(s, deal.id, "1-0", letter, payload, "test", 3)
+    dropped = drop_dead_letter(db, gate, letter)
+    assert dropped.found and not dropped.stock_returned
     assert _keys_of(gate, deal.id) == []
 
 
