@@ -152,12 +152,17 @@ def main() -> None:
     ap.add_argument("--stock", type=int, default=200)
     ap.add_argument("--buyers", type=int, default=250)
     ap.add_argument("--measure", type=int, default=20)
+    ap.add_argument(
+        "--no-retire",
+        action="store_true",
+        help="the comparison: deals never retire (DEAL_RETIRE_AFTER_SECONDS huge), as before retirement existed",
+    )
     args = ap.parse_args()
     measure = min(args.measure, args.deals // 2)
     with private_redis() as url:
         os.environ.update(REDIS_URL=url, CELERY_BROKER_URL=url)
         ctx = Context.create("flashdeal_bench_soak", fresh=True)
-        ctx.env.update(DEAL_RETIRE_AFTER_SECONDS="0", DEAL_CACHE_TTL="5")
+        ctx.env.update(DEAL_RETIRE_AFTER_SECONDS=str(10**9 if args.no_retire else 0), DEAL_CACHE_TTL="5")
         # The task functions run in this process too (for their CPU time): same settings as the workers.
         os.environ.update(ctx.env)
         from shared.deals import NewDeal, close_now, create_deal, load_deal
@@ -188,7 +193,11 @@ def main() -> None:
                     # moment of every measured deal, with the workers idle. Without retirement every deal
                     # before this one would still be live here, and each walk below would visit all of them.
                     outbox = ctx.gate.keys.deal(deal.id).outbox
-                    _wait(lambda: rds.xlen(outbox) == 0 and ctx.gate.live_deal_ids() == [deal.id], "a quiet moment")
+
+                    def quiet() -> bool:
+                        return rds.xlen(outbox) == 0 and (args.no_retire or ctx.gate.live_deal_ids() == [deal.id])
+
+                    _wait(quiet, "a quiet moment")
                     orders_ms, healthz_ms = _latencies_ms(lb, ["/api/orders", "/healthz"], probe, ORDERS_GETS)
                     row = {
                         "deal": deal.id,
@@ -202,6 +211,8 @@ def main() -> None:
                 return row
 
             def settled() -> bool:
+                if args.no_retire:  # every outbox drained is all there is to wait for
+                    return all(rds.xlen(ctx.gate.keys.deal(d).outbox) == 0 for d in ctx.gate.live_deal_ids())
                 with ctx.db.read() as s:
                     left = s.query(Deal).filter(Deal.retired_at.is_(None)).count()
                 return left == 0 and not ctx.gate.live_deal_ids()
@@ -263,6 +274,7 @@ def main() -> None:
     rows.append({"measure": "Redis keys (start / end)", **keys_row})
     extra = {
         "deals": args.deals,
+        "retire": not args.no_retire,
         "stock": args.stock,
         "buyers": args.buyers,
         "orders_accepted": (args.deals + WARM_UP) * args.stock,  # the warm-up deals' too
@@ -275,7 +287,7 @@ def main() -> None:
         "keys_added": sorted(end_keys - start_keys)[:20],
         "keys_gone": sorted(start_keys - end_keys)[:20],
     }
-    save("soak", rows, extra)
+    save("soak_no_retire" if args.no_retire else "soak", rows, extra)
     print(extra)
 
 
