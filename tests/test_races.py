@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import redis
@@ -16,12 +18,13 @@ from sqlalchemy import event, text, update
 from sqlalchemy.orm import Session
 
 import shared.cache
-from shared.cache import read_through
+from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats, open_now
 from shared.gate import Admission, Gate
-from shared.models import Deal
+from shared.models import Deal, Order
 from tests.conftest import ROOT
 from tests.helpers import make_deal, make_users
+from web import create_app
 
 
 @pytest.fixture()
@@ -148,7 +151,14 @@ def test_a_builder_never_deletes_a_lock_that_is_not_its_own(svc, monkeypatch) ->
 
 
 def test_the_deal_list_rebuild_is_one_sold_quantity_query(app, db, svc) -> None:
-    deals = [make_deal(db, svc.gate, stock=3, limit=3, status="ended") for _ in range(4)]
+    deals = [make_deal(db, None, stock=3, limit=3, status="ended") for _ in range(4)]
+    (uid,) = make_users(db, 1)
+    now = datetime.now(UTC)
+    with db.transaction() as s:  # persisted orders of the first deal: 2 confirmed count, the canceled one not
+        for qty, status in ((1, "confirmed"), (1, "confirmed"), (1, "canceled")):
+            s.add(Order(id=uuid.uuid4(), deal_id=deals[0].id, user_id=uid, quantity=qty, unit_price=Decimal("9.99"),
+                        status=status, admitted_at=now))  # fmt: skip
+    invalidate_deal(svc.redis, svc.keys, deals[0].id)
     seen: list[str] = []
 
     def before(conn, cursor, statement, params, context, executemany) -> None:
@@ -162,8 +172,26 @@ def test_the_deal_list_rebuild_is_one_sold_quantity_query(app, db, svc) -> None:
     finally:
         event.remove(db.engine, "before_cursor_execute", before)
         event.remove(svc.db.engine, "before_cursor_execute", before)
-    assert {d.id for d in deals} <= {i["id"] for i in items}
+    remaining = {i["id"]: i["remaining_stock"] for i in items}
+    assert [remaining[d.id] for d in deals] == [1, 3, 3, 3]
     assert len(seen) == 1, seen
+
+
+def test_a_rebuild_that_takes_too_long_is_a_503_not_one_more_query(app, svc, db, monkeypatch) -> None:
+    deal = make_deal(db, svc.gate, stock=3, limit=3)
+    monkeypatch.setattr(shared.cache, "WAIT_MAX_S", 0.3)
+    key = svc.keys.deal_cache(deal.id)
+    svc.redis.delete(key)
+    svc.redis.set(svc.keys.cache_lock(key), "a-live-builder", px=10_000)  # another node is rebuilding
+    try:
+        for fast in (True, False):
+            c = create_app(svc.settings.with_(fast_path=fast)).test_client()
+            r = c.get(f"/api/deals/{deal.id}")
+            assert r.status_code == 503 and r.json["error"]["code"] == "unavailable", (fast, r.json)
+            assert r.headers["Retry-After"] == "1"
+    finally:
+        svc.redis.delete(svc.keys.cache_lock(key))
+    assert app.test_client().get(f"/api/deals/{deal.id}").status_code == 200  # the builder gone: one rebuilds
 
 
 def test_deal_stats_reads_one_snapshot_while_orders_come_in(db, svc, monkeypatch) -> None:
