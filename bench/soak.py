@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psutil
 import redis
 
 from bench.common import Context, save
@@ -43,6 +44,7 @@ KINDS = (
     ("cache", "cache:"),
     ("celery results", "celery-task-meta"),
 )
+PROCESS_KINDS = (("web", "granian"), ("beat", " beat "), ("worker", " worker "))
 WARM_UP = 3  # deals run (and measured) before the start is measured
 SETTLE_S = 7.0  # longer than DEAL_CACHE_TTL (5 s) and every drain flag (at most DRAIN_BUDGET_SECONDS + 1 s)
 ORDER_BODY = b'{"quantity": 1}'
@@ -119,6 +121,20 @@ def _by_kind(client: redis.Redis) -> dict[str, int]:
     return kinds
 
 
+def _connections_by_process(port: int) -> dict[str, int]:
+    """Open connections to the private Redis, per process kind (web, worker, beat, bench): who holds memory."""
+    counts: dict[str, int] = {}
+    for conn in psutil.net_connections("tcp"):
+        if conn.raddr and conn.raddr.port == port and conn.pid:
+            try:
+                cmd = " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:
+                continue
+            kind = next((k for k, marker in PROCESS_KINDS if marker in cmd), "bench")
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _memory(client: redis.Redis) -> dict[str, int]:
     """What Redis's memory is made of right now (INFO memory and clients)."""
     mem, clients = client.info("memory"), client.info("clients")
@@ -127,6 +143,10 @@ def _memory(client: redis.Redis) -> dict[str, int]:
         "dataset": int(mem["used_memory_dataset"]),
         "clients_memory": int(mem.get("mem_clients_normal", 0)),
         "connected_clients": int(clients["connected_clients"]),
+        **{
+            f"connections: {k}": v
+            for k, v in _connections_by_process(client.connection_pool.connection_kwargs["port"]).items()
+        },
         **{f"keys: {k}": v for k, v in sorted(_by_kind(client).items())},
     }
 
