@@ -181,16 +181,20 @@ def test_a_rebuild_that_takes_too_long_is_a_503_not_one_more_query(app, svc, db,
     deal = make_deal(db, svc.gate, stock=3, limit=3)
     monkeypatch.setattr(shared.cache, "WAIT_MAX_S", 0.3)
     key = svc.keys.deal_cache(deal.id)
-    svc.redis.delete(key)
-    svc.redis.set(svc.keys.cache_lock(key), "a-live-builder", px=10_000)  # another node is rebuilding
+    list_key = svc.keys.deal_list_cache(int(svc.redis.get(svc.keys.deal_list_version) or 0))
+    locks = [svc.keys.cache_lock(k) for k in (key, list_key)]
+    svc.redis.delete(key, list_key)
+    for lock in locks:
+        svc.redis.set(lock, "a-live-builder", px=10_000)  # another node is rebuilding
     try:
         for fast in (True, False):
             c = create_app(svc.settings.with_(fast_path=fast)).test_client()
-            r = c.get(f"/api/deals/{deal.id}")
-            assert r.status_code == 503 and r.json["error"]["code"] == "unavailable", (fast, r.json)
-            assert r.headers["Retry-After"] == "1"
+            for path in (f"/api/deals/{deal.id}", "/api/deals"):
+                r = c.get(path)
+                assert r.status_code == 503 and r.json["error"]["code"] == "unavailable", (fast, path, r.json)
+                assert r.headers["Retry-After"] == "1"
     finally:
-        svc.redis.delete(svc.keys.cache_lock(key))
+        svc.redis.delete(*locks)
     assert app.test_client().get(f"/api/deals/{deal.id}").status_code == 200  # the builder gone: one rebuilds
 
 
