@@ -2,7 +2,7 @@
 -- Every check comes before the first write, because Redis does not roll back a script that
 -- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight
 -- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
 -- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
 
@@ -66,6 +66,9 @@ redis.call('HSET', KEYS[5], order_id, user .. '|' .. qty .. '|' .. st[5] .. '|' 
 -- The order enters the outbox in the same atomic step as the decrement: no crash window
 -- can lose an accepted order or strand its stock.
 redis.call('XADD', KEYS[6], '*', 't', 'o', 'id', order_id, 'u', user, 'q', qty, 'p', st[5], 'ts', now)
+-- The buyer's in-flight index (scored by user id): "my orders" finds this entry without reading the
+-- outbox; the drain removes it in the same MULTI as the entry's XACK.
+redis.call('ZADD', KEYS[8], user, order_id .. '|o')
 -- One drain task per kick interval, not one per order.
 local kick = redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[5])
 return {'accepted', order_id, kick and 1 or 0, stock - qty}

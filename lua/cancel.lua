@@ -1,7 +1,7 @@
 -- Cancel one order: give back its stock and the user's quantity exactly once.
 -- All checks before the first write; all KEYS under the deal's hash tag.
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight
 -- ARGV: 1 order id, 2 requesting user id, 3 '1' if the requester is an admin,
 --       4 kick ms, 5 '1' to skip the open-deal check (admin dropping a dead letter)
 -- Reply: {outcome, remaining stock, kick}
@@ -34,5 +34,6 @@ redis.call('HSET', KEYS[5], order_id, owner .. '|' .. qty .. '|' .. price .. '|'
 -- The cancel travels through the same outbox, behind its order, so the workers persist it
 -- whether or not the order's row is already written.
 redis.call('XADD', KEYS[6], '*', 't', 'c', 'id', order_id, 'u', owner, 'q', qty, 'p', price, 'ts', ts, 'ct', now)
+redis.call('ZADD', KEYS[8], owner, order_id .. '|c')
 local kick = redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[4])
 return {'canceled', remaining, kick and 1 or 0}

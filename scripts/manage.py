@@ -46,14 +46,22 @@ def seed() -> None:
                 create_user(s, email, password, name, role="admin" if email == DEMO_ADMIN[0] else "buyer")
         except EmailTaken:
             pass
+    print(f"[manage] demo deal {seed_demo_deal(db, gate)} seeded")
+
+
+def seed_demo_deal(db: Database, gate: Gate) -> int:
+    """The open demo deal (created unless one is running), loaded into the gate; returns its id."""
     with db.transaction() as s:
         deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
         if deal is None:
             now = datetime.now(UTC)
             deal = create_deal(s, NewDeal(DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1)))
             deal.status = "open"
+    # After the commit, never inside the transaction: if the commit fails, the gate must not admit
+    # orders for a deal PostgreSQL does not have (their rows could never be written).
+    with db.read() as s:
         load_deal(s, gate, deal)
-    print(f"[manage] demo deal {deal.id} seeded")
+    return deal.id
 
 
 def run() -> None:

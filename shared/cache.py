@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from shared.keys import Keys
 
-LOCK_MS = 5000
+LOCK_MS = 5000  # a rebuild lock outlives its builder by at most this (the builder renews it while alive)
+WAIT_MAX_S = 10.0  # a waiter gives up after this; with PostgreSQL this slow another query would not help
 WAIT_STEP_S = 0.005
 
 
@@ -53,34 +58,65 @@ def invalidate_deal(client: redis.Redis, keys: Keys, deal_id: int) -> None:
     pipe.execute()
 
 
+class CacheBusy(RuntimeError):
+    """The value is being rebuilt by someone else and did not arrive within ``WAIT_MAX_S``."""
+
+
+@contextlib.contextmanager
+def _renewed(lock: Lock) -> Iterator[None]:
+    """Keep ``lock`` alive while the block runs (a slow PostgreSQL must not let the waiters in)."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LOCK_MS / 3000):
+            try:
+                if not lock.reacquire():
+                    return
+            except (LockError, redis.RedisError):
+                return  # no longer ours (or Redis is gone): whoever holds it now builds; we only stop renewing
+
+    thread = threading.Thread(target=renew, name="cache-lock-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def read_through(
     client: redis.Redis, keys: Keys, key: str, ttl: int, build: Callable[[], Any], cached: str | None = None
 ) -> Any:
     """Return the JSON cached at key, or build it once and cache it for ttl seconds.
 
-    Many simultaneous misses cause one rebuild: the first caller takes a short lock (SET NX PX)
-    and builds; the others wait for its value instead of all querying PostgreSQL at once. A
-    caller that waits longer than the lock builds for itself, so a crashed builder never blocks.
+    Many simultaneous misses cause one rebuild: the first caller takes a lock and builds; the others
+    wait for its value instead of all querying PostgreSQL at once. The lock is redis-py's ``Lock``: a
+    random token set with SET NX PX and released by a compare-and-delete script, so a builder never
+    deletes a lock that expired and was taken by another. The builder renews it while it builds, so
+    waiters never build alongside a slow but live builder (exactly when PostgreSQL is slow); a builder
+    that crashed stops renewing, its lock expires after ``LOCK_MS`` and one waiter takes over. A waiter
+    that has waited ``WAIT_MAX_S`` raises ``CacheBusy`` rather than adding its query to a slow database.
     ``cached`` lets a caller pass a value it already fetched in a pipeline.
     """
-    lock = keys.cache_lock(key)
-    deadline = time.monotonic() + LOCK_MS / 1000
+    lock = client.lock(keys.cache_lock(key), timeout=LOCK_MS / 1000, blocking=False, thread_local=False)
+    deadline = time.monotonic() + WAIT_MAX_S
     while True:
         if cached is None:
             cached = client.get(key)
         if cached is not None:
             return orjson.loads(cached)
-        if client.set(lock, "1", nx=True, px=LOCK_MS):
+        if lock.acquire():
             try:
                 # Double-checked: a builder may have stored the value between our read and our lock.
                 cached = client.get(key)
                 if cached is not None:
                     return orjson.loads(cached)
-                value = build()
+                with _renewed(lock):
+                    value = build()
                 client.set(key, orjson.dumps(value, default=str), ex=ttl)
                 return value
             finally:
-                client.delete(lock)
+                with contextlib.suppress(LockError):
+                    lock.release()  # compare-and-delete: only if the token is still ours
         if time.monotonic() >= deadline:
-            return build()  # the builder is stuck or gone: answer anyway
+            raise CacheBusy(f"{key}: rebuilt by another process for over {WAIT_MAX_S:.0f} s")
         time.sleep(WAIT_STEP_S)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.cache import invalidate_deal
 from shared.db import Database
-from shared.gate import DealRules, Gate, dt_to_ms, now_ms
+from shared.gate import DealRules, Gate, buyer_status, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
 
 
@@ -95,6 +95,18 @@ def sold_quantity(session: Session, deal_id: int) -> int:
     )
 
 
+def sold_quantities(session: Session, deal_ids: list[int]) -> dict[int, int]:
+    """sold_quantity of several deals in one grouped query (deals without orders are left out)."""
+    if not deal_ids:
+        return {}
+    rows = session.execute(
+        select(Order.deal_id, func.sum(Order.quantity))
+        .where(Order.deal_id.in_(deal_ids), Order.status.in_(("accepted", "confirmed")))
+        .group_by(Order.deal_id)
+    )
+    return {int(deal_id): int(qty) for deal_id, qty in rows}
+
+
 def load_deal(session: Session, gate: Gate, deal: Deal) -> bool:
     """Load a deal's rules into Redis; live stock is never overwritten.
 
@@ -129,8 +141,14 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         deal.status = "open"
     # After the commit: a failed commit must not leave the gate admitting orders. Loading
     # rewrites the rules in full (never the live stock), so the new window takes effect at once.
-    with db.read() as s:
-        load_deal(s, gate, deal)
+    # From the row read again under its lock, never from the object above: a close_now that
+    # committed in between would otherwise be undone (the gate reopened with the old window).
+    # close_now takes the same lock, so it lands either before this read (we see it ended and
+    # leave the gate closed) or after the load (and closes it again).
+    with db.transaction() as s:
+        deal = get_deal(s, deal_id, lock=True)
+        if deal.status != "ended":
+            load_deal(s, gate, deal)
     invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
@@ -145,7 +163,8 @@ def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
         deal.status = "ended"
         # The gate is switched before the commit, on purpose: if the commit fails the deal stays
         # closed in Redis (refusing is the safe side) and the admin sees the error and retries.
-        if gate.live(deal.id) is not None:
+        # A retired deal's gate is gone (or going): writing its window would bring a stray key back.
+        if deal.retired_at is None and gate.live(deal.id) is not None:
             gate.set_window(deal.id, status="ended", close_ms=min(now_ms(), dt_to_ms(deal.ends_at)))
     invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
@@ -179,7 +198,8 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
     with db.transaction() as s:
         deals = s.scalars(
             select(Deal)
-            .where(Deal.status != "ended", Deal.starts_at <= horizon)
+            # A retired deal is ended too; said twice so no change of the rule below can reload one.
+            .where(Deal.status != "ended", Deal.retired_at.is_(None), Deal.starts_at <= horizon)
             .with_for_update(skip_locked=True, of=Deal)
         ).all()
         live_ids = set(gate.live_deal_ids())
@@ -238,13 +258,20 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         failed = int(s.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.deal_id == deal_id)) or 0)
         sold = sold_quantity(s, deal_id)
     k = gate.keys.deal(deal_id)
-    pipe = gate.redis.pipeline(transaction=False)
+    # One MULTI (all keys in the deal's slot): rules, stock, outbox and order records are one snapshot,
+    # so the status, the remaining stock and the counts never mix two moments of a running sale.
+    pipe = gate.redis.pipeline(transaction=True)
+    pipe.hmget(k.state, "status", "open_ms", "close_ms")
     pipe.get(k.stock)
     pipe.xlen(k.outbox)
     pipe.hlen(k.orders)
-    stock, pending, admitted = pipe.execute()
-    live = gate.live(deal_id)
-    status = live.status_at(now_ms()) if live is not None else deal.status
+    pipe.time()
+    (gate_status, open_ms, close_ms), stock, pending, admitted, (secs, micros) = pipe.execute()
+    if gate_status is not None:
+        now = int(secs) * 1000 + int(micros) // 1000
+        status = buyer_status(gate_status, int(open_ms), int(close_ms), int(stock or 0), now)
+    else:
+        status = deal.status
     remaining = int(stock) if stock is not None else deal.total_stock - sold
     confirmed, canceled = int(counts.get("confirmed", 0)), int(counts.get("canceled", 0))
     return DealStats(

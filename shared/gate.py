@@ -80,6 +80,27 @@ class LiveOrder:
 
 
 @dataclass(frozen=True)
+class InflightEntry:
+    """One of a buyer's outbox entries not yet persisted: the order's record, and whether the entry is its cancel."""
+
+    order: LiveOrder
+    cancel: bool
+
+
+@dataclass(frozen=True)
+class RetireVerdict:
+    """Reply of the retire script: 'retired', 'ready' (check only), or why not yet ('open', 'outbox', 'pending')."""
+
+    outcome: str
+    count: int
+
+    @property
+    def done(self) -> bool:
+        """True when the keys are gone (or, checking only, could go now)."""
+        return self.outcome in ("retired", "ready")
+
+
+@dataclass(frozen=True)
 class DealRules:
     """What the gate needs to know about a deal."""
 
@@ -143,6 +164,7 @@ class Gate:
         self.direct = DirectCalls(client)
         self._cancel = client.register_script(_lua("cancel"))
         self._load = client.register_script(_lua("load_deal"))
+        self._retire = client.register_script(_lua("retire"))
 
     def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
         """Run the admission script for one order attempt."""
@@ -217,23 +239,47 @@ class Gate:
         """Ids of deals whose gate is loaded."""
         return sorted(int(x) for x in self.redis.smembers(self.keys.live_deals))
 
-    def find_order(self, order_id: str, deal_ids: list[int] | None = None) -> LiveOrder | None:
-        """Look an order up in the live deals' order records (one pipelined round trip)."""
-        ids = self.live_deal_ids() if deal_ids is None else deal_ids
-        if not ids:
-            return None
+    def find_order(self, order_id: str, deal_id: int) -> LiveOrder | None:
+        """The gate's record of one order of one deal (None once the deal has retired, or if unknown)."""
+        rec = self.redis.hget(self.keys.deal(deal_id).orders, order_id)
+        return parse_order_record(order_id, deal_id, rec) if rec else None
+
+    def inflight_of(self, user_id: int, deal_ids: list[int]) -> list[InflightEntry]:
+        """A buyer's outbox entries not yet persisted, in the given deals: two round trips, whatever the outbox holds.
+
+        Why a sorted set scored by buyer id, in the deal's slot: the admission script may only touch keys
+        of its deal's hash slot (cluster), so a per-buyer key spanning deals cannot be written there;
+        one index per deal, read by score, returns only this buyer's entries (O(log n) per deal).
+        """
+        if not deal_ids:
+            return []
         pipe = self.redis.pipeline(transaction=False)
-        for deal_id in ids:
-            pipe.hget(self.keys.deal(deal_id).orders, order_id)
-        for deal_id, rec in zip(ids, pipe.execute(), strict=False):
-            if rec:
-                return parse_order_record(order_id, deal_id, rec)
-        return None
+        for deal_id in deal_ids:
+            pipe.zrangebyscore(self.keys.deal(deal_id).inflight, user_id, user_id)
+        found = [(d, [m.rpartition("|") for m in members]) for d, members in zip(deal_ids, pipe.execute(), strict=True)]
+        found = [(d, parts) for d, parts in found if parts]
+        if not found:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for deal_id, parts in found:
+            pipe.hmget(self.keys.deal(deal_id).orders, [oid for oid, _, _ in parts])
+        out: list[InflightEntry] = []
+        for (deal_id, parts), recs in zip(found, pipe.execute(), strict=True):
+            for (oid, _, kind), rec in zip(parts, recs, strict=True):
+                if rec:
+                    out.append(InflightEntry(parse_order_record(oid, deal_id, rec), kind == "c"))
+        return out
+
+    def retire(self, deal_id: int, *, delete: bool) -> RetireVerdict:
+        """Run ``retire.lua``: check (``delete=False``) or atomically re-check and delete a deal's gate keys."""
+        k = self.keys.deal(deal_id)
+        verdict, count = self._retire(keys=k.all_keys(), args=["1" if delete else "0"])
+        return RetireVerdict(str(verdict), int(count))
 
     def unload(self, deal_id: int) -> None:
-        """Forget a deal's gate entirely (tests, finished deals after archiving)."""
+        """Forget a deal's gate at once, without checks (tests; ended deals leave through ``retire``)."""
         k = self.keys.deal(deal_id)
-        self.redis.delete(*k.gate_keys(), k.follow_up, k.fanout)
+        self.redis.delete(*k.all_keys())
         self.redis.srem(self.keys.live_deals, deal_id)
 
 

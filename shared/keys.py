@@ -21,12 +21,17 @@ class DealKeys:
     orders: str  # hash: order id -> "user|qty|price|admitted_ms|status"
     outbox: str  # stream: orders and cancels waiting to be persisted
     kick: str  # short-lived flag: a drain task is already on its way
+    inflight: str  # sorted set: "order_id|t" of each outbox entry not yet persisted, scored by the buyer's id
     follow_up: str  # short-lived flag: a drain task is scheduled to look again one kick interval later
     fanout: str  # short-lived flag: a draining worker already asked for one more node
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
-        return [self.state, self.stock, self.buyers, self.idem, self.orders, self.outbox, self.kick]
+        return [self.state, self.stock, self.buyers, self.idem, self.orders, self.outbox, self.kick, self.inflight]
+
+    def all_keys(self) -> list[str]:
+        """Every key the deal may have in Redis (what retiring or unloading it deletes)."""
+        return [*self.gate_keys(), self.follow_up, self.fanout]
 
 
 class Keys:
@@ -49,6 +54,7 @@ class Keys:
             orders=f"{tag}:orders",
             outbox=f"{tag}:outbox",
             kick=f"{tag}:kick",
+            inflight=f"{tag}:inflight",
             follow_up=f"{tag}:follow-up",
             fanout=f"{tag}:fanout",
         )

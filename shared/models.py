@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -71,6 +72,11 @@ class Deal(Base):
         CheckConstraint("ends_at > starts_at", name="ck_deals_window"),
         CheckConstraint(_in("status", DEAL_STATUSES), name="ck_deals_status"),
         Index("ix_deals_status_starts", "status", "starts_at"),
+        Index(
+            "ix_deals_ended_unretired",
+            "ends_at",
+            postgresql_where=text("status = 'ended' AND retired_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -86,6 +92,9 @@ class Deal(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # Set when an ended deal's gate keys leave Redis (shared/retire.py): from then on its orders are
+    # PostgreSQL's alone, and the scheduler never loads it again (retired is not "lost in Redis").
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     product: Mapped[Product] = relationship(lazy="joined", innerjoin=True)
 

@@ -52,6 +52,7 @@ class Settings:
     trusted_proxies: int = 0
     deal_cache_ttl: int = 5
     deal_load_ahead_seconds: int = 60
+    deal_retire_after_seconds: int = 60
     drain_batch_size: int = 1000
     drain_claim_idle_ms: int = 10000
     drain_kick_ms: int = 100
@@ -83,6 +84,7 @@ class Settings:
             trusted_proxies=_int(e, "TRUSTED_PROXIES", cls.trusted_proxies),
             deal_cache_ttl=_int(e, "DEAL_CACHE_TTL", cls.deal_cache_ttl),
             deal_load_ahead_seconds=_int(e, "DEAL_LOAD_AHEAD_SECONDS", cls.deal_load_ahead_seconds),
+            deal_retire_after_seconds=_int(e, "DEAL_RETIRE_AFTER_SECONDS", cls.deal_retire_after_seconds),
             drain_batch_size=_int(e, "DRAIN_BATCH_SIZE", cls.drain_batch_size),
             drain_claim_idle_ms=_int(e, "DRAIN_CLAIM_IDLE_MS", cls.drain_claim_idle_ms),
             drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),

@@ -65,8 +65,8 @@ def make_deal(
             deal.status = status
         elif starts_in <= 0:
             deal.status = "open"
-        if gate is not None:
-            load_deal(s, gate, deal)
     if gate is not None:
+        with db.read() as s:  # after the commit, as the admin API, the CLI and the seed do
+            load_deal(s, gate, deal)
         invalidate_deal(gate.redis, gate.keys, deal.id)  # as the admin API and the CLI do after creating one
     return deal

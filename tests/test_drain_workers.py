@@ -215,7 +215,7 @@ def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_pro
     for oid, status, canceled_at, _ in rows:
         want = "canceled" if str(oid) in canceled else "confirmed"
         assert status == want and (canceled_at is not None) == (want == "canceled"), (oid, status)
-        assert gate.find_order(str(oid), [deal.id]).canceled == (want == "canceled")
+        assert gate.find_order(str(oid), deal.id).canceled == (want == "canceled")
     held = sum(q for oid, status, _, q in rows if status == "confirmed")
     assert gate.live(deal.id).remaining + held == total
 

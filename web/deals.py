@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, jsonify
 from sqlalchemy import select
 
-from shared.cache import read_through
-from shared.deals import sold_quantity
+from shared.cache import CacheBusy, read_through
+from shared.deals import sold_quantities, sold_quantity
 from shared.gate import buyer_status, dt_to_ms, now_ms
 from shared.models import Deal
-from web.errors import ApiError
+from web.errors import UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError
 from web.openapi import doc
 from web.schemas import DealListQuery, DealOut, DealPage
 from web.services import Services, services
@@ -65,6 +66,14 @@ def live_view(
     return out
 
 
+def _cached(svc: Services, key: str, build: Callable[[], Any], cached: str | None) -> Any:
+    """read_through with the deal cache's TTL; a rebuild that takes too long is a 503, as for any outage."""
+    try:
+        return read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, build, cached)
+    except CacheBusy:
+        raise ApiError(503, "unavailable", UNAVAILABLE, headers={"Retry-After": UNAVAILABLE_RETRY_AFTER}) from None
+
+
 def _build_detail(svc: Services, deal_id: int) -> dict[str, Any] | None:
     with svc.db.read() as s:
         deal = s.get(Deal, deal_id)
@@ -80,9 +89,7 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
     cached, state, stock = svc.direct.pipeline(
         ("GET", key), ("HMGET", k.state, "status", "open_ms", "close_ms"), ("GET", k.stock)
     )
-    view = read_through(
-        svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_detail(svc, deal_id), cached
-    )
+    view = _cached(svc, key, lambda: _build_detail(svc, deal_id), cached)
     if view is None:
         raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
     # The live window wins over the cached one: an admin open/close shows at once.
@@ -93,8 +100,8 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
 def _build_list(svc: Services) -> list[dict[str, Any]]:
     with svc.db.read() as s:
         deals = s.scalars(select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)).all()
-        ended = [d.id for d in deals if d.status == "ended"]
-        sold = {d: sold_quantity(s, d) for d in ended}
+        # One grouped query for every ended deal of the list (up to LIST_LIMIT), not one per deal.
+        sold = sold_quantities(s, [d.id for d in deals if d.status == "ended"])
         return [static_view(d, sold.get(d.id, 0)) for d in deals]
 
 
@@ -106,7 +113,7 @@ def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
     if views is None:
         # Every deal change bumps the version, so a copy under this key is this version's list.
         cached = svc.direct.call("GET", key)
-        views = read_through(svc.redis, svc.keys, key, svc.settings.deal_cache_ttl, lambda: _build_list(svc), cached)
+        views = _cached(svc, key, lambda: _build_list(svc), cached)
         svc.local.put(key, views)
     start, now = (q.page - 1) * q.per_page, now_ms()
     if q.status == "all":

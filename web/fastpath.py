@@ -156,6 +156,8 @@ class FastPath:
         try:
             q = DealListQuery.model_validate(_query_args(query)) if query else DealListQuery()
             return 200, orjson.dumps(deal_page(self.svc, q))
+        except ApiError as exc:
+            return _error(exc)
         except REDIS_DOWN as exc:
             log.warning("Redis unavailable: %s", exc)
             return _UNAVAILABLE

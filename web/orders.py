@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from shared.gate import Admission, Cancellation, LiveOrder, ms_to_dt
 from shared.models import DeadLetter, Order
+from shared.order_ids import deal_of, new_order_id
 from web.errors import ApiError
 from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
@@ -29,7 +30,6 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 SOLD_OUT_TTL_S = 0.2
 MY_ORDERS_LIMIT = 200
-OUTBOX_SCAN_LIMIT = 10_000
 
 # Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a
 # moment. Only requests without an Idempotency-Key use it (a replay must find its order).
@@ -65,7 +65,7 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
         record_admission(Admission.SOLD_OUT.value)
         raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
-    result = svc.gate.admit(deal_id, user_id, quantity, str(uuid.uuid4()), idem)
+    result = svc.gate.admit(deal_id, user_id, quantity, new_order_id(deal_id), idem)
     outcome = result.outcome
     record_admission(outcome.value)
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
@@ -133,13 +133,22 @@ def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
 
 
 def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder | None] | None:
-    """Merge the gate's record (accepted / canceled) with PostgreSQL's (confirmed / canceled / failed)."""
-    live = svc.gate.find_order(order_id)
+    """Merge the gate's record (accepted / canceled) with PostgreSQL's (confirmed / canceled / failed).
+
+    The order id names its deal (shared/order_ids.py), so the gate is asked about one deal only. Redis is
+    read before PostgreSQL: an order that was in flight is then found in one or the other even if its deal
+    retires in between (a deal retires only after every order of it is in PostgreSQL).
+    """
+    deal_id = deal_of(order_id)
+    live = svc.gate.find_order(order_id, deal_id) if deal_id is not None else None
     with svc.db.read() as s:
         row = s.get(Order, uuid.UUID(order_id))
         dead = (
             None if row is not None else s.scalar(select(DeadLetter).where(DeadLetter.order_id == uuid.UUID(order_id)))
         )
+    if deal_id is None and row is not None:
+        # An id made before ids named their deal: PostgreSQL's row does (the gate may still hold its cancel).
+        live = svc.gate.find_order(order_id, row.deal_id)
     if row is not None:
         # A cancel is recorded in Redis first and reaches PostgreSQL through the outbox.
         status = "canceled" if (live is not None and live.canceled) else row.status
@@ -179,24 +188,23 @@ def get_order(order_id: str) -> Any:
 @login_required
 @doc("My orders, newest first", responses={200: OrderList, 401: None}, auth="session")
 def my_orders() -> Any:
-    """The user's persisted orders plus those still waiting in a live deal's outbox."""
+    """The user's persisted orders plus their entries still in flight (the live deals' in-flight indexes)."""
     svc = services()
     user_id = require_user()
+    # The buyer's own entries still in flight, from each live deal's in-flight index (never its outbox);
+    # live deals are the sales of the moment, as ended ones retire (shared/retire.py). Read before
+    # PostgreSQL: an entry drained in between is then in PostgreSQL's rows (committed before its ack).
+    inflight = svc.gate.inflight_of(user_id, svc.gate.live_deal_ids())
     with svc.db.read() as s:
         rows = s.scalars(
             select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_LIMIT)
         ).all()
     items = {str(r.id): _order_out(r, r.status) for r in rows}
-    for deal_id in svc.gate.live_deal_ids():
-        entries = svc.redis.xrange(svc.keys.deal(deal_id).outbox, count=OUTBOX_SCAN_LIMIT)
-        for _entry_id, f in entries:
-            if f.get("u") != str(user_id):
-                continue
-            canceled = f.get("t") == "c"
-            if f["id"] in items and not canceled:
-                continue
-            live = LiveOrder(f["id"], deal_id, user_id, int(f["q"]), Decimal(f["p"]), ms_to_dt(int(f["ts"])), canceled)
-            items[f["id"]] = _order_out(live, "canceled" if canceled else "accepted")
+    for entry in inflight:
+        oid, canceled = entry.order.order_id, entry.cancel or entry.order.canceled
+        if oid in items and not canceled:
+            continue  # persisted already (committed, not yet acknowledged): PostgreSQL's row is as new
+        items[oid] = _order_out(entry.order, "canceled" if canceled else "accepted")
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
     return jsonify(items=ordered[:MY_ORDERS_LIMIT])
 

@@ -353,7 +353,7 @@ def reconcile_cmd(deal_id: int | None, repair: bool, as_json: bool) -> None:
         for one_id in ids:
             one = reconcile_deal(o.db, o.redis, o.keys, one_id, repair=repair)
             if one is None and deal_id is not None:
-                raise click.ClickException(f"deal {deal_id} does not exist")
+                raise click.ClickException(f"deal {deal_id} does not exist or has retired (PostgreSQL alone holds it)")
             if one is not None:
                 found.append(one)
     except ReconcileBusy as exc:

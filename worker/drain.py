@@ -102,7 +102,8 @@ class Drainer:
         try:
             if self.rds.xlen(self.stream) == 0 and self._clear_kick() == 0:
                 return self.result
-            self._ensure_group()
+            if not self._ensure_group():
+                return self.result
             deadline = t0 + self.opt.budget_s
             # 1. Our own pending entries first: a retried task (PostgreSQL was down) finishes the batch it
             #    already holds at once instead of waiting for another consumer to claim it.
@@ -128,13 +129,19 @@ class Drainer:
         finally:
             self.result.seconds = round(time.monotonic() - t0, 4)
 
-    def _ensure_group(self) -> None:
+    def _ensure_group(self) -> bool:
+        """Create the consumer group if needed; False when the stream itself is gone (the deal retired)."""
         try:
-            # From id 0, not $: entries written before the group existed must be drained too.
-            self.rds.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            # From id 0, not $: entries written before the group existed must be drained too. No MKSTREAM:
+            # a drain must never bring back the outbox of a deal that retired while it ran.
+            self.rds.xgroup_create(self.stream, self.group, id="0")
         except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            if "BUSYGROUP" in str(exc):
+                return True
+            if "requires the key to exist" in str(exc):
+                return False
+            raise
+        return True
 
     def _clear_kick(self) -> int:
         """Clear the deal's kick flag before the last look at the stream; returns the stream length.
@@ -152,7 +159,7 @@ class Drainer:
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self._ensure_group()  # the stream was deleted and re-created (e.g. a deal reloaded)
+            self._ensure_group()  # the stream was deleted (a deal retired) and maybe re-created (reloaded)
             return []
         return reply[0][1] if reply else []
 
@@ -192,10 +199,14 @@ class Drainer:
         outcome = self.persist(rows, bad)
         # Why after the commit: killed before this line, the entries stay pending and are redelivered (our own
         # read of "0", or another worker's XAUTOCLAIM); the writes are idempotent, so nothing is doubled.
-        # XACK and XDEL in one MULTI: the outbox is trimmed only of acknowledged entries.
+        # XACK and XDEL in one MULTI: the outbox is trimmed only of acknowledged entries. The buyers' in-flight
+        # index loses the same entries in the same step, so "my orders" never misses one in between.
         pipe = self.rds.pipeline(transaction=True)
         pipe.xack(self.stream, self.group, *ids)
         pipe.xdel(self.stream, *ids)
+        members = [f"{f.get('id', '')}|{f.get('t', '')}" for _, f in entries if f]
+        if members:
+            pipe.zrem(self.dk.inflight, *members)
         pipe.execute()
         r = self.result
         r.batches += 1

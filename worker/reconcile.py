@@ -96,7 +96,7 @@ class _Expected:
 def reconcile(
     db: Database, rds: redis.Redis, keys: Keys, deal_ids: list[int] | None = None, repair: bool = False
 ) -> ReconcileReport:
-    """Reconcile the given deals, or every deal loaded in Redis; deals PostgreSQL does not know are skipped."""
+    """Reconcile the given deals, or every deal loaded in Redis; unknown and retired deals are skipped."""
     ids = deal_ids if deal_ids is not None else sorted(int(x) for x in rds.smembers(keys.live_deals))
     return ReconcileReport([r for d in ids if (r := reconcile_deal(db, rds, keys, int(d), repair)) is not None])
 
@@ -104,11 +104,12 @@ def reconcile(
 def reconcile_deal(
     db: Database, rds: redis.Redis, keys: Keys, deal_id: int, repair: bool = False, tries: int = 5
 ) -> DealReconcile | None:
-    """Reconcile one deal; None if PostgreSQL does not know it."""
+    """Reconcile one deal; None if PostgreSQL does not know it, or it retired (nothing of it is in Redis)."""
     with db.read() as s:
-        total = s.scalar(select(Deal.total_stock).where(Deal.id == deal_id))
-    if total is None:
-        return None
+        found = s.execute(select(Deal.total_stock, Deal.retired_at).where(Deal.id == deal_id)).first()
+    if found is None or found.retired_at is not None:
+        return None  # a repair must never write a retired deal's stock back into Redis
+    total = found.total_stock
     k = keys.deal(deal_id)
     for _ in range(tries):
         with rds.pipeline(transaction=True) as pipe:
@@ -126,6 +127,8 @@ def reconcile_deal(
                     pipe.time()
                     pipe.hgetall(k.buyers)
                     stock, entries, now, buyers = pipe.execute()
+                if stock is None and _retired(db, deal_id):
+                    return None  # retired since the check above (marked in PostgreSQL before its keys went)
                 snap_ms = int(now[0]) * 1000 + int(now[1]) // 1000
                 exp = _expected(db, deal_id, total, entries, snap_ms)
                 current = int(stock) if stock is not None else None
@@ -157,6 +160,11 @@ def reconcile_deal(
             except redis.WatchError:
                 continue
     raise ReconcileBusy(f"deal {deal_id}: the stock kept changing during {tries} repair attempts")
+
+
+def _retired(db: Database, deal_id: int) -> bool:
+    with db.read() as s:
+        return s.scalar(select(Deal.retired_at).where(Deal.id == deal_id)) is not None
 
 
 def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: int) -> _Expected:

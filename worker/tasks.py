@@ -14,6 +14,7 @@ from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.deals import tick as deals_tick
+from shared.retire import retire_ended
 from worker.celery_app import app
 from worker.context import get_context
 from worker.drain import DrainOptions, prune_consumers
@@ -119,12 +120,20 @@ def drain_active(self: Task) -> dict[str, Any]:
 
 @app.task(name="flashdeal.tick")
 def tick() -> dict[str, Any]:
-    """Move deals along their lifecycle (load ahead, open, sold out, ended); beat runs it every second."""
+    """Move deals along their lifecycle (load ahead, open, sold out, ended, retired); beat runs it every second."""
     ctx = get_context()
     report = deals_tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds)
-    if report.changed:  # the task's own "succeeded" line is at DEBUG (worker/logs.py): state moves stay visible
-        log.info("tick: %s", {k: v for k, v in asdict(report).items() if v})
-    return asdict(report)
+    # Ended deals leave Redis once settled, so every cost that walks the live deals (drain_active, reconcile,
+    # metrics, "my orders") follows today's sales, not the shop's history.
+    retired = retire_ended(ctx.db, ctx.gate, ctx.settings.deal_retire_after_seconds)
+    moved = {k: v for k, v in asdict(report).items() if v}
+    if moved or retired.retired:  # the task's own "succeeded" line is at DEBUG (worker/logs.py): moves stay visible
+        log.info("tick: %s", {**moved, **({"retired": retired.retired} if retired.retired else {})})
+    return {
+        **asdict(report),
+        "retired": retired.retired,
+        "retire_waiting": {str(k): v for k, v in retired.waiting.items()},
+    }
 
 
 @app.task(name="flashdeal.reconcile", ignore_result=False)
