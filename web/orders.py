@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
@@ -29,6 +30,8 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 SOLD_OUT_TTL_S = 0.2
 MY_ORDERS_LIMIT = 200
+# Outbox entry kinds (worker/outbox.py) and the order state each one means.
+_ENTRY_STATUS = {"o": "accepted", "c": "canceled", "p": "paid", "x": "expired"}
 OUTBOX_SCAN_LIMIT = 10_000
 
 # Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a
@@ -119,6 +122,10 @@ def _parse_order_id(raw: str) -> str:
         raise ApiError(404, "not_found", "No such order.") from None
 
 
+# The gate's decided states: recorded in Redis first, they reach PostgreSQL through the outbox.
+_GATE_DECIDED = ("canceled", "paid", "expired")
+
+
 def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
     oid = order.order_id if isinstance(order, LiveOrder) else str(order.id)
     return OrderOut(
@@ -129,11 +136,12 @@ def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
         unit_price=f"{order.unit_price:.2f}",
         status=status,  # type: ignore[arg-type]
         admitted_at=order.admitted_at,
+        pay_by=order.pay_by,
     ).model_dump(mode="json")
 
 
 def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder | None] | None:
-    """Merge the gate's record (accepted / canceled) with PostgreSQL's (confirmed / canceled / failed)."""
+    """Merge the gate's record (accepted / canceled / paid / expired) with PostgreSQL's (confirmed / … / failed)."""
     live = svc.gate.find_order(order_id)
     with svc.db.read() as s:
         row = s.get(Order, uuid.UUID(order_id))
@@ -141,11 +149,11 @@ def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder 
             None if row is not None else s.scalar(select(DeadLetter).where(DeadLetter.order_id == uuid.UUID(order_id)))
         )
     if row is not None:
-        # A cancel is recorded in Redis first and reaches PostgreSQL through the outbox.
-        status = "canceled" if (live is not None and live.canceled) else row.status
+        # A cancel, a payment or an expiry is recorded in Redis first and reaches PostgreSQL through the outbox.
+        status = live.state if (live is not None and live.state in _GATE_DECIDED) else row.status
         return _order_out(row, status), live
     if live is not None:
-        status = "canceled" if live.canceled else ("failed" if dead is not None else "accepted")
+        status = live.state if live.state in _GATE_DECIDED else ("failed" if dead is not None else "accepted")
         return _order_out(live, status), live
     if dead is not None:
         # The gate no longer holds the deal: the dead letter's payload is all that is left of the order.
@@ -192,13 +200,24 @@ def my_orders() -> Any:
         for _entry_id, f in entries:
             if f.get("u") != str(user_id):
                 continue
-            canceled = f.get("t") == "c"
-            if f["id"] in items and not canceled:
+            status = _ENTRY_STATUS.get(f.get("t", ""), "accepted")
+            if f["id"] in items and status == "accepted":
                 continue
-            live = LiveOrder(f["id"], deal_id, user_id, int(f["q"]), Decimal(f["p"]), ms_to_dt(int(f["ts"])), canceled)
-            items[f["id"]] = _order_out(live, "canceled" if canceled else "accepted")
+            pay_by = ms_to_dt(int(f["pb"])) if f.get("pb") else None
+            live = LiveOrder(
+                f["id"], deal_id, user_id, int(f["q"]), Decimal(f["p"]), ms_to_dt(int(f["ts"])), status == "canceled"
+            )
+            items[f["id"]] = _order_out(dataclasses.replace(live, state=status, pay_by=pay_by), status)
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
     return jsonify(items=ordered[:MY_ORDERS_LIMIT])
+
+
+def _refuse_decided(status: str) -> None:
+    """A paid order is final (cancel refused, nothing refunded); an expired one already gave its units back."""
+    if status == "paid":
+        raise ApiError(409, "order_paid", "This order is paid; a paid order cannot be canceled.")
+    if status == "expired":
+        raise ApiError(409, "order_expired", "This order expired unpaid; its units already went back on sale.")
 
 
 @bp.post("/orders/<order_id>/cancel")
@@ -218,6 +237,7 @@ def cancel_order(order_id: str) -> Any:
         return jsonify(view)
     if view["status"] == "failed":
         raise ApiError(409, "order_failed", "This order failed to persist; an admin handles it.")
+    _refuse_decided(view["status"])
     if live is None:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
     result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=current_role() == "admin")
@@ -225,6 +245,7 @@ def cancel_order(order_id: str) -> Any:
         raise ApiError(404, "not_found", "No such order.")
     if result.outcome is Cancellation.DEAL_NOT_OPEN:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
+    _refuse_decided(result.outcome.value)  # paid or expired in the gate since we looked
     if result.kick:
         kick_drain(live.deal_id)
     _sold_out_until.pop(live.deal_id, None)
