@@ -57,6 +57,7 @@ class Settings:
     drain_claim_idle_ms: int = 10000
     drain_kick_ms: int = 100
     dlq_max_attempts: int = 3
+    expiry_sweep_batch: int = 500  # unpaid orders expired per script call of the sweep
     payment_provider: str = "dev"  # dev (built-in test provider) | stripe
     payment_currency: str = "eur"  # ISO 4217, lower case as Stripe writes it
     stripe_secret_key: str = field(default="", repr=False)
@@ -94,6 +95,7 @@ class Settings:
             drain_claim_idle_ms=_int(e, "DRAIN_CLAIM_IDLE_MS", cls.drain_claim_idle_ms),
             drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),
             dlq_max_attempts=_int(e, "DLQ_MAX_ATTEMPTS", cls.dlq_max_attempts),
+            expiry_sweep_batch=_int(e, "EXPIRY_SWEEP_BATCH", cls.expiry_sweep_batch),
             payment_provider=(e.get("PAYMENT_PROVIDER") or cls.payment_provider).strip().lower(),
             payment_currency=(e.get("PAYMENT_CURRENCY") or cls.payment_currency).strip().lower(),
             stripe_secret_key=e.get("STRIPE_SECRET_KEY", ""),

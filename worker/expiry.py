@@ -39,10 +39,12 @@ def sweep_deal(gate: Gate, deal_id: int, deadline: float, report: SweepReport, b
             return
 
 
-def sweep(gate: Gate, deal_ids: list[int] | None = None, budget_s: float = 0.8) -> SweepReport:
+def sweep(
+    gate: Gate, deal_ids: list[int] | None = None, budget_s: float = 0.8, batch: int = SWEEP_BATCH
+) -> SweepReport:
     """Sweep the given deals, or every deal loaded in the gate."""
     report = SweepReport()
     deadline = time.monotonic() + budget_s
     for deal_id in gate.live_deal_ids() if deal_ids is None else deal_ids:
-        sweep_deal(gate, deal_id, deadline, report)
+        sweep_deal(gate, deal_id, deadline, report, batch)
     return report
