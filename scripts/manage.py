@@ -27,6 +27,7 @@ from shared.settings import Settings  # noqa: E402
 DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
 DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
 DEMO_TITLE = "Demo deal: noise-cancelling headphones"
+DEMO_PAYMENT_WINDOW_S = 300  # the demo buyer pays through the dev checkout within 5 minutes
 
 
 def migrate() -> None:
@@ -36,7 +37,7 @@ def migrate() -> None:
 
 
 def seed() -> None:
-    """Create the demo admin, buyer and an open demo deal (idempotent)."""
+    """Create the demo admin, buyer and an open demo deal with a payment window (idempotent)."""
     settings = Settings.from_env()
     db = Database(settings)
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
@@ -50,7 +51,16 @@ def seed() -> None:
         deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
         if deal is None:
             now = datetime.now(UTC)
-            deal = create_deal(s, NewDeal(DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1)))
+            spec = NewDeal(
+                DEMO_TITLE,
+                Decimal("49.00"),
+                100,
+                2,
+                now,
+                now + timedelta(days=1),
+                payment_window_seconds=DEMO_PAYMENT_WINDOW_S,
+            )
+            deal = create_deal(s, spec)
             deal.status = "open"
         load_deal(s, gate, deal)
     print(f"[manage] demo deal {deal.id} seeded")
