@@ -238,3 +238,18 @@ def test_a_decision_persisted_before_its_order_row_is_not_undone(db, gate) -> No
     with db.read() as s:
         assert s.execute(text("SELECT status FROM orders WHERE id = :i"), {"i": oid}).scalar() == "paid"
     assert len(entries) == 2
+
+
+def test_a_stale_due_entry_never_gives_units_back_twice(db, gate) -> None:
+    deal = make_deal(db, gate, stock=4, limit=4, payment_window=60)
+    set_payment_window_ms(gate, deal.id, 1000)
+    (user,) = make_users(db, 1)
+    canceled, paid = _admit(gate, deal.id, user, 2), _admit(gate, deal.id, user, 2)
+    assert gate.cancel(deal.id, canceled, user).outcome is Cancellation.CANCELED
+    assert gate.settle(deal.id, "pay", paid, "e-stale", "pi_s").outcome is Settlement.PAID
+    _wait_past(gate, deal.id, paid)  # both deadlines have passed: only their state keeps them decided
+    # Whatever put them back in the index (an operator, a restore), a decided order stays decided.
+    gate.redis.zadd(gate.keys.deal(deal.id).due, {canceled: 0, paid: 0, str(uuid.uuid4()): 0})
+    assert sweep(gate, [deal.id]).expired == {}
+    assert _stock(gate, deal.id) == 2 and _bought(gate, deal.id, user) == 2
+    assert gate.redis.zcard(gate.keys.deal(deal.id).due) == 0
