@@ -16,6 +16,7 @@ from shared.keys import Keys
 from tests.helpers import make_deal, make_users, set_payment_window_ms
 from worker.drain import DrainOptions, drain_deal
 from worker.expiry import sweep
+from worker.reconcile import reconcile_deal
 
 
 @pytest.fixture()
@@ -219,6 +220,9 @@ def test_drain_persists_paid_and_expired_and_pay_by(db, gate) -> None:
         expired: ("expired", None, True, False, True),
         early: ("expired", None, True, False, True),
     }
+    # Reconcile counts a paid order as holding its units and an expired one as not: no drift.
+    report = reconcile_deal(db, gate.redis, gate.keys, deal.id)
+    assert report is not None and report.ok and report.expected_remaining == 8, report
 
 
 def test_a_decision_persisted_before_its_order_row_is_not_undone(db, gate) -> None:

@@ -160,6 +160,12 @@ def test_stripe_without_keys_answers_503_not_500(db, settings) -> None:
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     r = c.post(f"/api/orders/{oid}/pay")
     assert r.status_code == 503 and r.json["error"]["code"] == "payments_unavailable"
+    # No secret: an event "signed" with the empty secret is not even looked at.
+    payload = event(oid, deal.id, "pi_forged", amount=999)
+    forged = app.test_client().post(
+        "/api/payments/webhook", data=payload, headers={"Stripe-Signature": sign(payload, "")}
+    )
+    assert forged.status_code == 503 and c.get(f"/api/orders/{oid}").json["status"] == "accepted"
 
 
 def test_dev_checkout_over_http_declined_then_paid(db, settings, web_server) -> None:
