@@ -96,7 +96,10 @@ class Settings:
             drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),
             dlq_max_attempts=_int(e, "DLQ_MAX_ATTEMPTS", cls.dlq_max_attempts),
             expiry_sweep_batch=_int(e, "EXPIRY_SWEEP_BATCH", cls.expiry_sweep_batch),
-            payment_provider=(e.get("PAYMENT_PROVIDER") or cls.payment_provider).strip().lower(),
+            # Unset: the dev provider in development and test, Stripe anywhere else (dev is refused there).
+            payment_provider=(e.get("PAYMENT_PROVIDER") or _default_provider(e.get("FLASHDEAL_ENV", cls.env)))
+            .strip()
+            .lower(),
             payment_currency=(e.get("PAYMENT_CURRENCY") or cls.payment_currency).strip().lower(),
             stripe_secret_key=e.get("STRIPE_SECRET_KEY", ""),
             stripe_webhook_secret=e.get("STRIPE_WEBHOOK_SECRET", ""),
@@ -134,6 +137,10 @@ class Settings:
         if not (len(self.payment_currency) == 3 and self.payment_currency.isalpha()):
             raise ConfigError(f"PAYMENT_CURRENCY must be a 3-letter ISO 4217 code, got {self.payment_currency!r}")
         return self
+
+
+def _default_provider(env: str) -> str:
+    return "dev" if env in {"development", "test"} else "stripe"
 
 
 def _sqlalchemy_url(url: str) -> str:

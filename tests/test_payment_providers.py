@@ -87,6 +87,20 @@ def stripe_settings(settings, fake_stripe):
     )
 
 
+def test_provider_defaults_and_the_dev_provider_refused_in_production() -> None:
+    from shared.settings import ConfigError, Settings
+
+    assert Settings.from_env({}).payment_provider == "dev"
+    prod = {"FLASHDEAL_ENV": "production", "SECRET_KEY": "x" * 40}
+    assert Settings.from_env(prod).check().payment_provider == "stripe"  # keys are asked for at the first payment
+    with pytest.raises(ConfigError, match="PAYMENT_PROVIDER=dev"):
+        Settings.from_env({**prod, "PAYMENT_PROVIDER": "dev"}).check()
+    with pytest.raises(ConfigError, match="PAYMENT_PROVIDER must be"):
+        Settings.from_env({"PAYMENT_PROVIDER": "paypal"}).check()
+    with pytest.raises(ConfigError, match="PAYMENT_CURRENCY"):
+        Settings.from_env({"PAYMENT_CURRENCY": "euro"}).check()
+
+
 def test_minor_units() -> None:
     assert minor_units(Decimal("19.99") * 3, "eur") == 5997
     assert minor_units(Decimal("1500"), "jpy") == 1500
