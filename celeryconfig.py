@@ -63,5 +63,7 @@ beat_schedule = {
     "tick": {"task": "flashdeal.tick", "schedule": 1.0, "options": {"expires": 5}},
     # Safety net: every live deal is drained at least once a second even if no web node kicked it.
     "drain-active": {"task": "flashdeal.drain_active", "schedule": 1.0, "options": {"expires": 5}},
+    # Payment windows: unpaid orders past pay_by give their units back within about a second.
+    "expire-due": {"task": "flashdeal.expire_due", "schedule": 1.0, "options": {"expires": 5}},
     "reconcile": {"task": "flashdeal.reconcile", "schedule": 30.0, "options": {"expires": 25}},
 }

@@ -2,7 +2,7 @@
 -- Every check comes before the first write, because Redis does not roll back a script that
 -- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by)
 -- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
 -- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
 
@@ -11,7 +11,7 @@ local qty = tonumber(ARGV[2])
 local order_id = ARGV[3]
 local idem = ARGV[4]
 
-local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price')
+local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms')
 if not st[1] then
   return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
@@ -62,10 +62,20 @@ redis.call('HINCRBY', KEYS[3], user, qty)
 if idem ~= '' then
   redis.call('HSET', KEYS[4], user .. ':' .. idem, order_id .. ':' .. qty)
 end
-redis.call('HSET', KEYS[5], order_id, user .. '|' .. qty .. '|' .. st[5] .. '|' .. now .. '|accepted')
--- The order enters the outbox in the same atomic step as the decrement: no crash window
--- can lose an accepted order or strand its stock.
-redis.call('XADD', KEYS[6], '*', 't', 'o', 'id', order_id, 'u', user, 'q', qty, 'p', st[5], 'ts', now)
+local pay_ms = tonumber(st[6] or '0') or 0
+if pay_ms > 0 then
+  -- A deal with a payment window: the deadline goes into the order record and, in the same
+  -- atomic step, into the due-time index, so no order can hold units without being swept.
+  local pay_by = now + pay_ms
+  redis.call('HSET', KEYS[5], order_id, user .. '|' .. qty .. '|' .. st[5] .. '|' .. now .. '|accepted|' .. pay_by)
+  redis.call('ZADD', KEYS[9], pay_by, order_id)
+  redis.call('XADD', KEYS[6], '*', 't', 'o', 'id', order_id, 'u', user, 'q', qty, 'p', st[5], 'ts', now, 'pb', pay_by)
+else
+  redis.call('HSET', KEYS[5], order_id, user .. '|' .. qty .. '|' .. st[5] .. '|' .. now .. '|accepted')
+  -- The order enters the outbox in the same atomic step as the decrement: no crash window
+  -- can lose an accepted order or strand its stock.
+  redis.call('XADD', KEYS[6], '*', 't', 'o', 'id', order_id, 'u', user, 'q', qty, 'p', st[5], 'ts', now)
+end
 -- The buyer's in-flight index (scored by user id): "my orders" finds this entry without reading the
 -- outbox; the drain removes it in the same MULTI as the entry's XACK.
 redis.call('ZADD', KEYS[8], user, order_id .. '|o')

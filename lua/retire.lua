@@ -2,11 +2,13 @@
 -- nothing can slip in between the checks and the delete) that no order or cancel can still arrive or
 -- is still waiting to be persisted. All KEYS under the deal's hash tag (one cluster slot).
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 follow-up, 10 fanout
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due, 10 follow-up,
+--       11 fanout, 12 payments, 13 events (DealKeys.all_keys)
 -- ARGV: 1 '1' to delete, '0' to check only
 -- Reply: {verdict, count}: 'retired' (deleted) or 'ready' (check only: it could be deleted);
 --        'open' (the gate still admits: count 0), 'outbox' (count entries not yet persisted),
---        'pending' (count entries read by a worker and not acknowledged, i.e. maybe not committed)
+--        'pending' (count entries read by a worker and not acknowledged, i.e. maybe not committed),
+--        'unpaid' (count orders still inside their payment window)
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -36,7 +38,12 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   end
 end
 
--- 4. (Payments, when they exist: no order still awaiting payment, i.e. the deal's pay-by index is empty.)
+-- 4. No order still awaits payment: every one was paid or expired (lua/settle.lua), so the final state of
+--    each is in PostgreSQL once the outbox is empty.
+local unpaid = redis.call('ZCARD', KEYS[9])
+if unpaid > 0 then
+  return {'unpaid', unpaid}
+end
 
 if ARGV[1] ~= '1' then
   return {'ready', 0}

@@ -27,6 +27,7 @@ from shared.settings import Settings  # noqa: E402
 DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
 DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
 DEMO_TITLE = "Demo deal: noise-cancelling headphones"
+DEMO_PAYMENT_WINDOW_S = 300  # the demo buyer pays through the dev checkout within 5 minutes
 
 
 def migrate() -> None:
@@ -36,7 +37,7 @@ def migrate() -> None:
 
 
 def seed() -> None:
-    """Create the demo admin, buyer and an open demo deal (idempotent)."""
+    """Create the demo admin, buyer and an open demo deal with a payment window (idempotent)."""
     settings = Settings.from_env()
     db = Database(settings)
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
@@ -55,7 +56,16 @@ def seed_demo_deal(db: Database, gate: Gate) -> int:
         deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
         if deal is None:
             now = datetime.now(UTC)
-            deal = create_deal(s, NewDeal(DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1)))
+            spec = NewDeal(
+                DEMO_TITLE,
+                Decimal("49.00"),
+                100,
+                2,
+                now,
+                now + timedelta(days=1),
+                payment_window_seconds=DEMO_PAYMENT_WINDOW_S,
+            )
+            deal = create_deal(s, spec)
             deal.status = "open"
     # After the commit, never inside the transaction: if the commit fails, the gate must not admit
     # orders for a deal PostgreSQL does not have (their rows could never be written).

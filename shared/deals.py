@@ -14,6 +14,9 @@ from shared.db import Database
 from shared.gate import DealRules, Gate, buyer_status, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
 
+# Persisted states that hold their units: everything but canceled, expired and failed.
+HOLDING_STATUSES = ("accepted", "confirmed", "paid")
+
 
 class DealNotFound(Exception):
     """No deal with that id."""
@@ -36,6 +39,7 @@ class NewDeal:
     product_name: str | None = None
     product_id: int | None = None
     description: str = ""
+    payment_window_seconds: int = 0  # 0: no payment step
 
 
 def create_deal(session: Session, spec: NewDeal) -> Deal:
@@ -57,6 +61,7 @@ def create_deal(session: Session, spec: NewDeal) -> Deal:
         starts_at=spec.starts_at,
         ends_at=spec.ends_at,
         status="scheduled",
+        payment_window_seconds=spec.payment_window_seconds,
     )
     session.add(deal)
     session.flush()
@@ -80,15 +85,16 @@ def rules_of(deal: Deal) -> DealRules:
         price=deal.price,
         total=deal.total_stock,
         title=deal.title,
+        payment_window_ms=deal.payment_window_seconds * 1000,
     )
 
 
 def sold_quantity(session: Session, deal_id: int) -> int:
-    """Quantity of the deal's orders persisted and not canceled or failed."""
+    """Quantity of the deal's orders persisted and not canceled, expired or failed."""
     return int(
         session.scalar(
             select(func.coalesce(func.sum(Order.quantity), 0)).where(
-                Order.deal_id == deal_id, Order.status.in_(("accepted", "confirmed"))
+                Order.deal_id == deal_id, Order.status.in_(HOLDING_STATUSES)
             )
         )
         or 0
@@ -236,10 +242,12 @@ class DealStats:
     total_stock: int
     remaining_stock: int
     accepted: int  # orders the gate admitted (canceled ones included)
-    confirmed: int  # persisted and not canceled
+    confirmed: int  # persisted, not canceled and (with a payment window) neither paid nor expired yet
     canceled: int  # persisted as canceled
     pending: int  # outbox entries (orders and cancels) not yet persisted
     failed: int  # dead-lettered
+    paid: int  # persisted as paid (deals with a payment window)
+    expired: int  # persisted as expired: unpaid at pay_by, units given back
 
     def as_dict(self) -> dict[str, int | str]:
         """JSON-ready dict."""
@@ -274,6 +282,7 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         status = deal.status
     remaining = int(stock) if stock is not None else deal.total_stock - sold
     confirmed, canceled = int(counts.get("confirmed", 0)), int(counts.get("canceled", 0))
+    paid, expired = int(counts.get("paid", 0)), int(counts.get("expired", 0))
     return DealStats(
         id=deal.id,
         title=deal.title,
@@ -281,9 +290,11 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         total_stock=deal.total_stock,
         remaining_stock=remaining,
         # The gate's order records count every admission, even one whose entry is still in flight.
-        accepted=int(admitted) if stock is not None else confirmed + canceled + failed,
+        accepted=int(admitted) if stock is not None else confirmed + canceled + failed + paid + expired,
         confirmed=confirmed,
         canceled=canceled,
         pending=int(pending),
         failed=failed,
+        paid=paid,
+        expired=expired,
     )

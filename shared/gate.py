@@ -40,6 +40,20 @@ class Cancellation(enum.StrEnum):
     ALREADY_CANCELED = "already_canceled"
     NOT_FOUND = "not_found"
     DEAL_NOT_OPEN = "deal_not_open"
+    PAID = "paid"  # refused: a paid order is final
+    EXPIRED = "expired"  # refused: its units already went back at pay_by
+
+
+class Settlement(enum.StrEnum):
+    """What lua/settle.lua decided for one payment event."""
+
+    PAID = "paid"
+    REFUND = "refund"  # the money came for units no longer held (expired, canceled): give it back
+    ALREADY_PAID = "already_paid"
+    DECLINED = "declined"
+    IGNORED = "ignored"
+    NOT_FOUND = "not_found"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,25 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class SettleResult:
+    """Reply of the payment decision script for one event."""
+
+    outcome: Settlement
+    detail: str  # refund: why (expired, canceled, no_window); already_paid: the payment that paid it;
+    #              duplicate: "outcome:detail" of the first delivery
+    kick: bool
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Reply of one expiry sweep call on a deal."""
+
+    expired: int
+    seen: int  # due entries looked at; equal to the limit means there may be more
+    kick: bool
+
+
+@dataclass(frozen=True)
 class LiveOrder:
     """An order as the gate remembers it (before or after it is persisted)."""
 
@@ -77,6 +110,8 @@ class LiveOrder:
     unit_price: Decimal
     admitted_at: datetime
     canceled: bool
+    state: str = "accepted"  # accepted | canceled | paid | expired (the gate's record)
+    pay_by: datetime | None = None  # deals with a payment window only
 
 
 @dataclass(frozen=True)
@@ -89,7 +124,7 @@ class InflightEntry:
 
 @dataclass(frozen=True)
 class RetireVerdict:
-    """Reply of the retire script: 'retired', 'ready' (check only), or why not yet ('open', 'outbox', 'pending')."""
+    """Reply of the retire script: 'retired', 'ready' (check only), or why not yet (open/outbox/pending/unpaid)."""
 
     outcome: str
     count: int
@@ -112,6 +147,7 @@ class DealRules:
     price: Decimal
     total: int
     title: str
+    payment_window_ms: int = 0  # 0: no payment step
 
 
 @dataclass(frozen=True)
@@ -165,6 +201,7 @@ class Gate:
         self._cancel = client.register_script(_lua("cancel"))
         self._load = client.register_script(_lua("load_deal"))
         self._retire = client.register_script(_lua("retire"))
+        self._settle = client.register_script(_lua("settle"))
 
     def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
         """Run the admission script for one order attempt."""
@@ -200,10 +237,38 @@ class Gate:
                 rules.total,
                 initial_stock,
                 rules.title,
+                rules.payment_window_ms,
             ],
         )
         self.redis.sadd(self.keys.live_deals, rules.deal_id)
         return bool(created)
+
+    def settle(self, deal_id: int, mode: str, order_id: str, event_id: str, payment_id: str = "") -> SettleResult:
+        """Decide one payment event (``mode``: pay or decline) for an order, exactly once per event id."""
+        outcome, detail, kick = self._settle(
+            keys=self.keys.deal(deal_id).settle_keys(), args=[mode, order_id, event_id, payment_id, self.kick_ms]
+        )
+        return SettleResult(Settlement(outcome), str(detail), bool(kick))
+
+    def expire_due(self, deal_id: int, limit: int = 500) -> SweepResult:
+        """Expire up to ``limit`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
+        expired, seen, kick = self._settle(
+            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", limit, "", "", self.kick_ms]
+        )
+        return SweepResult(int(expired), int(seen), bool(kick))
+
+    def payment_of(self, deal_id: int, order_id: str) -> tuple[str | None, str | None]:
+        """The order's recorded payment ("provider|payment id|checkout url") and when a card was last declined."""
+        rec, declined = self.redis.hmget(self.keys.deal(deal_id).payments, [order_id, f"{order_id}:declined"])
+        return rec, declined
+
+    def record_payment(self, deal_id: int, order_id: str, record: str) -> str:
+        """Remember the order's payment unless one is already recorded; returns the one that stays."""
+        k = self.keys.deal(deal_id).payments
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(k, order_id, record)
+        pipe.hget(k, order_id)
+        return str(pipe.execute()[1])
 
     def set_window(self, deal_id: int, *, status: str, open_ms: int | None = None, close_ms: int | None = None) -> None:
         """Change a loaded deal's status or window (admin open/close); takes effect at once."""
@@ -284,8 +349,8 @@ class Gate:
 
 
 def parse_order_record(order_id: str, deal_id: int, rec: str) -> LiveOrder:
-    """Parse ``user|qty|price|admitted_ms|status`` as written by ``admit.lua``."""
-    user, qty, price, ts, status = rec.split("|")
+    """Parse ``user|qty|price|admitted_ms|status[|pay_by]`` as written by ``admit.lua``."""
+    user, qty, price, ts, status, *rest = rec.split("|")
     return LiveOrder(
         order_id=order_id,
         deal_id=deal_id,
@@ -294,6 +359,8 @@ def parse_order_record(order_id: str, deal_id: int, rec: str) -> LiveOrder:
         unit_price=Decimal(price),
         admitted_at=ms_to_dt(int(ts)),
         canceled=status == "canceled",
+        state=status,
+        pay_by=ms_to_dt(int(rest[0])) if rest else None,
     )
 
 
@@ -307,4 +374,5 @@ def _rules(deal_id: int, state: dict[str, str]) -> DealRules:
         price=Decimal(state["price"]),
         total=int(state["total"]),
         title=state.get("title", ""),
+        payment_window_ms=int(state.get("pay_ms", 0)),
     )

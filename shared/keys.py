@@ -24,14 +24,42 @@ class DealKeys:
     inflight: str  # sorted set: "order_id|t" of each outbox entry not yet persisted, scored by the buyer's id
     follow_up: str  # short-lived flag: a drain task is scheduled to look again one kick interval later
     fanout: str  # short-lived flag: a draining worker already asked for one more node
+    due: str  # sorted set: unpaid order id -> its pay_by (ms); the expiry sweep reads it
+    payments: str  # hash: order id -> the provider's payment ("provider|payment id|checkout url"), and
+    #                "order id:paid" -> the payment that paid it, "order id:declined" -> when a card was declined
+    events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
-        return [self.state, self.stock, self.buyers, self.idem, self.orders, self.outbox, self.kick, self.inflight]
+        return [
+            self.state,
+            self.stock,
+            self.buyers,
+            self.idem,
+            self.orders,
+            self.outbox,
+            self.kick,
+            self.inflight,
+            self.due,
+        ]
+
+    def settle_keys(self) -> list[str]:
+        """KEYS for the payment decision script (lua/settle.lua), in the order it expects."""
+        return [
+            self.stock,
+            self.buyers,
+            self.orders,
+            self.outbox,
+            self.kick,
+            self.due,
+            self.events,
+            self.payments,
+            self.inflight,
+        ]
 
     def all_keys(self) -> list[str]:
         """Every key the deal may have in Redis (what retiring or unloading it deletes)."""
-        return [*self.gate_keys(), self.follow_up, self.fanout]
+        return [*self.gate_keys(), self.follow_up, self.fanout, self.payments, self.events]
 
 
 class Keys:
@@ -57,6 +85,9 @@ class Keys:
             inflight=f"{tag}:inflight",
             follow_up=f"{tag}:follow-up",
             fanout=f"{tag}:fanout",
+            due=f"{tag}:due",
+            payments=f"{tag}:payments",
+            events=f"{tag}:events",
         )
 
     @property

@@ -25,7 +25,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 USER_ROLES = ("buyer", "admin")
 DEAL_STATUSES = ("scheduled", "open", "sold_out", "ended")
-ORDER_STATUSES = ("accepted", "confirmed", "canceled", "failed")
+# paid / expired: orders of a deal with a payment window (decided once, in the gate: lua/settle.lua).
+ORDER_STATUSES = ("accepted", "confirmed", "paid", "expired", "canceled", "failed")
+MAX_PAYMENT_WINDOW_SECONDS = 86_400
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -71,6 +73,10 @@ class Deal(Base):
         CheckConstraint("price > 0", name="ck_deals_price"),
         CheckConstraint("ends_at > starts_at", name="ck_deals_window"),
         CheckConstraint(_in("status", DEAL_STATUSES), name="ck_deals_status"),
+        CheckConstraint(
+            f"payment_window_seconds >= 0 AND payment_window_seconds <= {MAX_PAYMENT_WINDOW_SECONDS}",
+            name="ck_deals_payment_window",
+        ),
         Index("ix_deals_status_starts", "status", "starts_at"),
         Index(
             "ix_deals_ended_unretired",
@@ -88,6 +94,8 @@ class Deal(Base):
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="scheduled", server_default="scheduled")
+    # 0: no payment step (an accepted order is final); N: an order must be paid within N seconds.
+    payment_window_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -120,6 +128,28 @@ class Order(Base):
     admitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     persisted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    pay_by: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    payment_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class Refund(Base):
+    """A payment given back: it arrived for an order that had expired or was canceled (reported to ops)."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    deal_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    payment_id: Mapped[str] = mapped_column(String(255), unique=True)
+    refund_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(32))  # expired | canceled
+    event_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class DeadLetter(Base):

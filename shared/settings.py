@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 DEV_SECRET = "dev-insecure-secret-change-me"
+PAYMENT_PROVIDERS = ("dev", "stripe")
 
 
 class ConfigError(RuntimeError):
@@ -57,6 +58,13 @@ class Settings:
     drain_claim_idle_ms: int = 10000
     drain_kick_ms: int = 100
     dlq_max_attempts: int = 3
+    expiry_sweep_batch: int = 500  # unpaid orders expired per script call of the sweep
+    payment_provider: str = "dev"  # dev (built-in test provider) | stripe
+    payment_currency: str = "eur"  # ISO 4217, lower case as Stripe writes it
+    stripe_secret_key: str = field(default="", repr=False)
+    stripe_webhook_secret: str = field(default="", repr=False)
+    stripe_api_base: str = ""  # empty: the stripe package's own default; tests point it at a local server
+    dev_webhook_url: str = ""  # dev provider: where its events go (default: this web node's own port)
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -89,6 +97,16 @@ class Settings:
             drain_claim_idle_ms=_int(e, "DRAIN_CLAIM_IDLE_MS", cls.drain_claim_idle_ms),
             drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),
             dlq_max_attempts=_int(e, "DLQ_MAX_ATTEMPTS", cls.dlq_max_attempts),
+            expiry_sweep_batch=_int(e, "EXPIRY_SWEEP_BATCH", cls.expiry_sweep_batch),
+            # Unset: the dev provider in development and test, Stripe anywhere else (dev is refused there).
+            payment_provider=(e.get("PAYMENT_PROVIDER") or _default_provider(e.get("FLASHDEAL_ENV", cls.env)))
+            .strip()
+            .lower(),
+            payment_currency=(e.get("PAYMENT_CURRENCY") or cls.payment_currency).strip().lower(),
+            stripe_secret_key=e.get("STRIPE_SECRET_KEY", ""),
+            stripe_webhook_secret=e.get("STRIPE_WEBHOOK_SECRET", ""),
+            stripe_api_base=e.get("STRIPE_API_BASE", ""),
+            dev_webhook_url=e.get("DEV_WEBHOOK_URL", ""),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -109,7 +127,22 @@ class Settings:
             )
         if not self.is_development and len(self.secret_key) < 24:
             raise ConfigError("SECRET_KEY must be at least 24 characters outside development")
+        if self.payment_provider not in PAYMENT_PROVIDERS:
+            raise ConfigError(
+                f"PAYMENT_PROVIDER must be one of {', '.join(PAYMENT_PROVIDERS)}, got {self.payment_provider!r}"
+            )
+        if self.payment_provider == "dev" and not self.is_development:
+            # The dev provider pays with a public test card number: outside development that is free goods.
+            raise ConfigError(
+                f"PAYMENT_PROVIDER=dev accepts test cards; set PAYMENT_PROVIDER=stripe when FLASHDEAL_ENV={self.env!r}"
+            )
+        if not (len(self.payment_currency) == 3 and self.payment_currency.isalpha()):
+            raise ConfigError(f"PAYMENT_CURRENCY must be a 3-letter ISO 4217 code, got {self.payment_currency!r}")
         return self
+
+
+def _default_provider(env: str) -> str:
+    return "dev" if env in {"development", "test"} else "stripe"
 
 
 def _sqlalchemy_url(url: str) -> str:

@@ -46,6 +46,7 @@ def make_deal(
     lasts: float = 3600,
     status: str | None = None,
     title: str | None = None,
+    payment_window: int = 0,
 ) -> Deal:
     """Create a deal starting ``starts_in`` seconds from now; load it into the gate when given one."""
     now = datetime.now(UTC)
@@ -59,6 +60,7 @@ def make_deal(
                 per_user_limit=limit,
                 starts_at=now + timedelta(seconds=starts_in),
                 ends_at=now + timedelta(seconds=starts_in + lasts),
+                payment_window_seconds=payment_window,
             ),
         )
         if status:
@@ -70,3 +72,8 @@ def make_deal(
             load_deal(s, gate, deal)
         invalidate_deal(gate.redis, gate.keys, deal.id)  # as the admin API and the CLI do after creating one
     return deal
+
+
+def set_payment_window_ms(gate: Gate, deal_id: int, ms: int) -> None:
+    """Shorten a loaded deal's payment window below a second (the column counts seconds; tests need less)."""
+    gate.redis.hset(gate.keys.deal(deal_id).state, "pay_ms", ms)

@@ -144,6 +144,8 @@ def test_deal_create_scheduled_then_open_and_close(app, settings: Settings) -> N
         (["--price", "1", "--starts-at", "2030-01-02T00:00:00Z", "--ends-at", "2030-01-01T00:00:00Z"], "--ends-at"),
         (["--price", "1", "--starts-at", "2020-01-01T00:00:00Z", "--ends-at", "2020-01-02T00:00:00Z"], "--ends-at"),
         (["--price", "1", "--open-now", "--starts-at", "2030-01-01T00:00:00Z"], "exclude"),
+        (["--price", "1", "--open-now", "--payment-window", "-1"], "--payment-window"),
+        (["--price", "1", "--open-now", "--payment-window", "86401"], "--payment-window"),
     ],
 )
 def test_deal_create_rejects_bad_arguments(args: list[str], message: str) -> None:
@@ -227,3 +229,28 @@ def test_services_down_is_one_line_error() -> None:
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot reach PostgreSQL" in r.stderr
+
+
+def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(settings: Settings) -> None:
+    from shared.gate import Gate
+    from shared.redis_client import text_client
+    from worker.drain import DrainOptions, drain_deal
+    from worker.expiry import sweep
+
+    r = cli("deal", "create", "--title", f"Pay {uuid.uuid4().hex[:6]}", "--price", "5", "--stock", "5", "--limit", "2",
+            "--open-now", "--payment-window", "600", "--json")  # fmt: skip
+    deal = json.loads(r.stdout)
+    assert deal["payment_window_seconds"] == 600 and {"paid", "expired"} <= set(deal)
+    gate = Gate(text_client(settings), Keys(settings.key_prefix))
+    db = Database(settings)
+    with db.transaction() as s:
+        a, b = (create_user(s, unique_email(), "pass-word-9", "P").id for _ in range(2))
+    paid = gate.admit(deal["id"], a, 2, str(uuid.uuid4())).order_id
+    late = gate.admit(deal["id"], b, 1, str(uuid.uuid4())).order_id
+    gate.settle(deal["id"], "pay", paid, "evt-cli", "pi_cli")
+    gate.redis.zadd(gate.keys.deal(deal["id"]).due, {late: 0})  # as if its deadline had passed
+    gate.redis.hset(gate.keys.deal(deal["id"]).orders, late, f"{b}|1|5.00|0|accepted|1")
+    assert sweep(gate, [deal["id"]]).expired == {deal["id"]: 1}
+    drain_deal(db, gate.redis, gate.keys, deal["id"], "cli", DrainOptions(budget_s=5.0))
+    stats = json.loads(cli("deal", "stats", str(deal["id"]), "--json").stdout)
+    assert (stats["paid"], stats["expired"], stats["remaining_stock"], stats["pending"]) == (1, 1, 3, 0)

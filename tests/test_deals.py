@@ -123,6 +123,8 @@ def test_create_open_close_stats(app, db) -> None:
         "canceled": 0,
         "pending": 1,
         "failed": 0,
+        "paid": 0,
+        "expired": 0,
     }
     assert admin.post(f"/api/admin/deals/{deal['id']}/close").json["status"] == "ended"
     r = buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 1})

@@ -119,6 +119,7 @@ def test_order_lookup_owner_admin_other(app, db, svc) -> None:
         "unit_price": "12.34",
         "status": "accepted",
         "admitted_at": None,
+        "pay_by": None,  # a deal without a payment window
     }
     assert cx.get(f"/api/orders/{oid}").status_code == 404
     assert ca.get(f"/api/orders/{oid}").status_code == 200

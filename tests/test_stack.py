@@ -146,7 +146,7 @@ def _signup_login(base: str) -> requests.Session:
     return s
 
 
-def _open_deal(stock: int, limit: int) -> int:
+def _open_deal(stock: int, limit: int, payment_window: int = 0) -> int:
     """A deal open now, made with the shared functions (the same the CLI and admin API use)."""
     from datetime import UTC, datetime, timedelta
     from decimal import Decimal
@@ -158,7 +158,8 @@ def _open_deal(stock: int, limit: int) -> int:
     now = datetime.now(UTC)
     with db.transaction() as s:
         deal_id = create_deal(s, NewDeal(f"Stack {uuid.uuid4().hex[:6]}", Decimal("9.90"), stock, limit, now,
-                                         now + timedelta(hours=1))).id  # fmt: skip
+                                         now + timedelta(hours=1), payment_window_seconds=payment_window)
+                              ).id  # fmt: skip
     open_now(db, gate, deal_id)
     db.engine.dispose()
     return deal_id
@@ -195,6 +196,48 @@ def test_session_from_one_node_works_through_the_lb_and_on_every_node(stack: Sta
         return got.status_code == 200 and got.json()["status"] == "confirmed"
 
     assert _wait(confirmed, 30), f"order never confirmed:\n{stack.log_tail()}"
+
+
+def test_demo_deal_paid_through_the_dev_checkout_and_an_unpaid_order_expires(stack: Stack) -> None:
+    """The issue's acceptance path on the whole stack: buy the demo deal, pay at the dev checkout, see it paid."""
+    from sqlalchemy import select
+
+    from scripts.manage import DEMO_TITLE
+    from shared.models import Deal, Order
+
+    settings = Settings.from_env(base_env())
+    db = Database(settings, pool_size=1)
+    with db.read() as s:
+        demo = s.scalar(select(Deal.id).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
+    buyer = _signup_login(LB)
+    r = buyer.post(f"{LB}/api/deals/{demo}/orders", json={"quantity": 1}, timeout=5)
+    assert r.status_code == 202, r.text
+    order_id = r.json()["order_id"]
+    pay = buyer.post(f"{LB}/api/orders/{order_id}/pay", json={}, timeout=5)
+    assert pay.status_code == 200 and pay.json()["provider"] == "dev", pay.text
+    # The checkout is the provider's: no session; the node that serves it sends the signed event to its webhook.
+    paid = requests.post(LB + pay.json()["checkout_url"], json={"card": "4242424242424242"}, timeout=15)
+    assert paid.json() == {"result": "paid", "order_status": "paid"}, paid.text
+    assert buyer.get(f"{LB}/api/orders/{order_id}", timeout=5).json()["status"] == "paid"
+
+    def persisted_paid() -> bool:
+        with db.read() as s:
+            return s.scalar(select(Order.status).where(Order.id == uuid.UUID(order_id))) == "paid"
+
+    assert _wait(persisted_paid, 30), stack.log_tail()
+
+    # An unpaid order of a two-second window: beat's sweep gives the units back, and someone else buys them.
+    other = _signup_login(LB)
+    deal_id = _open_deal(stock=2, limit=2, payment_window=2)
+    assert buyer.post(f"{LB}/api/deals/{deal_id}/orders", json={"quantity": 2}, timeout=5).status_code == 202
+    assert other.post(f"{LB}/api/deals/{deal_id}/orders", json={"quantity": 1}, timeout=5).status_code == 409
+
+    def stock_back() -> bool:
+        return requests.get(f"{LB}/api/deals/{deal_id}", timeout=5).json()["remaining_stock"] == 2
+
+    assert _wait(stock_back, 15), stack.log_tail()
+    assert other.post(f"{LB}/api/deals/{deal_id}/orders", json={"quantity": 2}, timeout=5).status_code == 202
+    db.engine.dispose()
 
 
 def test_lb_sets_x_forwarded_for_and_nodes_trust_one_hop(stack: Stack) -> None:

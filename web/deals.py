@@ -35,6 +35,7 @@ def static_view(deal: Deal, sold: int) -> dict[str, Any]:
         "per_user_limit": deal.per_user_limit,
         "starts_at": deal.starts_at.isoformat(),
         "ends_at": deal.ends_at.isoformat(),
+        "payment_window_seconds": deal.payment_window_seconds,
         "db_status": deal.status,
         "open_ms": dt_to_ms(deal.starts_at),
         "close_ms": dt_to_ms(deal.ends_at),

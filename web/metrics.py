@@ -47,7 +47,18 @@ ADMISSIONS = Counter(
     ["outcome"],
 )
 
+PAYMENT_EVENTS = Counter(
+    "flashdeal_payment_events_total",
+    "Payment provider events by what the gate decided (paid, refund, duplicate, declined, ignored, ...).",
+    ["outcome"],
+)
+
 bp = Blueprint("metrics", __name__)
+
+
+def record_payment_event(outcome: str) -> None:
+    """Count one webhook event by its outcome (bounded: the Settlement values plus 'ignored')."""
+    PAYMENT_EVENTS.labels(outcome=outcome).inc()
 
 
 # Labelled series looked up once: ``labels()`` takes a lock and validates on every call, which

@@ -119,6 +119,10 @@ def _parse_order_id(raw: str) -> str:
         raise ApiError(404, "not_found", "No such order.") from None
 
 
+# The gate's decided states: recorded in Redis first, they reach PostgreSQL through the outbox.
+_GATE_DECIDED = ("canceled", "paid", "expired")
+
+
 def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
     oid = order.order_id if isinstance(order, LiveOrder) else str(order.id)
     return OrderOut(
@@ -129,11 +133,12 @@ def _order_out(order: Order | LiveOrder, status: str) -> dict[str, Any]:
         unit_price=f"{order.unit_price:.2f}",
         status=status,  # type: ignore[arg-type]
         admitted_at=order.admitted_at,
+        pay_by=order.pay_by,
     ).model_dump(mode="json")
 
 
 def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder | None] | None:
-    """Merge the gate's record (accepted / canceled) with PostgreSQL's (confirmed / canceled / failed).
+    """Merge the gate's record (accepted / canceled / paid / expired) with PostgreSQL's (confirmed / … / failed).
 
     The order id names its deal (shared/order_ids.py), so the gate is asked about one deal only. Redis is
     read before PostgreSQL: an order that was in flight is then found in one or the other even if its deal
@@ -150,11 +155,11 @@ def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder 
         # An id made before ids named their deal: PostgreSQL's row does (the gate may still hold its cancel).
         live = svc.gate.find_order(order_id, row.deal_id)
     if row is not None:
-        # A cancel is recorded in Redis first and reaches PostgreSQL through the outbox.
-        status = "canceled" if (live is not None and live.canceled) else row.status
+        # A cancel, a payment or an expiry is recorded in Redis first and reaches PostgreSQL through the outbox.
+        status = live.state if (live is not None and live.state in _GATE_DECIDED) else row.status
         return _order_out(row, status), live
     if live is not None:
-        status = "canceled" if live.canceled else ("failed" if dead is not None else "accepted")
+        status = live.state if live.state in _GATE_DECIDED else ("failed" if dead is not None else "accepted")
         return _order_out(live, status), live
     if dead is not None:
         # The gate no longer holds the deal: the dead letter's payload is all that is left of the order.
@@ -201,12 +206,21 @@ def my_orders() -> Any:
         ).all()
     items = {str(r.id): _order_out(r, r.status) for r in rows}
     for entry in inflight:
-        oid, canceled = entry.order.order_id, entry.cancel or entry.order.canceled
-        if oid in items and not canceled:
+        order = entry.order
+        status = "canceled" if entry.cancel else (order.state if order.state in _GATE_DECIDED else "accepted")
+        if order.order_id in items and status == "accepted":
             continue  # persisted already (committed, not yet acknowledged): PostgreSQL's row is as new
-        items[oid] = _order_out(entry.order, "canceled" if canceled else "accepted")
+        items[order.order_id] = _order_out(order, status)
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
     return jsonify(items=ordered[:MY_ORDERS_LIMIT])
+
+
+def _refuse_decided(status: str) -> None:
+    """A paid order is final (cancel refused, nothing refunded); an expired one already gave its units back."""
+    if status == "paid":
+        raise ApiError(409, "order_paid", "This order is paid; a paid order cannot be canceled.")
+    if status == "expired":
+        raise ApiError(409, "order_expired", "This order expired unpaid; its units already went back on sale.")
 
 
 @bp.post("/orders/<order_id>/cancel")
@@ -226,6 +240,7 @@ def cancel_order(order_id: str) -> Any:
         return jsonify(view)
     if view["status"] == "failed":
         raise ApiError(409, "order_failed", "This order failed to persist; an admin handles it.")
+    _refuse_decided(view["status"])
     if live is None:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
     result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=current_role() == "admin")
@@ -233,6 +248,7 @@ def cancel_order(order_id: str) -> Any:
         raise ApiError(404, "not_found", "No such order.")
     if result.outcome is Cancellation.DEAL_NOT_OPEN:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
+    _refuse_decided(result.outcome.value)  # paid or expired in the gate since we looked
     if result.kick:
         kick_drain(live.deal_id)
     _sold_out_until.pop(live.deal_id, None)

@@ -157,6 +157,14 @@ def my_orders_page() -> Any:
     return render_template("pages/orders.html", orders=items, titles=titles)
 
 
+@bp.get("/payments/dev/checkout/<payment_id>")
+def dev_checkout_page(payment_id: str) -> str:
+    """The dev payment provider's checkout page (its POST, with a test card, is web/payments.py)."""
+    from web.payments import dev_checkout_context
+
+    return render_template("pages/dev_checkout.html", **dev_checkout_context(payment_id))
+
+
 @bp.get("/admin/deals/<int:deal_id>")
 def admin_deal_page(deal_id: int) -> Any:
     """Live sale progress of one deal, for admins."""

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
+from shared.models import MAX_PAYMENT_WINDOW_SECONDS
+
 
 class Strict(BaseModel):
     """Base of request bodies: strict types, unknown fields refused."""
@@ -80,6 +82,8 @@ class DealIn(Strict):
     per_user_limit: int = Field(ge=1, le=1000)
     starts_at: datetime
     ends_at: datetime
+    # 0: no payment step; N: an accepted order must be paid within N seconds or its units go back.
+    payment_window_seconds: int = Field(default=0, ge=0, le=MAX_PAYMENT_WINDOW_SECONDS)
 
     model_config = ConfigDict(strict=False, extra="forbid", str_strip_whitespace=True)
 
@@ -90,7 +94,7 @@ class DealIn(Strict):
             raise ValueError("price must be a number or a decimal string")
         return value
 
-    @field_validator("stock", "per_user_limit", "product_id", mode="before")
+    @field_validator("stock", "per_user_limit", "product_id", "payment_window_seconds", mode="before")
     @classmethod
     def _int_type(cls, value: object) -> object:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -133,6 +137,7 @@ class DealOut(BaseModel):
     status: Literal["scheduled", "open", "sold_out", "ended"]
     starts_at: datetime
     ends_at: datetime
+    payment_window_seconds: int
 
 
 class DealPage(BaseModel):
@@ -167,6 +172,8 @@ class DealStatsOut(BaseModel):
     canceled: int
     pending: int
     failed: int
+    paid: int
+    expired: int
 
 
 class OrderIn(Strict):
@@ -192,11 +199,42 @@ class OrderOut(BaseModel):
     user_id: int
     quantity: int
     unit_price: str
-    status: Literal["accepted", "confirmed", "canceled", "failed"]
+    status: Literal["accepted", "confirmed", "paid", "expired", "canceled", "failed"]
     admitted_at: datetime
+    pay_by: datetime | None = None  # deals with a payment window: unpaid at this moment, the order expires
 
 
 class OrderList(BaseModel):
     """The user's orders."""
 
     items: list[OrderOut]
+
+
+class PaymentOut(BaseModel):
+    """Answer of POST /api/orders/{id}/pay: the same payment for every call on one order."""
+
+    provider: Literal["dev", "stripe"]
+    payment_id: str
+    checkout_url: str | None
+    client_secret: str | None = None  # stripe: what Stripe.js confirms the PaymentIntent with
+    pay_by: datetime
+
+
+class WebhookOut(BaseModel):
+    """Answer to the payment provider."""
+
+    received: bool
+    outcome: str
+
+
+class CheckoutIn(Strict):
+    """Body of the dev provider's checkout: a test card number."""
+
+    card: str = Field(min_length=12, max_length=23, pattern=r"^[0-9 ]+$")
+
+
+class CheckoutOut(BaseModel):
+    """What the dev checkout did: the payment's result and the order's state after its webhook."""
+
+    result: Literal["paid", "declined"]
+    order_status: str

@@ -212,6 +212,7 @@ def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
             "per_user_limit": d.per_user_limit,
             "starts_at": d.starts_at.astimezone(UTC).isoformat(),
             "ends_at": d.ends_at.astimezone(UTC).isoformat(),
+            "payment_window_seconds": d.payment_window_seconds,
         }
     return {**deal_stats(o.db, o.gate, deal_id).as_dict(), **rules}
 
@@ -233,6 +234,14 @@ def _human(view: dict[str, Any]) -> str:
 @click.option("--starts-at", help="ISO 8601 start, e.g. 2026-11-25T18:00:00Z (UTC when no zone).")
 @click.option("--ends-at", help="ISO 8601 end.")
 @click.option("--product", "product_name", help="Product name (default: the title).")
+@click.option(
+    "--payment-window",
+    "payment_window",
+    type=click.IntRange(0, 86_400),
+    default=0,
+    show_default=True,
+    help="Seconds a buyer has to pay an accepted order before its units go back (0: no payment step).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
 def deal_create(
     title: str,
@@ -243,6 +252,7 @@ def deal_create(
     starts_at: str | None,
     ends_at: str | None,
     product_name: str | None,
+    payment_window: int,
     as_json: bool,
 ) -> None:
     """Create a deal, either open now or scheduled between --starts-at and --ends-at."""
@@ -266,7 +276,16 @@ def deal_create(
     if end <= now:
         raise click.BadParameter("must be in the future", param_hint="--ends-at")
     o = ops()
-    spec = NewDeal(title, unit_price, stock, per_user_limit, start, end, product_name=product_name)
+    spec = NewDeal(
+        title,
+        unit_price,
+        stock,
+        per_user_limit,
+        start,
+        end,
+        product_name=product_name,
+        payment_window_seconds=payment_window,
+    )
     with o.db.transaction() as s:
         created = create_deal(s, spec)
     deal_id = created.id

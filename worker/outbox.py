@@ -13,6 +13,12 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 ORDER, CANCEL = "o", "c"
+# Decisions of lua/settle.lua (deals with a payment window): the order was paid, or expired unpaid.
+PAID, EXPIRED = "p", "x"
+KINDS = (ORDER, CANCEL, PAID, EXPIRED)
+# Kinds that give the order's units back (reconcile counts them like a cancel).
+RELEASING = (CANCEL, EXPIRED)
+_PAYMENT_ID = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PRICE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 
@@ -21,11 +27,12 @@ _PRICE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 # and leaves a row that a cancel wrote first (its order was in a dead worker's batch) canceled.
 _INSERT_ORDERS = text(
     """
-    INSERT INTO orders (id, deal_id, user_id, quantity, unit_price, status, admitted_at, persisted_at)
+    INSERT INTO orders (id, deal_id, user_id, quantity, unit_price, status, admitted_at, persisted_at, pay_by)
     SELECT t.id, :deal_id, t.user_id, t.quantity, t.unit_price, 'confirmed',
-           to_timestamp(t.ts / 1000.0::float8), now()
+           to_timestamp(t.ts / 1000.0::float8), now(), to_timestamp(t.pb / 1000.0::float8)
     FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS bigint[]), CAST(:qtys AS integer[]),
-                CAST(:prices AS numeric[]), CAST(:ts AS bigint[])) AS t(id, user_id, quantity, unit_price, ts)
+                CAST(:prices AS numeric[]), CAST(:ts AS bigint[]), CAST(:pbs AS bigint[]))
+         AS t(id, user_id, quantity, unit_price, ts, pb)
     ON CONFLICT (id) DO NOTHING
     """
 )
@@ -46,6 +53,30 @@ _UPSERT_CANCELS = text(
 )
 
 
+# A payment decision is an upsert like a cancel: it writes the row already paid / expired when its order is not
+# written yet, and otherwise moves it on from confirmed. The gate decides one end per order (paid, expired or
+# canceled, never two), so the WHERE only makes a second delivery of the same decision change nothing.
+_UPSERT_SETTLED = text(
+    """
+    INSERT INTO orders (id, deal_id, user_id, quantity, unit_price, status, admitted_at, persisted_at, pay_by,
+                        paid_at, expired_at, payment_id)
+    SELECT t.id, :deal_id, t.user_id, t.quantity, t.unit_price, t.status,
+           to_timestamp(t.ts / 1000.0::float8), now(), to_timestamp(t.pb / 1000.0::float8),
+           CASE WHEN t.status = 'paid' THEN to_timestamp(t.ct / 1000.0::float8) END,
+           CASE WHEN t.status = 'expired' THEN to_timestamp(t.ct / 1000.0::float8) END,
+           NULLIF(t.pid, '')
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS bigint[]), CAST(:qtys AS integer[]),
+                CAST(:prices AS numeric[]), CAST(:ts AS bigint[]), CAST(:pbs AS bigint[]), CAST(:cts AS bigint[]),
+                CAST(:statuses AS text[]), CAST(:pids AS text[]))
+         AS t(id, user_id, quantity, unit_price, ts, pb, ct, status, pid)
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, paid_at = EXCLUDED.paid_at,
+        expired_at = EXCLUDED.expired_at, payment_id = EXCLUDED.payment_id
+    WHERE orders.status IN ('accepted', 'confirmed')
+    """
+)
+_SETTLED_STATUS = {PAID: "paid", EXPIRED: "expired"}
+
+
 class OutboxRow(NamedTuple):
     """One parsed outbox entry: an order (``kind='o'``) or a cancel (``kind='c'``).
 
@@ -60,8 +91,10 @@ class OutboxRow(NamedTuple):
     quantity: int
     unit_price: str  # digits with an optional fraction
     admitted_ms: int
-    canceled_ms: int | None
+    canceled_ms: int | None  # cancels: when; payment decisions (paid, expired): when decided
     fields: dict[str, str]
+    pay_by_ms: int | None = None  # orders of a deal with a payment window
+    payment_id: str = ""  # paid: the provider's payment
 
 
 @dataclass(frozen=True)
@@ -79,10 +112,10 @@ def synthetic_order_id(deal_id: int, entry_id: str) -> str:
 
 
 def parse_entry(entry_id: str, fields: dict[str, str]) -> OutboxRow | Unparsable:
-    """Turn stream fields (``t, id, u, q, p, ts[, ct]``) into a typed row."""
+    """Turn stream fields (``t, id, u, q, p, ts[, ct][, pb][, pid]``) into a typed row."""
     try:
         kind = fields["t"]
-        if kind not in (ORDER, CANCEL):
+        if kind not in KINDS:
             raise ValueError(f"unknown entry type {kind!r}")
         order_id = fields["id"].lower()
         if not _UUID.fullmatch(order_id):
@@ -90,6 +123,9 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> OutboxRow | Unparsable
         price = fields["p"]
         if not _PRICE.fullmatch(price):
             raise ValueError(f"price {price!r} is not a positive decimal")
+        payment_id = fields.get("pid", "")
+        if payment_id and not _PAYMENT_ID.fullmatch(payment_id):
+            raise ValueError(f"payment id {payment_id!r} is not a provider id")
         return OutboxRow(
             entry_id,
             kind,
@@ -98,8 +134,10 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> OutboxRow | Unparsable
             int(fields["q"]),
             price,
             int(fields["ts"]),
-            int(fields["ct"]) if kind == CANCEL else None,
+            int(fields["ct"]) if kind != ORDER else None,
             fields,
+            int(fields["pb"]) if fields.get("pb") else None,
+            payment_id,
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         return Unparsable(entry_id, dict(fields), f"unparsable outbox entry: {type(exc).__name__}: {exc}")
@@ -127,13 +165,20 @@ def _array(values: Iterable[object]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _nullable(values: Iterable[int | None]) -> str:
+    """A bigint array literal where None is SQL NULL."""
+    return _array("NULL" if v is None else v for v in values)
+
+
 def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[int, int]:
-    """Write orders then cancels, each kind in one statement; returns (orders inserted, rows canceled)."""
+    """Write orders, cancels, then payment decisions, each kind in one statement; returns (inserted, canceled)."""
     orders: dict[str, OutboxRow] = {}
     cancels: dict[str, OutboxRow] = {}
+    settled: dict[str, OutboxRow] = {}
+    by_kind = {ORDER: orders, CANCEL: cancels, PAID: settled, EXPIRED: settled}
     for row in rows:
         # One row per id per statement: ON CONFLICT DO UPDATE may not touch the same row twice.
-        (orders if row.kind == ORDER else cancels).setdefault(row.order_id, row)
+        by_kind[row.kind].setdefault(row.order_id, row)
     inserted = canceled = 0
     # Orders before cancels: an order and its cancel in the same batch end up canceled.
     if orders:
@@ -147,6 +192,7 @@ def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[i
                 "qtys": _array(r.quantity for r in o),
                 "prices": _array(r.unit_price for r in o),
                 "ts": _array(r.admitted_ms for r in o),
+                "pbs": _nullable(r.pay_by_ms for r in o),
             },
         ).rowcount
     if cancels:
@@ -163,4 +209,22 @@ def write_rows(session: Session, deal_id: int, rows: list[OutboxRow]) -> tuple[i
                 "cts": _array(r.canceled_ms for r in c),
             },
         ).rowcount
+    if settled:
+        # After orders and cancels: an order and its decision in the same batch end up decided.
+        d = sorted(settled.values(), key=lambda r: r.order_id)
+        session.execute(
+            _UPSERT_SETTLED,
+            {
+                "deal_id": deal_id,
+                "ids": _array(r.order_id for r in d),
+                "users": _array(r.user_id for r in d),
+                "qtys": _array(r.quantity for r in d),
+                "prices": _array(r.unit_price for r in d),
+                "ts": _array(r.admitted_ms for r in d),
+                "pbs": _nullable(r.pay_by_ms for r in d),
+                "cts": _array(r.canceled_ms for r in d),
+                "statuses": _array(_SETTLED_STATUS[r.kind] for r in d),
+                "pids": _array(f'"{r.payment_id}"' for r in d),  # quoted: the pattern admits no quote or backslash
+            },
+        )
     return inserted, canceled

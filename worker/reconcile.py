@@ -13,7 +13,7 @@ from shared.db import Database
 from shared.gate import ms_to_dt
 from shared.keys import Keys
 from shared.models import Deal
-from worker.outbox import CANCEL, ORDER, OutboxRow, parse_entry
+from worker.outbox import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry
 
 # Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
 # out (the snapshot's stock does not include them yet), and a row canceled after it still held its stock.
@@ -21,12 +21,14 @@ _HELD_BY_USER = text(
     """
     SELECT user_id, COALESCE(SUM(quantity), 0) FROM orders
     WHERE deal_id = :deal_id AND NOT (id = ANY(CAST(:ids AS uuid[]))) AND admitted_at < :snap
-      AND (status IN ('accepted', 'confirmed') OR (status = 'canceled' AND canceled_at >= :snap))
+      AND (status IN ('accepted', 'confirmed', 'paid') OR (status = 'canceled' AND canceled_at >= :snap)
+           OR (status = 'expired' AND expired_at >= :snap))
     GROUP BY user_id
     """
 )
 _CANCELED_BEFORE = text(
-    "SELECT id FROM orders WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'canceled' AND canceled_at < :snap"
+    "SELECT id FROM orders WHERE id = ANY(CAST(:ids AS uuid[]))"
+    " AND ((status = 'canceled' AND canceled_at < :snap) OR (status = 'expired' AND expired_at < :snap))"
 )
 _LETTERS = text("SELECT order_id, payload FROM dead_letters WHERE deal_id = :deal_id")
 
@@ -178,7 +180,7 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
             continue  # never admitted by the gate (hand-written), so it holds no stock
         if row.kind == ORDER:
             in_outbox[row.order_id] = row
-        else:
+        elif row.kind in RELEASING:  # canceled or expired: the units are back (a paid order still holds them)
             canceled.add(row.order_id)
     ids = list(in_outbox.keys() | canceled)
     snap = ms_to_dt(snap_ms)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +20,7 @@ from worker.celery_app import app
 from worker.context import get_context
 from worker.drain import DrainOptions, prune_consumers
 from worker.drain import drain_deal as run_drain
+from worker.expiry import SweepReport, sweep, sweep_deal
 from worker.reconcile import reconcile as run_reconcile
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
 
     if follow_up:
         ctx.redis.delete(dk.follow_up)  # this is the scheduled look: the next one may be booked from now on
+    # Workers sweep too, not only beat: a deal being drained gets its due orders expired first, and the
+    # expiries are in the outbox this very drain reads.
+    sweep_deal(ctx.gate, deal_id, time.monotonic() + 0.2, SweepReport(), ctx.settings.expiry_sweep_batch)
     # Hold the kick flag while this task runs, so admissions do not queue tasks for what it is about to
     # drain anyway (on a busy machine a task outlives the flag's 100 ms). The drain deletes the flag
     # before its last look at the stream, as it always did.
@@ -116,6 +121,30 @@ def drain_active(self: Task) -> dict[str, Any]:
         log.warning("drain_active: %s unavailable (%s); entries stay pending", type(exc).__name__, exc)
         return {"deals": done, "error": str(exc)[:200]}
     return {"deals": done}
+
+
+@app.task(name="flashdeal.expire_due")
+def expire_due() -> dict[str, Any]:
+    """Beat runs this every second: every live deal's unpaid orders past pay_by give their units back."""
+    ctx = get_context()
+    report = sweep(ctx.gate, batch=ctx.settings.expiry_sweep_batch)
+    for deal_id in report.kicked:
+        drain_deal.apply_async((deal_id,))  # the expiries wait in the outbox: PostgreSQL follows at once
+    for deal_id in report.more:
+        expire_due_deal.apply_async((deal_id,))  # a storm: carry on in a task of its own
+    return {"expired": {str(k): v for k, v in report.expired.items()}}
+
+
+@app.task(name="flashdeal.expire_due_deal")
+def expire_due_deal(deal_id: int) -> dict[str, Any]:
+    """Sweep one deal (sent when a sweep of every deal ran out of time on it)."""
+    ctx = get_context()
+    report = sweep(ctx.gate, [int(deal_id)], budget_s=2.0, batch=ctx.settings.expiry_sweep_batch)
+    for d in report.kicked:
+        drain_deal.apply_async((d,))
+    for d in report.more:
+        expire_due_deal.apply_async((d,))
+    return {"expired": {str(k): v for k, v in report.expired.items()}}
 
 
 @app.task(name="flashdeal.tick")

@@ -40,6 +40,12 @@
     return "Ends in " + span(endsMs - now());
   }
 
+  /** "04:59": what is left of a payment window. */
+  function mmss(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    return String(Math.floor(s / 60)).padStart(2, "0") + ":" + String(s % 60).padStart(2, "0");
+  }
+
   function setBadge(el, status) {
     el.textContent = STATUS_LABELS[status] || status;
     el.className = el.className.replace(/\bbadge-\S+/g, "").trim() + " badge-" + status;
@@ -175,6 +181,19 @@
       render();
     }
 
+    /** An order of a deal with a payment window that can still be paid. */
+    const unpaid = (o) => Boolean(o && o.payBy) && (o.status === "accepted" || o.status === "confirmed");
+
+    function renderPayment() {
+      const box = $("pay-box");
+      if (!box) return;
+      box.hidden = !unpaid(order);
+      if (box.hidden) return;
+      const left = order.payBy - now();
+      $("pay-countdown").textContent = left > 0 ? "Pay within " + mmss(left) : "Time to pay is up…";
+      $("pay-order").disabled = left <= 0;
+    }
+
     function showOrder(o) {
       order = o;
       panel.hidden = false;
@@ -186,11 +205,14 @@
       const texts = {
         accepted: "Order accepted: your unit is reserved. Waiting for confirmation…",
         confirmed: "Order confirmed.",
+        paid: "Paid. The order is yours.",
+        expired: "The time to pay ran out: the order expired and its units went back on sale.",
         canceled: "Order canceled. The stock went back on sale.",
         failed: "Your order could not be saved. An admin has been alerted; you will not be charged.",
       };
-      orderMsg.textContent = texts[o.status] || "";
-      orderMsg.className = "message" + (o.status === "failed" ? " error" : o.status === "canceled" ? "" : " ok");
+      orderMsg.textContent = unpaid(o) ? "Order accepted: your units are held until the time to pay runs out." : texts[o.status] || "";
+      orderMsg.className = "message" + (o.status === "failed" || o.status === "expired" ? " error" : o.status === "canceled" ? "" : " ok");
+      renderPayment();
       try { sessionStorage.setItem(storeKey, o.id); } catch (e) { /* private mode */ }
     }
 
@@ -202,8 +224,12 @@
         const r = await api("GET", "/api/orders/" + encodeURIComponent(id));
         if (r.status === 404 || r.status === 401) { stopOrderPoll(); return; }
         if (r.status !== 200) return;
-        if (!order || order.id !== id || order.status !== r.data.status) showOrder({ id, status: r.data.status });
-        if (r.data.status !== "accepted") stopOrderPoll(); // confirmed, canceled and failed are final here
+        const payBy = r.data.pay_by ? Date.parse(r.data.pay_by) : 0;
+        if (!order || order.id !== id || order.status !== r.data.status || order.payBy !== payBy) {
+          showOrder({ id, status: r.data.status, payBy });
+        }
+        // Final here: confirmed without a payment window; paid, expired, canceled and failed.
+        if (r.data.status !== "accepted" && !(payBy && r.data.status === "confirmed")) stopOrderPoll();
       });
     }
 
@@ -271,6 +297,23 @@
       });
     }
 
+    const payButton = $("pay-order");
+    if (payButton) {
+      payButton.addEventListener("click", async () => {
+        if (!order) return;
+        payButton.disabled = true;
+        const r = await api("POST", `/api/orders/${encodeURIComponent(order.id)}/pay`, {});
+        if (r.status === 200 && r.data.checkout_url) {
+          window.location.assign(r.data.checkout_url); // the provider's checkout; it comes back here
+          return;
+        }
+        orderMsg.textContent = r.status === 200 ? "Complete the payment with the payment provider." : (r.data && r.data.error && r.data.error.message) || "The payment could not be started. Try again.";
+        orderMsg.className = "message error";
+        payButton.disabled = false;
+        pollOrder(order.id);
+      });
+    }
+
     $("cancel-order").addEventListener("click", async () => {
       if (!order) return;
       const btn = $("cancel-order");
@@ -293,8 +336,50 @@
     try { saved = sessionStorage.getItem(storeKey); } catch (e) { saved = null; }
     if (saved && body.dataset.loggedIn === "true") pollOrder(saved); // after a reload, pick the order up again
 
-    setInterval(render, 1000);
+    setInterval(() => { render(); renderPayment(); }, 1000);
     every(POLL_MS, pollDeal);
+  }
+
+  // ---- dev payment provider: checkout ------------------------------------------------------
+  function initDevCheckout() {
+    const root = document.getElementById("checkout");
+    const payBy = Number(root.dataset.payBy);
+    const $ = (id) => document.getElementById(id);
+    const msg = $("checkout-message");
+    const button = $("pay");
+    let done = false;
+    function tick() {
+      const left = payBy - now();
+      $("checkout-countdown").textContent = left > 0 ? "Pay within " + mmss(left) : "The time to pay has run out.";
+      if (!done) button.disabled = left <= 0;
+    }
+    $("card-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      button.disabled = true;
+      msg.textContent = "Paying…";
+      msg.className = "message";
+      const r = await api("POST", window.location.pathname, { card: $("card").value });
+      const back = "/deals/" + root.dataset.deal;
+      if (r.status === 200 && r.data.order_status === "paid") {
+        done = true;
+        msg.textContent = "Payment accepted: your order is paid. Back to the deal…";
+        msg.className = "message ok";
+        setTimeout(() => window.location.assign(back), 1500);
+        return;
+      }
+      if (r.status === 200 && r.data.order_status === "expired") {
+        done = true;
+        msg.textContent = "The time to pay ran out before the payment: the order expired and the payment is refunded.";
+        msg.className = "message error";
+        return;
+      }
+      msg.textContent = r.status === 200 ? "Card declined. Try another card while time remains." : (r.data && r.data.error && r.data.error.message) || "The payment failed. Try again.";
+      msg.className = "message error";
+      button.disabled = false;
+      tick();
+    });
+    tick();
+    setInterval(tick, 1000);
   }
 
   // ---- my orders ---------------------------------------------------------------------------
@@ -309,6 +394,8 @@
       badge.className = "badge order-" + status;
       const btn = row.querySelector("button.cancel");
       if (btn && !(status === "accepted" || status === "confirmed")) btn.remove();
+      const due = row.querySelector('[data-field="pay-by"]');
+      if (due && !(status === "accepted" || status === "confirmed")) due.classList.add("settled");
     }
     table.addEventListener("click", async (ev) => {
       const btn = ev.target.closest("button.cancel");
@@ -328,7 +415,8 @@
       }
     });
     every(2000, async () => {
-      if (!table.querySelector('tr[data-status="accepted"]')) return; // nothing can change by itself
+      // Nothing can change by itself but an accepted order, or one waiting for its payment.
+      if (!table.querySelector('tr[data-status="accepted"], tr[data-pay-by][data-status="confirmed"]')) return;
       const r = await api("GET", "/api/orders");
       if (r.status !== 200) return;
       r.data.items.forEach((o) => {
@@ -348,7 +436,7 @@
       const r = await api("GET", `/api/admin/deals/${dealId}/stats`);
       if (r.status !== 200) return;
       const s = r.data;
-      ["remaining_stock", "accepted", "confirmed", "canceled", "pending", "failed"].forEach((k) => put(k, s[k]));
+      ["remaining_stock", "accepted", "confirmed", "paid", "expired", "canceled", "pending", "failed"].forEach((k) => put(k, s[k]));
       put("sold", s.total_stock - s.remaining_stock);
       setBadge(root.querySelector('[data-stat="status"]'), s.status);
       document.getElementById("sold-bar").value = s.total_stock - s.remaining_stock;
@@ -364,7 +452,7 @@
     });
   }
 
-  const inits = { deals: initDeals, deal: initDeal, orders: initOrders, "admin-deal": initAdminDeal };
+  const inits = { deals: initDeals, deal: initDeal, orders: initOrders, "admin-deal": initAdminDeal, "dev-checkout": initDevCheckout };
   localTimes();
   (inits[body.dataset.page] || function () {})();
 })();

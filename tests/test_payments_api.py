@@ -1,0 +1,192 @@
+"""Payment API through Flask on the real services: the pay endpoint and signed webhooks (dev provider).
+
+Events are built and signed here exactly as Stripe signs them (``t=…,v1=HMAC-SHA256(secret, "t.payload")``,
+which is how stripe-python's own tests make their headers), and verified by ``stripe.Webhook.construct_event``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from shared.payments.dev import dev_webhook_secret, sign
+from tests.helpers import PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
+
+
+def login(app, db, user_id: int):
+    c = app.test_client()
+    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
+    return c
+
+
+@pytest.fixture()
+def svc(app):
+    return app.extensions["flashdeal"]
+
+
+def event(order_id: str, deal_id: int, payment_id: str, *, ok: bool = True, amount: int = 999, eid: str = "") -> bytes:
+    obj = {
+        "id": payment_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount if ok else 0,
+        "currency": "eur",
+        "metadata": {"order_id": order_id, "deal_id": str(deal_id)},
+    }
+    return json.dumps(
+        {
+            "id": eid or f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "payment_intent.succeeded" if ok else "payment_intent.payment_failed",
+            "data": {"object": obj},
+        }
+    ).encode()
+
+
+def post_event(client, svc, payload: bytes, header: str | None = None):
+    header = header if header is not None else sign(payload, dev_webhook_secret(svc.settings))
+    return client.post(
+        "/api/payments/webhook", data=payload, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
+    )
+
+
+def buy(app, db, svc, *, window: int = 120, stock: int = 5, qty: int = 1, price: str = "9.99"):
+    deal = make_deal(db, svc.gate, stock=stock, limit=5, payment_window=window, price=price)
+    (user,) = make_users(db, 1)
+    c = login(app, db, user)
+    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": qty})
+    assert r.status_code == 202
+    return deal, user, c, r.json["order_id"]
+
+
+def _refunds(db, order_id: str) -> list[tuple]:
+    with db.read() as s:
+        return list(
+            s.execute(text("SELECT reason, payment_id, amount_minor FROM refunds WHERE order_id = :o"), {"o": order_id})
+        )
+
+
+def test_pay_is_idempotent_and_only_for_the_owner(app, db, svc, client) -> None:
+    deal, _user, c, oid = buy(app, db, svc)
+    assert client.post(f"/api/orders/{oid}/pay").status_code == 401
+    other = login(app, db, make_users(db, 1)[0])
+    assert other.post(f"/api/orders/{oid}/pay").json["error"]["code"] == "not_found"
+    first = c.post(f"/api/orders/{oid}/pay")
+    assert first.status_code == 200, first.json
+    assert first.json["provider"] == "dev" and first.json["checkout_url"].startswith("/payments/dev/checkout/")
+    assert c.post(f"/api/orders/{oid}/pay").json == first.json
+    view = c.get(f"/api/orders/{oid}").json
+    assert view["status"] == "accepted" and view["pay_by"] == first.json["pay_by"]
+    assert c.post("/api/orders/not-a-uuid/pay").status_code == 404
+
+
+def test_pay_refused_without_a_window_and_after_the_deadline(app, db, svc) -> None:
+    _deal, _u, c, oid = buy(app, db, svc, window=0)
+    r = c.post(f"/api/orders/{oid}/pay")
+    assert r.status_code == 409 and r.json["error"]["code"] == "no_payment_window"
+    deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=60)
+    set_payment_window_ms(svc.gate, deal.id, 50)
+    oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
+    time.sleep(0.1)
+    r = c.post(f"/api/orders/{oid}/pay")
+    assert r.status_code == 409 and r.json["error"]["code"] == "order_expired"
+
+
+def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(app, db, svc, client) -> None:
+    deal, _user, c, oid = buy(app, db, svc, qty=2, price="4.99")
+    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    ok = event(oid, deal.id, pid, amount=998)
+    r = post_event(client, svc, ok)
+    assert r.status_code == 200 and r.json == {"received": True, "outcome": "paid"}
+    assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
+    assert post_event(client, svc, ok).json["outcome"] == "duplicate"  # the same delivery again
+    failed = post_event(client, svc, event(oid, deal.id, pid, ok=False, amount=998))  # out of order
+    assert failed.json["outcome"] == "ignored"
+    assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
+    assert c.post(f"/api/orders/{oid}/cancel").json["error"]["code"] == "order_paid"
+    assert _refunds(db, oid) == []
+    assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 3
+
+
+@pytest.mark.parametrize("attack", ["tampered", "wrong_secret", "no_header", "stale", "garbage"])
+def test_bad_signatures_are_400_and_change_nothing(app, db, svc, client, attack) -> None:
+    deal, _user, c, oid = buy(app, db, svc)
+    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    payload = event(oid, deal.id, pid)
+    secret = dev_webhook_secret(svc.settings)
+    header = {
+        "tampered": sign(payload, secret),
+        "wrong_secret": sign(payload, "whsec_not_ours"),
+        "no_header": "",
+        "stale": sign(payload, secret, int(time.time()) - 3600),  # a captured event replayed an hour later
+        "garbage": "t=1,v1=00",
+    }[attack]
+    if attack == "tampered":
+        payload = payload.replace(b'"amount": 999', b'"amount": 1')
+    r = post_event(client, svc, payload, header)
+    assert r.status_code == 400 and r.json["error"]["code"] == "bad_signature"
+    assert c.get(f"/api/orders/{oid}").json["status"] == "accepted"
+    assert not svc.redis.hlen(svc.keys.deal(deal.id).events)
+
+
+def test_success_after_expiry_is_refunded_and_reported(app, db, svc, client) -> None:
+    deal, user, c, oid = buy(app, db, svc)
+    set_payment_window_ms(svc.gate, deal.id, 60)
+    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    late = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]  # pay_by 60 ms away
+    time.sleep(0.1)
+    payload = event(late, deal.id, pid.replace(oid.replace("-", ""), late.replace("-", "")))
+    r = post_event(client, svc, payload)
+    assert r.json["outcome"] == "refund"
+    assert c.get(f"/api/orders/{late}").json["status"] == "expired"
+    assert [x[0] for x in _refunds(db, late)] == ["expired"]
+    assert post_event(client, svc, payload).json["outcome"] == "duplicate"
+    assert len(_refunds(db, late)) == 1  # reported once
+    assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 4  # the first order still holds its unit
+    assert user
+
+
+def test_wrong_amount_is_never_marked_paid(app, db, svc, client) -> None:
+    deal, _user, c, oid = buy(app, db, svc)
+    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    r = post_event(client, svc, event(oid, deal.id, pid, amount=1))
+    assert r.json["outcome"] == "refund" and [x[0] for x in _refunds(db, oid)] == ["amount_mismatch"]
+    assert c.get(f"/api/orders/{oid}").json["status"] == "accepted"
+
+
+def test_events_not_about_our_orders_are_acknowledged_and_ignored(app, db, svc, client) -> None:
+    other = json.dumps({"id": "evt_x", "object": "event", "type": "charge.updated", "data": {"object": {"id": "ch_1"}}})
+    assert post_event(client, svc, other.encode()).json["outcome"] == "ignored"
+    assert post_event(client, svc, event("nope", 1, "pi_1")).json["outcome"] == "ignored"
+
+
+def test_an_unpaid_order_keeps_its_deal_and_a_resend_after_retirement_refunds_nothing(app, db, svc, client) -> None:
+    """Retirement waits for every payment decision; afterwards PostgreSQL answers for the forgotten gate."""
+    from shared.deals import close_now
+    from shared.retire import retire_deal
+    from worker.drain import DrainOptions, drain_deal
+
+    deal, _user, c, oid = buy(app, db, svc)
+    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    close_now(db, svc.gate, deal.id)
+    drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-retire", DrainOptions(batch_size=100, budget_s=10.0))
+    verdict = retire_deal(db, svc.gate, deal.id)
+    assert (verdict.outcome, verdict.count) == ("unpaid", 1)  # the order may still be paid: the gate stays
+    ok = event(oid, deal.id, pid)
+    assert post_event(client, svc, ok).json["outcome"] == "paid"
+    drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-retire", DrainOptions(batch_size=100, budget_s=10.0))
+    assert retire_deal(db, svc.gate, deal.id).outcome == "retired"
+    assert svc.gate.find_order(oid, deal.id) is None
+    # The provider resends the same success (our answer was lost): the order's own payment, kept.
+    again = post_event(client, svc, event(oid, deal.id, pid))
+    assert again.status_code == 200 and again.json["outcome"] == "duplicate"
+    assert _refunds(db, oid) == []
+    # A second, different payment for the same order still goes back.
+    other = post_event(client, svc, event(oid, deal.id, f"pi_{uuid.uuid4().hex}"))
+    assert other.status_code == 200
+    assert [r[0] for r in _refunds(db, oid)] == ["duplicate_payment"]
+    assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
