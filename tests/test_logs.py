@@ -12,12 +12,13 @@ import pytest
 from celery.app import trace
 
 from tests.conftest import ROOT, base_env
+from worker.celery_app import app
 from worker.logs import quiet_routine_tasks
 
 
 @pytest.fixture()
 def quiet(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    quiet_routine_tasks()
+    quiet_routine_tasks(entry["task"] for entry in app.conf.beat_schedule.values())
     caplog.set_level(logging.INFO)
     return caplog
 
@@ -27,7 +28,7 @@ def _succeeded(name: str) -> None:
 
 
 def test_routine_task_lines_are_dropped_at_info(quiet: pytest.LogCaptureFixture) -> None:
-    for name in ("flashdeal.tick", "flashdeal.drain_active", "flashdeal.reconcile"):
+    for name in ("flashdeal.tick", "flashdeal.drain_active", "flashdeal.reconcile", "flashdeal.expire_due"):
         _succeeded(name)
         trace.info(trace.LOG_RECEIVED, {"id": "x", "name": name})
     logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "tick", "flashdeal.tick")

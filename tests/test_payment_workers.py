@@ -140,7 +140,7 @@ def test_sweep_sigkilled_mid_storm_expires_each_order_exactly_once(db, gate, cel
     sha = gate.redis.script_load(open("lua/admit.lua").read())  # noqa: SIM115
     pipe = gate.redis.pipeline(transaction=False)
     for i in range(n):
-        pipe.evalsha(sha, 8, *k.gate_keys(), users[i % 100], 1, str(uuid.uuid4()), "", 100)
+        pipe.evalsha(sha, len(k.gate_keys()), *k.gate_keys(), users[i % 100], 1, str(uuid.uuid4()), "", 100)
     assert all(r[0] == "accepted" for r in pipe.execute())
     time.sleep(0.1)
     slow = {"EXPIRY_SWEEP_BATCH": "5"}  # many small atomic steps: the kill lands between or inside them

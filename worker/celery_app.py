@@ -22,5 +22,5 @@ def _dispose_after_fork(**_: Any) -> None:
 
 @after_setup_logger.connect
 def _quiet_routine_tasks(**_: Any) -> None:
-    """Routine periodic tasks log at DEBUG in workers and beat (see worker/logs.py)."""
-    quiet_routine_tasks()
+    """The tasks beat sends are routine: they announce themselves at DEBUG in workers and beat (worker/logs.py)."""
+    quiet_routine_tasks(entry["task"] for entry in app.conf.beat_schedule.values())

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from celery.app import trace
 
-# Beat sends these every second (reconcile every 30 s), sale or no sale: their "received", "succeeded" and
-# "Sending due task" lines would be three INFO lines a second per worker, and `make up`'s URLs and credentials
-# would scroll away within seconds. The tasks log their own warnings, and tick its state moves. Drains that
-# web nodes kick (flashdeal.drain_deal) run only while orders arrive and keep their INFO lines.
-ROUTINE_TASKS = frozenset({"flashdeal.tick", "flashdeal.drain_active", "flashdeal.reconcile"})
+# What beat sends every second (reconcile every 30 s), sale or no sale, is routine: the "received", "succeeded"
+# and "Sending due task" lines of those tasks would be several INFO lines a second per worker, and `make up`'s
+# URLs and credentials would scroll away within seconds. The tasks log their own warnings, and tick its state
+# moves. Drains that web nodes kick (flashdeal.drain_deal) run only while orders arrive and keep their INFO lines.
 
 # The loggers that announce every task: the worker's "received" and "succeeded", beat's "Sending due task".
 _ANNOUNCERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
@@ -31,11 +31,15 @@ def _names(args: Any) -> set[str]:
 class RoutineAtDebug(logging.Filter):
     """Turns the "received"/"succeeded"/"sending" lines of routine tasks into DEBUG records; all else passes."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: frozenset[str] = frozenset()
+
     def filter(self, record: logging.LogRecord) -> bool:
         """Demote a routine task's announcement; keep it only when DEBUG is enabled."""
         if record.levelno >= logging.WARNING or record.msg not in _ROUTINE_MESSAGES:
             return True
-        if not (_names(record.args) & ROUTINE_TASKS):
+        if not (_names(record.args) & self.tasks):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
@@ -44,8 +48,9 @@ class RoutineAtDebug(logging.Filter):
 _FILTER = RoutineAtDebug()
 
 
-def quiet_routine_tasks() -> None:
-    """Install the filter on Celery's announcing loggers (idempotent)."""
+def quiet_routine_tasks(tasks: Iterable[str]) -> None:
+    """Install the filter on Celery's announcing loggers for these task names (idempotent)."""
+    _FILTER.tasks = frozenset(tasks)
     for name in _ANNOUNCERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
