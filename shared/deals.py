@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.gate import DealRules, Gate, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
+from shared.readable import readable_deals
 
 
 class DealNotFound(Exception):
@@ -36,6 +38,15 @@ class NewDeal:
     product_name: str | None = None
     product_id: int | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        # The last guard before PostgreSQL: the API and the CLI refuse these with a clear message
+        # first (same rules, shared/bounds.py); a value getting here anyway must not be stored.
+        utc_in_range(self.starts_at)
+        utc_in_range(self.ends_at)
+        check_text(self.title)
+        check_text(self.product_name or "")
+        check_text(self.description, multiline=True)
 
 
 def create_deal(session: Session, spec: NewDeal) -> Deal:
@@ -159,6 +170,7 @@ class TickReport:
     opened: list[int]
     sold_out: list[int]
     ended: list[int]
+    skipped: list[int] = field(default_factory=list)  # unreadable rows, logged by shared/readable.py
 
     @property
     def changed(self) -> bool:
@@ -177,11 +189,13 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
     now = datetime.now(UTC)
     horizon = now + timedelta(seconds=load_ahead_seconds)
     with db.transaction() as s:
-        deals = s.scalars(
+        # One unreadable row is skipped and reported, so it cannot stop every other deal's tick.
+        deals, report.skipped = readable_deals(
+            s,
             select(Deal)
             .where(Deal.status != "ended", Deal.starts_at <= horizon)
-            .with_for_update(skip_locked=True, of=Deal)
-        ).all()
+            .with_for_update(skip_locked=True, of=Deal),
+        )
         live_ids = set(gate.live_deal_ids())
         stocks = gate.remaining([d.id for d in deals])
         for deal in deals:

@@ -11,6 +11,7 @@ from shared.cache import read_through
 from shared.deals import sold_quantity
 from shared.gate import buyer_status, dt_to_ms, now_ms
 from shared.models import Deal
+from shared.readable import UnreadableDeal, get_readable, readable_deals
 from web.errors import ApiError
 from web.openapi import doc
 from web.schemas import DealListQuery, DealOut, DealPage
@@ -67,7 +68,10 @@ def live_view(
 
 def _build_detail(svc: Services, deal_id: int) -> dict[str, Any] | None:
     with svc.db.read() as s:
-        deal = s.get(Deal, deal_id)
+        try:
+            deal = get_readable(s, deal_id)
+        except UnreadableDeal:
+            return None  # logged; not cached, so a repaired row shows at once
         if deal is None:
             return None
         return static_view(deal, sold_quantity(s, deal_id))
@@ -92,7 +96,10 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
 
 def _build_list(svc: Services) -> list[dict[str, Any]]:
     with svc.db.read() as s:
-        deals = s.scalars(select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)).all()
+        # An unreadable row is left out (and logged), so one bad deal cannot take down the list.
+        deals, _skipped = readable_deals(
+            s, select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)
+        )
         ended = [d.id for d in deals if d.status == "ended"]
         sold = {d: sold_quantity(s, d) for d in ended}
         return [static_view(d, sold.get(d.id, 0)) for d in deals]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 
+from web.ids import OPENAPI_ID_SCHEMA
 from web.schemas import ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,7 +71,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "name": a,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "integer" if f"<int:{a}>" in rule.rule else "string"},
+                "schema": dict(OPENAPI_ID_SCHEMA) if f"<int:{a}>" in rule.rule else {"type": "string"},
             }
             for a in rule.arguments
         ]

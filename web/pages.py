@@ -21,7 +21,7 @@ from web.csrf import check_csrf, csrf_token
 from web.deals import deal_detail
 from web.errors import ApiError
 from web.limits import limiter, login_ip_limit, login_user_limit
-from web.schemas import SignupIn
+from web.schemas import LoginIn, SignupIn
 from web.services import services
 from web.sessions import current_role, current_user_id, login_session, logout_session
 
@@ -195,9 +195,14 @@ def login_submit() -> Any:
     password = request.form.get("password", "")
     nxt = request.form.get("next", "")
     user = None
-    if email and password and len(email) <= 254 and len(password) <= 128:
+    try:
+        # The API's login rules: a value PostgreSQL or the hasher would refuse never reaches them.
+        creds = LoginIn.model_validate({"email": email, "password": password})
+    except ValidationError:
+        creds = None
+    if creds is not None:
         with services().db.read() as s:
-            user = authenticate(s, email, password)
+            user = authenticate(s, creds.email, creds.password)
     if user is None:
         html = render_template("pages/login.html", next=nxt, email=email, error="Wrong email or password.")
         return html, 401
