@@ -70,3 +70,7 @@ def make_deal(
     if gate is not None:
         invalidate_deal(gate.redis, gate.keys, deal.id)  # as the admin API and the CLI do after creating one
     return deal
+
+
+# Proof of origin for a bodyless state-changing API call (web/origin.py), as the pages' scripts send it.
+ORIGIN = {"X-Requested-With": "fetch"}

@@ -23,9 +23,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.fastpath import FastPath
     from web.limits import init_limits
     from web.metrics import init_metrics
+    from web.origin import init_origin_check
     from web.sessions import init_sessions
 
     init_sessions(app, settings)
+    init_origin_check(app)  # before the limiter's hook: a forged call costs no rate-limit count
     init_limits(app, settings)
     register_error_handlers(app)
     init_metrics(app)

@@ -188,7 +188,7 @@ class FastPath:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")
             return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
-        return 202, orjson.dumps(admitted.body())
+        return admitted.http_status, orjson.dumps(admitted.body())
 
     def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
         """The buyer and quantity when the request is a plain one, else None (Flask answers it)."""

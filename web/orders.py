@@ -19,9 +19,10 @@ from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_admission
 from web.openapi import doc
+from web.roles import is_admin
 from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
 from web.services import Services, services
-from web.sessions import current_role, login_required, require_user
+from web.sessions import login_required, require_user
 from web.validation import parse_body
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
@@ -44,15 +45,22 @@ _CONFLICTS = {
 
 @dataclass(frozen=True)
 class Admitted:
-    """An order the gate accepted (or the first answer to a replayed Idempotency-Key)."""
+    """An order the gate accepted now, or the order an Idempotency-Key already placed (a replay)."""
 
     order_id: str
     deal_id: int
     quantity: int
+    status: str = "accepted"  # a replay's is the order's current one: accepted, confirmed, canceled or failed
+    replay: bool = False
+
+    @property
+    def http_status(self) -> int:
+        """202: this request placed the order; 200: a replay, answered with the order as it is now."""
+        return 200 if self.replay else 202
 
     def body(self) -> dict[str, Any]:
-        """The 202 body."""
-        return {"order_id": self.order_id, "status": "accepted", "deal_id": self.deal_id, "quantity": self.quantity}
+        """The answer's body (the same shape either way)."""
+        return {"order_id": self.order_id, "status": self.status, "deal_id": self.deal_id, "quantity": self.quantity}
 
 
 def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
@@ -71,6 +79,12 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
             kick_drain(deal_id)
+        if outcome is Admission.REPLAY:
+            # The truth about the order now (it may have been confirmed or canceled since), not
+            # the first answer again. Off the hot path: only a retried request gets here.
+            found = find_order(svc, result.order_id)
+            status = found[0]["status"] if found is not None else "accepted"
+            return Admitted(result.order_id, deal_id, quantity, status, replay=True)
         return Admitted(result.order_id, deal_id, quantity)
     if outcome is Admission.SOLD_OUT and result.remaining <= 0:
         _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
@@ -90,7 +104,7 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
 @doc(
     "Place an order (Idempotency-Key header optional)",
     body=OrderIn,
-    responses={202: OrderAccepted, 401: None, 409: None, 422: None, 429: None},
+    responses={200: OrderAccepted, 202: OrderAccepted, 401: None, 404: None, 409: None, 422: None, 429: None},
     auth="session",
 )
 def place_order(deal_id: int) -> Any:
@@ -98,7 +112,7 @@ def place_order(deal_id: int) -> Any:
     user_id = require_user()
     body = parse_body(OrderIn)
     admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
-    return jsonify(admitted.body()), 202
+    return jsonify(admitted.body()), admitted.http_status
 
 
 def _deal_exists(svc: Services, deal_id: int) -> bool:
@@ -161,7 +175,7 @@ def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder 
 
 
 def _visible(view: dict[str, Any]) -> bool:
-    return current_role() == "admin" or view["user_id"] == require_user()
+    return view["user_id"] == require_user() or is_admin()
 
 
 @bp.get("/orders/<order_id>")
@@ -220,7 +234,7 @@ def cancel_order(order_id: str) -> Any:
         raise ApiError(409, "order_failed", "This order failed to persist; an admin handles it.")
     if live is None:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
-    result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=current_role() == "admin")
+    result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=is_admin())
     if result.outcome is Cancellation.NOT_FOUND:
         raise ApiError(404, "not_found", "No such order.")
     if result.outcome is Cancellation.DEAL_NOT_OPEN:

@@ -20,7 +20,8 @@ from web.csrf import FIELD as CSRF_FIELD
 from web.csrf import check_csrf, csrf_token
 from web.deals import deal_detail
 from web.errors import ApiError
-from web.limits import limiter, login_ip_limit, login_user_limit
+from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
+from web.roles import is_admin
 from web.schemas import LoginIn, SignupIn
 from web.services import services
 from web.sessions import current_role, current_user_id, login_session, logout_session
@@ -162,7 +163,7 @@ def admin_deal_page(deal_id: int) -> Any:
     """Live sale progress of one deal, for admins."""
     if current_user_id() is None:
         return _login_redirect()
-    if current_role() != "admin":
+    if not is_admin():
         raise ApiError(403, "forbidden", "Only admins can see sale progress.")
     svc = services()
     try:
@@ -220,7 +221,7 @@ def signup_form() -> Any:
 
 
 @bp.post("/signup")
-@limiter.limit(login_ip_limit)
+@limiter.shared_limit(signup_ip_limit, scope=SIGNUP_SCOPE)
 def signup_submit() -> Any:
     """Create a buyer account and log it in."""
     form = {k: request.form.get(k, "") for k in ("email", "password", "name")}

@@ -214,10 +214,10 @@ class OrderIn(Strict):
 
 
 class OrderAccepted(BaseModel):
-    """Answer of an accepted order."""
+    """Answer of an order attempt: 202 accepted now, or 200 for a replayed Idempotency-Key (current status)."""
 
     order_id: str
-    status: Literal["accepted"]
+    status: Literal["accepted", "confirmed", "canceled", "failed"]
     deal_id: int
     quantity: int
 
