@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,6 +31,10 @@ NONBLANK_LINE_PATTERN = f"^[^{_NO_CONTROL}]*[^\\s{_NO_CONTROL}][^{_NO_CONTROL}]*
 _LETTER, _OTHER = "[^\\W\\d_]", f"(?:[\\d_]|[^\\w{_NO_CONTROL}])"
 _ANY = f"[^{_NO_CONTROL}]*"
 PASSWORD_PATTERN = f"^{_ANY}(?:{_LETTER}{_ANY}{_OTHER}|{_OTHER}{_ANY}{_LETTER}){_ANY}$"
+# The addresses email-validator accepts (behind EmailStr): no quoted local part, no IP literal, a
+# dotted domain that is not special-use (.test, .local, …). format "email" alone allows all three.
+_NOT_SPECIAL = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in n) for n in SPECIAL_USE_DOMAIN_NAMES)
+EMAIL_PATTERN = f'^[^\\s"@\\[\\]]+@(?:[^\\s@.\\[\\]]+\\.)+(?!(?:{_NOT_SPECIAL})$)[^\\s@.\\[\\]]+$'
 TEXT_PATTERN = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$"
 
 
@@ -57,7 +62,7 @@ class Strict(BaseModel):
 class SignupIn(Strict):
     """Body of POST /api/auth/signup."""
 
-    email: EmailStr = Field(max_length=254)
+    email: EmailStr = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
     password: Password = Field(min_length=8, max_length=128, json_schema_extra={"pattern": PASSWORD_PATTERN})
     name: Line = Field(min_length=1, max_length=100, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
 
@@ -73,7 +78,8 @@ class SignupIn(Strict):
 class LoginIn(Strict):
     """Body of POST /api/auth/login."""
 
-    email: EmailStr = Field(max_length=254)
+    # Any bounded text: an address that could never have signed up is just wrong credentials (401).
+    email: Line = Field(min_length=1, max_length=254, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
     password: Password = Field(min_length=1, max_length=128, json_schema_extra={"pattern": LINE_PATTERN})
 
 
