@@ -63,7 +63,12 @@ class SignupIn(Strict):
     """Body of POST /api/auth/signup."""
 
     email: EmailStr = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
-    password: Password = Field(min_length=8, max_length=128, json_schema_extra={"pattern": PASSWORD_PATTERN})
+    password: Password = Field(
+        min_length=8,
+        max_length=128,
+        description="8 to 128 characters, letters mixed with digits or symbols, no control characters; taken as typed",
+        json_schema_extra={"pattern": PASSWORD_PATTERN},
+    )
     name: Line = Field(min_length=1, max_length=100, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
 
     @field_validator("password")
