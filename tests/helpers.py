@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import insert
 
 from shared.accounts import hash_password
@@ -74,3 +76,13 @@ def make_deal(
 
 # Proof of origin for a bodyless state-changing API call (web/origin.py), as the pages' scripts send it.
 ORIGIN = {"X-Requested-With": "fetch"}
+
+
+def require_tool(binary: str | None, name: str, package: str) -> str:
+    """The tool's path. Missing, it fails the test under CI (.ci/run installs it) and skips it elsewhere."""
+    if binary:
+        return binary
+    message = f"{name} is not installed: apt-get install {package} (.ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

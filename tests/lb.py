@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from tests.conftest import ROOT, free_port
+from tests.helpers import require_tool
 
 DEPLOY = ROOT / "deploy"
 
@@ -20,16 +19,6 @@ DEPLOY = ROOT / "deploy"
 def nginx_binary() -> str | None:
     """nginx on PATH or in /usr/sbin."""
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-
-
-def require_tool(binary: str | None, name: str, package: str) -> str:
-    """The tool's path; without it a failure under CI (.ci/run installs it), a skip elsewhere."""
-    if binary:
-        return binary
-    message = f"{name} is not installed: apt-get install {package} (.ci/run installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class LoadBalancer:
