@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from shared.bounds import check_text, utc_in_range
@@ -14,7 +16,7 @@ from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.gate import DealRules, Gate, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
-from shared.readable import readable_deals
+from shared.readable import UnreadableDeal, readable_deals
 
 
 class DealNotFound(Exception):
@@ -23,6 +25,9 @@ class DealNotFound(Exception):
 
 class DealStateError(Exception):
     """The deal cannot make that move (e.g. open a deal that has ended)."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,11 @@ def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
     stmt = select(Deal).where(Deal.id == deal_id)
     if lock:
         stmt = stmt.with_for_update(of=Deal)
-    deal = session.scalar(stmt)
+    try:
+        deal = session.scalar(stmt)
+    except DataError as exc:
+        log.error("deal %s cannot be read: %s", deal_id, exc.orig)
+        raise UnreadableDeal(deal_id) from exc
     if deal is None:
         raise DealNotFound(f"deal {deal_id} does not exist")
     return deal

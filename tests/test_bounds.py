@@ -204,6 +204,14 @@ def test_one_unreadable_deal_does_not_take_down_the_list_the_pages_or_the_tick(a
         assert client.get(f"/deals/{bad}").status_code == 404
         report = tick(svc.db, svc.gate)
         assert bad in report.skipped
+        admin = _login(app, db, "admin")
+        for method, path in (
+            ("GET", f"/api/admin/deals/{bad}/stats"),
+            ("POST", f"/api/admin/deals/{bad}/open"),
+            ("POST", f"/api/admin/deals/{bad}/close"),
+        ):
+            r = admin.open(path, method=method, headers={"X-Requested-With": "test"})
+            assert r.status_code == 409 and r.json["error"]["code"] == "deal_unreadable", (path, r.status_code)
         later = make_deal(db, None, starts_in=5)  # the tick still loads the other deals into the gate
         report = tick(svc.db, svc.gate)
         assert later.id in report.loaded and bad in report.skipped
