@@ -85,7 +85,7 @@ CLI = str(Path(sys.executable).with_name("schemathesis"))
 SECONDS_PER_RUN = 20  # the fuzzing phase runs until this budget is spent: three runs, about a minute
 
 
-def _schemathesis(url: str, *extra: str) -> tuple[int, str]:
+def _schemathesis(url: str, workdir: Path, *extra: str) -> tuple[int, str]:
     """One Schemathesis run (its own engine: coverage, then fuzzing) over the served document."""
     cmd = [
         CLI, "--config-file", str(CONFIG), "run", f"{url}/openapi.json",
@@ -95,12 +95,15 @@ def _schemathesis(url: str, *extra: str) -> tuple[int, str]:
         "--header", "X-Requested-With: fetch", *extra,
     ]  # fmt: skip
     env = {**os.environ, "NO_COLOR": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS_PER_RUN + 90, env=env)
+    # Run in a temporary directory: Schemathesis keeps a cache folder in its working directory.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS_PER_RUN + 90, env=env, cwd=workdir)
     found = re.search(r"(\d+) generated", r.stdout)
     return (int(found.group(1)) if found else 0), r.stdout[-6000:] + r.stderr[-2000:] if r.returncode else ""
 
 
-def test_api_conforms_to_its_openapi_document(shop: str, identities: dict[str, requests.Session]) -> None:
+def test_api_conforms_to_its_openapi_document(
+    shop: str, identities: dict[str, requests.Session], tmp_path: Path
+) -> None:
     """Anonymous (every operation), then as a buyer and as an admin (their sessions kept: no login or logout)."""
     runs = {"anonymous": ()}
     for who, session in identities.items():
@@ -115,7 +118,7 @@ def test_api_conforms_to_its_openapi_document(shop: str, identities: dict[str, r
         )
     total, failures = 0, []
     for who, extra in runs.items():
-        generated, failed = _schemathesis(shop, *extra)
+        generated, failed = _schemathesis(shop, tmp_path, *extra)
         total += generated
         if failed:
             failures.append(f"--- as {who}:\n{failed}")
