@@ -109,3 +109,22 @@ def test_a_replay_answers_the_orders_current_state(settings, db, fast_path) -> N
     replay = buyer.post(url, json={"quantity": 1}, headers=key)
     assert replay.status_code == 200 and replay.json["order_id"] == oid
     assert replay.json["status"] == "canceled"  # not "accepted": the order was canceled
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_replay_with_postgresql_unreachable_still_answers_from_the_gate(settings, db, fast_path) -> None:
+    from web import create_app
+
+    good = create_app(settings.with_(ratelimit_enabled=False))
+    deal = make_deal(db, good.extensions["flashdeal"].gate, stock=5, limit=2)
+    buyer = _login(good, db)
+    url, key = f"/api/deals/{deal.id}/orders", {"Idempotency-Key": f"pg-down-{fast_path}"}
+    first = buyer.post(url, json={"quantity": 1}, headers=key)
+    assert first.status_code == 202
+    # Same Redis (sessions, gate), PostgreSQL gone: the order is safe in the gate, so is its replay.
+    dead_pg = "postgresql+psycopg://postgres@127.0.0.1:1/flashdeal_test_down"
+    down = create_app(settings.with_(ratelimit_enabled=False, fast_path=fast_path, database_url=dead_pg))
+    c = down.test_client()
+    c.set_cookie("flashdeal_session", buyer.get_cookie("flashdeal_session").value)
+    r = c.post(url, json={"quantity": 1}, headers=key)
+    assert r.status_code == 200 and r.json == first.json, (r.status_code, r.json)
