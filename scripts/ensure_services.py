@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,20 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by '***', for messages (they end up in terminals and CI logs)."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    netloc = u.netloc.rsplit("@", 1)[1]
+    return u._replace(netloc=f"{u.username or ''}:***@{netloc}").geturl()
+
+
+def export_line(name: str, value: str) -> str:
+    """An ``export`` line the Makefile can eval safely, whatever the value holds (quotes, $, spaces)."""
+    return f"export {name}={shlex.quote(value)}"
 
 
 def say(msg: str) -> None:
@@ -67,7 +82,7 @@ def ensure_redis() -> str:
     url = os.environ.get("REDIS_URL")
     if url:
         if not redis_ok(url):
-            sys.exit(f"REDIS_URL={url} does not answer PING. Start that server or unset REDIS_URL.")
+            sys.exit(f"REDIS_URL={redact(url)} does not answer PING. Start that server or unset REDIS_URL.")
         return url
     default = "redis://127.0.0.1:6379/0"
     if redis_ok(default):
@@ -121,7 +136,7 @@ def ensure_postgres() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         if not pg_ok(url):
-            sys.exit(f"DATABASE_URL={url} is not reachable. Start that server or unset DATABASE_URL.")
+            sys.exit(f"DATABASE_URL={redact(url)} is not reachable. Start that server or unset DATABASE_URL.")
         return url
     default = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
     if pg_ok(default):
@@ -182,10 +197,10 @@ def main() -> None:
         u = urlparse(_libpq(db_url))
         db_url = u._replace(path="/" + sys.argv[1]).geturl().replace("postgresql://", "postgresql+psycopg://", 1)
     ensure_database(db_url)
-    print(f"export REDIS_URL='{redis_url}'")
-    print(f"export DATABASE_URL='{db_url}'")
+    print(export_line("REDIS_URL", redis_url))
+    print(export_line("DATABASE_URL", db_url))
     if not os.environ.get("CELERY_BROKER_URL"):
-        print(f"export CELERY_BROKER_URL='{redis_url}'")
+        print(export_line("CELERY_BROKER_URL", redis_url))
 
 
 if __name__ == "__main__":

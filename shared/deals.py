@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
+from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.gate import DealRules, Gate, buyer_status, dt_to_ms, now_ms
 from shared.models import Deal, Order, Product
+from shared.readable import UnreadableDeal, readable_deals
 
 # Persisted states that hold their units: everything but canceled, expired and failed.
 HOLDING_STATUSES = ("accepted", "confirmed", "paid")
@@ -24,6 +28,9 @@ class DealNotFound(Exception):
 
 class DealStateError(Exception):
     """The deal cannot make that move (e.g. open a deal that has ended)."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,15 @@ class NewDeal:
     product_id: int | None = None
     description: str = ""
     payment_window_seconds: int = 0  # 0: no payment step
+
+    def __post_init__(self) -> None:
+        # The last guard before PostgreSQL: the API and the CLI refuse these with a clear message
+        # first (same rules, shared/bounds.py); a value getting here anyway must not be stored.
+        utc_in_range(self.starts_at)
+        utc_in_range(self.ends_at)
+        check_text(self.title)
+        check_text(self.product_name or "")
+        check_text(self.description, multiline=True)
 
 
 def create_deal(session: Session, spec: NewDeal) -> Deal:
@@ -127,7 +143,11 @@ def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
     stmt = select(Deal).where(Deal.id == deal_id)
     if lock:
         stmt = stmt.with_for_update(of=Deal)
-    deal = session.scalar(stmt)
+    try:
+        deal = session.scalar(stmt)
+    except DataError as exc:
+        log.error("deal %s cannot be read: %s", deal_id, exc.orig)
+        raise UnreadableDeal(deal_id) from exc
     if deal is None:
         raise DealNotFound(f"deal {deal_id} does not exist")
     return deal
@@ -184,6 +204,7 @@ class TickReport:
     opened: list[int]
     sold_out: list[int]
     ended: list[int]
+    skipped: list[int] = field(default_factory=list)  # unreadable rows, logged by shared/readable.py
 
     @property
     def changed(self) -> bool:
@@ -202,12 +223,14 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
     now = datetime.now(UTC)
     horizon = now + timedelta(seconds=load_ahead_seconds)
     with db.transaction() as s:
-        deals = s.scalars(
+        # One unreadable row is skipped and reported, so it cannot stop every other deal's tick.
+        deals, report.skipped = readable_deals(
+            s,
             select(Deal)
             # A retired deal is ended too; said twice so no change of the rule below can reload one.
             .where(Deal.status != "ended", Deal.retired_at.is_(None), Deal.starts_at <= horizon)
-            .with_for_update(skip_locked=True, of=Deal)
-        ).all()
+            .with_for_update(skip_locked=True, of=Deal),
+        )
         live_ids = set(gate.live_deal_ids())
         stocks = gate.remaining([d.id for d in deals])
         for deal in deals:

@@ -50,6 +50,7 @@ class Settings:
     ratelimit_order_ip: str = "2000/second"
     ratelimit_login: str = "10/minute"
     ratelimit_login_ip: str = "100/minute"
+    ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
     trusted_proxies: int = 0
     deal_cache_ttl: int = 5
     deal_load_ahead_seconds: int = 60
@@ -89,6 +90,7 @@ class Settings:
             ratelimit_order_ip=e.get("RATELIMIT_ORDER_IP", cls.ratelimit_order_ip),
             ratelimit_login=e.get("RATELIMIT_LOGIN", cls.ratelimit_login),
             ratelimit_login_ip=e.get("RATELIMIT_LOGIN_IP", cls.ratelimit_login_ip),
+            ratelimit_signup_ip=e.get("RATELIMIT_SIGNUP_IP", cls.ratelimit_signup_ip),
             trusted_proxies=_int(e, "TRUSTED_PROXIES", cls.trusted_proxies),
             deal_cache_ttl=_int(e, "DEAL_CACHE_TTL", cls.deal_cache_ttl),
             deal_load_ahead_seconds=_int(e, "DEAL_LOAD_AHEAD_SECONDS", cls.deal_load_ahead_seconds),

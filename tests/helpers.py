@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import insert
 
 from shared.accounts import hash_password
@@ -77,3 +79,17 @@ def make_deal(
 def set_payment_window_ms(gate: Gate, deal_id: int, ms: int) -> None:
     """Shorten a loaded deal's payment window below a second (the column counts seconds; tests need less)."""
     gate.redis.hset(gate.keys.deal(deal_id).state, "pay_ms", ms)
+
+
+# Proof of origin for a bodyless state-changing API call (web/origin.py), as the pages' scripts send it.
+ORIGIN = {"X-Requested-With": "fetch"}
+
+
+def require_tool(binary: str | None, name: str, package: str) -> str:
+    """The tool's path. Missing, it fails the test under CI (.ci/run installs it) and skips it elsewhere."""
+    if binary:
+        return binary
+    message = f"{name} is not installed: apt-get install {package} (.ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

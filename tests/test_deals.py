@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import requests
 from sqlalchemy import event
 
 from shared.cache import LocalCopies
-from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 
 
 def _iso(seconds: float) -> str:
@@ -94,11 +95,49 @@ def test_roles(app, db, client) -> None:
         (f"/api/admin/deals/{deal.id}/open", None),
         (f"/api/admin/deals/{deal.id}/close", None),
     ]:
-        assert client.post(path, json=body).status_code == 401
-        r = buyer.post(path, json=body)
+        # Each call carries its proof of origin (web/origin.py), so what answers is the role check.
+        assert client.post(path, json=body, headers=ORIGIN).status_code == 401
+        r = buyer.post(path, json=body, headers=ORIGIN)
         assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
     assert buyer.get(f"/api/admin/deals/{deal.id}/stats").status_code == 403
     assert client.get(f"/api/admin/deals/{deal.id}/stats").status_code == 401
+
+
+def test_admin_actions_refuse_a_plain_form_post_even_from_an_admin(app, db) -> None:
+    """What a same-site page could make an admin's browser send: a form post, cookie attached."""
+    admin = _login(app, db, "admin")
+    deal = make_deal(db, app.extensions["flashdeal"].gate, starts_in=600)
+    for path in (f"/api/admin/deals/{deal.id}/open", f"/api/admin/deals/{deal.id}/close"):
+        r = admin.post(path, data={}, content_type="application/x-www-form-urlencoded")
+        assert r.status_code == 415, (path, r.status_code)
+        r = admin.post(path)  # no body at all, as <form method=post> with no fields can also send
+        assert r.status_code == 403 and r.json["error"]["code"] == "origin_required", (path, r.status_code)
+    assert admin.get(f"/api/deals/{deal.id}").json["status"] == "scheduled"  # neither moved the deal
+    r = admin.post("/api/admin/deals", data={"title": "Lamp"}, content_type="multipart/form-data")
+    assert r.status_code == 415
+    assert admin.post(f"/api/admin/deals/{deal.id}/open", headers=ORIGIN).json["status"] == "open"
+
+
+def test_a_demoted_admin_loses_admin_rights_within_the_role_cache(app, db) -> None:
+    from sqlalchemy import update
+
+    from shared.models import User
+    from web.roles import ROLE_CACHE_SECONDS
+
+    (uid,) = make_users(db, 1, role="admin")
+    admin = app.test_client()
+    assert admin.post("/api/auth/login", json={"email": email_of(db, uid), "password": PASSWORD}).status_code == 200
+    deal = make_deal(db, app.extensions["flashdeal"].gate)
+    assert admin.get(f"/api/admin/deals/{deal.id}/stats").status_code == 200
+    with db.transaction() as s:
+        s.execute(update(User).where(User.id == uid).values(role="buyer"))
+    deadline = time.monotonic() + ROLE_CACHE_SECONDS + 5
+    while admin.get(f"/api/admin/deals/{deal.id}/stats").status_code == 200:
+        assert time.monotonic() < deadline, "the session's role still grants admin rights"
+        time.sleep(0.2)
+    # The same session, unchanged: now refused everywhere an admin right is checked.
+    assert admin.post(f"/api/admin/deals/{deal.id}/close", headers=ORIGIN).status_code == 403
+    assert admin.get(f"/admin/deals/{deal.id}").status_code == 403
 
 
 def test_create_open_close_stats(app, db) -> None:
@@ -109,7 +148,7 @@ def test_create_open_close_stats(app, db) -> None:
     assert deal["status"] == "scheduled" and deal["remaining_stock"] == 10 and deal["price"] == "19.90"
     buyer = _login(app, db)
     assert buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 1}).json["error"]["code"] == "deal_not_open"
-    assert admin.post(f"/api/admin/deals/{deal['id']}/open").json["status"] == "open"
+    assert admin.post(f"/api/admin/deals/{deal['id']}/open", headers=ORIGIN).json["status"] == "open"
     assert buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 2}).status_code == 202
     stats = admin.get(f"/api/admin/deals/{deal['id']}/stats").json
     assert stats == {
@@ -126,12 +165,12 @@ def test_create_open_close_stats(app, db) -> None:
         "paid": 0,
         "expired": 0,
     }
-    assert admin.post(f"/api/admin/deals/{deal['id']}/close").json["status"] == "ended"
+    assert admin.post(f"/api/admin/deals/{deal['id']}/close", headers=ORIGIN).json["status"] == "ended"
     r = buyer.post(f"/api/deals/{deal['id']}/orders", json={"quantity": 1})
     assert r.status_code == 409 and r.json["error"]["code"] == "deal_not_open"
-    r = admin.post(f"/api/admin/deals/{deal['id']}/open")
+    r = admin.post(f"/api/admin/deals/{deal['id']}/open", headers=ORIGIN)
     assert r.status_code == 409
-    assert admin.post("/api/admin/deals/987654321/open").status_code == 404
+    assert admin.post("/api/admin/deals/987654321/open", headers=ORIGIN).status_code == 404
     assert admin.get("/api/admin/deals/987654321/stats").status_code == 404
 
 
@@ -202,12 +241,12 @@ def test_admin_change_seen_by_every_web_instance(web_server, db) -> None:
 
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "scheduled"  # B caches it
     assert listed_status() == "scheduled"  # and keeps the parsed list in its process
-    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/open")
+    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/open", headers=ORIGIN)
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "open"
     assert listed_status() == "open"
     assert buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1}).status_code == 202
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["remaining_stock"] == 9
-    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/close")
+    admin.post(f"{a.url}/api/admin/deals/{deal['id']}/close", headers=ORIGIN)
     assert buyer.get(f"{b.url}/api/deals/{deal['id']}").json()["status"] == "ended"
     assert listed_status() == "ended"
     r = buyer.post(f"{b.url}/api/deals/{deal['id']}/orders", json={"quantity": 1})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,11 +14,13 @@ import redis
 import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete, func, select
 
 from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.keys import Keys
+from shared.models import DeadLetter
 from shared.settings import Settings
 from web.metrics import record_admission
 from worker import metrics as wm
@@ -140,6 +143,10 @@ def test_worker_live_gauges_read_redis_and_postgres(settings: Settings, db: Data
     oldest_ms = int(time.time() * 1000) - 4000
     rds.xadd(k.outbox, {"t": "o", "id": "x"}, id=f"{oldest_ms}-0")
     rds.xadd(k.outbox, {"t": "o", "id": "y"})
+    with db.transaction() as s:
+        letters_before = int(s.scalar(select(func.count()).select_from(DeadLetter)) or 0)
+        for n in range(3):  # three letters of this deal: the gauge counts every row of the store
+            s.add(DeadLetter(order_id=uuid.uuid4(), deal_id=deal.id, entry_id=f"0-{n}", payload={}, reason="test"))
     families = {f.name: f for f in wm.LiveCollector(settings).collect()}
     label = str(deal.id)
 
@@ -149,7 +156,9 @@ def test_worker_live_gauges_read_redis_and_postgres(settings: Settings, db: Data
     assert gauge("flashdeal_stock_remaining") == 47
     assert gauge("flashdeal_outbox_pending") == 2
     assert 3.5 <= gauge("flashdeal_outbox_lag_seconds") < 60
-    assert families["flashdeal_dead_letters"].samples[0].value >= 0
+    assert families["flashdeal_dead_letters"].samples[0].value == letters_before + 3
     up = {s.labels["source"]: s.value for s in families["flashdeal_metrics_source_up"].samples}
     assert up == {"redis": 1, "postgres": 1}
     rds.delete(k.outbox)
+    with db.transaction() as s:
+        s.execute(delete(DeadLetter).where(DeadLetter.deal_id == deal.id))

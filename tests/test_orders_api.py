@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from shared.models import Order
-from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 from web import create_app
 
 
@@ -80,7 +80,7 @@ def test_accept_replay_conflicts(app, db, svc) -> None:
     assert r.status_code == 202 and r.json["status"] == "accepted"
     first = r.json["order_id"]
     again = c1.post(url, json={"quantity": 2}, headers={"Idempotency-Key": "abc"})
-    assert again.status_code == 202 and again.json["order_id"] == first
+    assert again.status_code == 200 and again.json["order_id"] == first  # a replay: 200 with the current state
     r = c1.post(url, json={"quantity": 1}, headers={"Idempotency-Key": "abc"})
     assert r.status_code == 422 and r.json["error"]["code"] == "idempotency_key_reused"
     r = c1.post(url, json={"quantity": 1})
@@ -151,16 +151,16 @@ def test_cancel_returns_stock_once_then_closed_deal_refuses(app, db, svc) -> Non
     co, cx = login(app, db, owner), login(app, db, other)
     oid = co.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}).json["order_id"]
     assert cx.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["error"]["code"] == "sold_out"
-    assert cx.post(f"/api/orders/{oid}/cancel").status_code == 404
-    r = co.post(f"/api/orders/{oid}/cancel")
+    assert cx.post(f"/api/orders/{oid}/cancel", headers=ORIGIN).status_code == 404
+    r = co.post(f"/api/orders/{oid}/cancel", headers=ORIGIN)
     assert r.status_code == 200 and r.json["status"] == "canceled"
-    assert co.post(f"/api/orders/{oid}/cancel").json["status"] == "canceled"
+    assert co.post(f"/api/orders/{oid}/cancel", headers=ORIGIN).json["status"] == "canceled"
     assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 2
     assert co.get(f"/api/orders/{oid}").json["status"] == "canceled"
     # the stock came back: the other buyer can buy now (the sold-out fast path was cleared)
     oid2 = cx.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     svc.gate.set_window(deal.id, status="ended")
-    r = cx.post(f"/api/orders/{oid2}/cancel")
+    r = cx.post(f"/api/orders/{oid2}/cancel", headers=ORIGIN)
     assert r.status_code == 409 and r.json["error"]["code"] == "deal_not_open"
 
 
@@ -232,5 +232,5 @@ def test_dead_lettered_order_reads_failed(app, db, svc) -> None:
     svc.gate.unload(deal.id)
     r = c.get(f"/api/orders/{oid}")
     assert r.status_code == 200 and r.json["status"] == "failed"  # dead letter alone
-    r = c.post(f"/api/orders/{oid}/cancel")
+    r = c.post(f"/api/orders/{oid}/cancel", headers=ORIGIN)
     assert r.status_code == 409 and r.json["error"]["code"] == "order_failed"

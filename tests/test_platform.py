@@ -7,6 +7,7 @@ import requests
 
 from shared.settings import DEV_SECRET, ConfigError, Settings
 from tests.conftest import PASSWORD, unique_email
+from tests.helpers import ORIGIN
 from web import create_app
 
 
@@ -75,6 +76,6 @@ def test_session_shared_between_two_processes(web_server) -> None:
     assert s.get(b.url + "/api/me").json()["email"] == email
     # logging out on B ends it on A too
     cookie = s.cookies.get("flashdeal_session")
-    assert s.post(b.url + "/api/auth/logout").status_code == 204
+    assert s.post(b.url + "/api/auth/logout", headers=ORIGIN).status_code == 204
     r = requests.get(a.url + "/api/me", cookies={"flashdeal_session": cookie})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"

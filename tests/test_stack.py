@@ -85,7 +85,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         FLOWER_BASIC_AUTH=f"{user}:{password}",
         CELERY_QUEUE=f"{RUN_PREFIX}stack",
         CELERY_BROKER_URL=_broker_url(Settings.from_env().redis_url),
-        RATELIMIT_ENABLED="false",
+        # Limits on, far above what these tests send: the limiter's keys show which client address
+        # the nodes see (test_lb_sets_x_forwarded_for_and_nodes_trust_one_hop).
+        RATELIMIT_ENABLED="true",
+        RATELIMIT_ORDER="10000/second",
+        RATELIMIT_ORDER_IP="10000/second",
+        RATELIMIT_LOGIN="1000/minute",
+        RATELIMIT_LOGIN_IP="1000/minute",
+        RATELIMIT_SIGNUP_IP="1000/minute",
         FLASHDEAL_METRICS_ROOT=str(tmp / "metrics"),
         PYTHONUNBUFFERED="1",
         DRAIN_CLAIM_IDLE_MS="2000",
@@ -241,9 +248,18 @@ def test_demo_deal_paid_through_the_dev_checkout_and_an_unpaid_order_expires(sta
 
 
 def test_lb_sets_x_forwarded_for_and_nodes_trust_one_hop(stack: Stack) -> None:
-    conf = (ROOT / "deploy" / "nginx-proxy.conf").read_text()
-    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in conf
-    assert stack.env.get("TRUSTED_PROXIES", "1") == "1"  # manage.py run sets it for every process
+    """A forged X-Forwarded-For through the LB: the nodes still key the rate limit on the real client address."""
+    from shared.redis_client import text_client
+
+    rds = text_client(Settings.from_env(stack.env))
+    forged = [f"198.51.100.{i}" for i in range(1, 7)]
+    for ip in forged:  # round robin: every node answers some of these
+        body = {"email": f"nobody-{uuid.uuid4().hex[:8]}@example.com", "password": "wrong-password-1"}
+        r = requests.post(f"{LB}/api/auth/login", json=body, headers={"X-Forwarded-For": ip}, timeout=10)
+        assert r.status_code == 401, r.text
+    keys = list(rds.scan_iter(match=f"LIMITS:LIMITER/{RUN_PREFIX}*/auth.login/*", count=1000))
+    assert any("/127.0.0.1/auth.login/" in k for k in keys), keys
+    assert not any(ip in k for k in keys for ip in forged), keys
     r = requests.get(f"{LB}/lb-healthz", timeout=5)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
@@ -282,6 +298,10 @@ def test_flower_requires_auth_and_lists_both_nodes_and_drain_tasks(stack: Stack)
 
     assert _wait(drain_tasks_seen, 30), "Flower shows no drain task"
     assert requests.get(f"{FLOWER}/", auth=stack.flower_auth, timeout=5).status_code == 200
+    # Flower took the password from FLOWER_BASIC_AUTH in its environment: no command line shows it.
+    password = stack.flower_auth[1].encode()
+    shown = [d.name for d in Path("/proc").iterdir() if d.name.isdigit() and password in _cmdline(d)]
+    assert shown == [], f"processes {shown} have the Flower password on their command line"
     metrics = requests.get(f"{FLOWER}/metrics", timeout=5).text
     assert "flower_worker_online" in metrics
 
@@ -292,6 +312,7 @@ def test_metrics_on_every_web_node_and_worker_node(stack: Stack) -> None:
     for _ in range(3):
         assert buyer.post(f"{LB}/api/deals/{deal_id}/orders", json={"quantity": 1}, timeout=5).status_code == 202
     web_text = [requests.get(f"{u}/metrics", timeout=5).text for u in WEB.values()]
+    assert requests.get(f"{LB}/metrics", timeout=5).status_code == 404  # scraped on each node, never public
     assert all("flashdeal_http_requests_total" in t for t in web_text)
     accepted = sum(
         float(m.group(1))
@@ -314,6 +335,13 @@ def test_metrics_on_every_web_node_and_worker_node(stack: Stack) -> None:
     assert re.search(rf'^flashdeal_stock_remaining\{{deal="{deal_id}"\}} 47\.0$', text, re.M), text[-2000:]
     assert re.search(rf'^flashdeal_outbox_pending\{{deal="{deal_id}"\}} ', text, re.M)
     assert "flashdeal_dead_letters " in text and "flashdeal_drain_duration_seconds_bucket" in text
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _instance_pids(port: int) -> list[int]:

@@ -19,16 +19,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     app.extensions["flashdeal"] = Services.build(settings)
 
-    from web import admin, auth, deals, health, openapi, orders, pages, payments
+    from web import admin, auth, deals, health, ids, openapi, orders, pages, payments
     from web.fastpath import FastPath
     from web.limits import init_limits
     from web.metrics import init_metrics
+    from web.origin import init_origin_check
     from web.sessions import init_sessions
 
     init_sessions(app, settings)
+    init_origin_check(app)  # before the limiter's hook: a forged call costs no rate-limit count
     init_limits(app, settings)
     register_error_handlers(app)
     init_metrics(app)
+    ids.install(app.url_map)  # before the blueprints add their <int:…> rules
     for module in (health, auth, deals, orders, payments, admin, openapi, pages):
         app.register_blueprint(module.bp)
     app.wsgi_app = FastPath(app, app.wsgi_app)  # type: ignore[method-assign]

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify
 from shared.accounts import EmailTaken, authenticate, create_user
 from shared.models import User
 from web.errors import ApiError
-from web.limits import limiter, login_email_key, login_ip_limit, login_user_limit
+from web.limits import SIGNUP_SCOPE, limiter, login_email_key, login_ip_limit, login_user_limit, signup_ip_limit
 from web.openapi import doc
 from web.schemas import LoginIn, SignupIn, UserOut
 from web.services import services
@@ -24,7 +24,8 @@ def _user_out(user: User) -> dict[str, Any]:
 
 
 @bp.post("/auth/signup")
-@doc("Create a buyer account", body=SignupIn, responses={201: UserOut, 409: None, 422: None})
+@limiter.shared_limit(signup_ip_limit, scope=SIGNUP_SCOPE)
+@doc("Create a buyer account", body=SignupIn, responses={201: UserOut, 409: None, 422: None, 429: None})
 def signup() -> Any:
     """Create a buyer account."""
     data = parse_body(SignupIn)

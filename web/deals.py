@@ -12,6 +12,7 @@ from shared.cache import CacheBusy, read_through
 from shared.deals import sold_quantities, sold_quantity
 from shared.gate import buyer_status, dt_to_ms, now_ms
 from shared.models import Deal
+from shared.readable import UnreadableDeal, get_readable, readable_deals
 from web.errors import UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError
 from web.openapi import doc
 from web.schemas import DealListQuery, DealOut, DealPage
@@ -77,7 +78,10 @@ def _cached(svc: Services, key: str, build: Callable[[], Any], cached: str | Non
 
 def _build_detail(svc: Services, deal_id: int) -> dict[str, Any] | None:
     with svc.db.read() as s:
-        deal = s.get(Deal, deal_id)
+        try:
+            deal = get_readable(s, deal_id)
+        except UnreadableDeal:
+            return None  # logged; not cached, so a repaired row shows at once
         if deal is None:
             return None
         return static_view(deal, sold_quantity(s, deal_id))
@@ -100,7 +104,10 @@ def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
 
 def _build_list(svc: Services) -> list[dict[str, Any]]:
     with svc.db.read() as s:
-        deals = s.scalars(select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)).all()
+        # An unreadable row is left out (and logged), so one bad deal cannot take down the list.
+        deals, _skipped = readable_deals(
+            s, select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)
+        )
         # One grouped query for every ended deal of the list (up to LIST_LIMIT), not one per deal.
         sold = sold_quantities(s, [d.id for d in deals if d.status == "ended"])
         return [static_view(d, sold.get(d.id, 0)) for d in deals]

@@ -9,6 +9,8 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from shared.readable import UnreadableDeal
+
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {
@@ -84,6 +86,12 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             resp.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return resp
+
+    @app.errorhandler(UnreadableDeal)
+    def _unreadable(exc: UnreadableDeal) -> Response:
+        # A row only a hand edit could have left (the API refuses such values): the admin must
+        # repair it; everything else keeps working (shared/readable.py).
+        return error_response(409, "deal_unreadable", f"Deal {exc.args[0]} holds a value that cannot be read.")
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)

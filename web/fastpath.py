@@ -32,6 +32,7 @@ import orjson
 from flask import Flask
 from pydantic import ValidationError
 
+from shared.bounds import ID_PATTERN, parse_id
 from web.deals import deal_detail, deal_page
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
@@ -44,10 +45,10 @@ from web.validation import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
-# Flask's routes are /api/deals/<int:deal_id>[/orders]; anything less plain (leading zeros, huge
-# numbers) is left to Flask's own URL matching.
-ORDER_PATH = re.compile(r"/api/deals/([1-9][0-9]{0,17})/orders")
-DEAL_PATH = re.compile(r"/api/deals/([1-9][0-9]{0,17})")
+# Flask's routes are /api/deals/<int:deal_id>[/orders] with the bounded id converter (web/ids.py):
+# the same pattern and bound, so both paths take the same ids; anything else is Flask's 404.
+ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")
+DEAL_PATH = re.compile(rf"/api/deals/({ID_PATTERN})")
 LIST_PATH = "/api/deals"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 # The metrics labels Flask's hooks use for these routes (their URL rules).
@@ -128,13 +129,15 @@ class FastPath:
                 answer = self._list(environ.get("QUERY_STRING", ""))
                 return None if answer is None else (LIST_ENDPOINT, method, answer)
             match = DEAL_PATH.fullmatch(path)
-            if match is not None:
-                answer = self._detail(int(match.group(1)))
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._detail(deal_id)
                 return None if answer is None else (DEAL_ENDPOINT, method, answer)
         elif method == "POST" and self.orders:
             match = ORDER_PATH.fullmatch(path)
-            if match is not None:
-                answer = self._order(environ, int(match.group(1)))
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._order(environ, deal_id)
                 return None if answer is None else (ORDER_ENDPOINT, method, answer)
         return None
 
@@ -187,7 +190,7 @@ class FastPath:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")
             return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
-        return 202, orjson.dumps(admitted.body())
+        return admitted.http_status, orjson.dumps(admitted.body())
 
     def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
         """The buyer and quantity when the request is a plain one, else None (Flask answers it)."""

@@ -51,6 +51,15 @@ def login_email_key() -> str:
     return f"login:{str(email).strip().lower()[:254]}" if email else f"login-ip:{get_remote_address()}"
 
 
+def signup_ip_limit() -> str:
+    """Signups per client IP (the API and the signup page count in one window)."""
+    return services().settings.ratelimit_signup_ip
+
+
+# Flask-Limiter scope shared by POST /api/auth/signup and POST /signup: one window per IP for both.
+SIGNUP_SCOPE = "signup"
+
+
 def order_ip_limit() -> str:
     """Order attempts per client IP."""
     return services().settings.ratelimit_order_ip

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 
+from web.ids import OPENAPI_ID_SCHEMA
 from web.schemas import ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +48,51 @@ def doc(
     return wrap
 
 
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+STATUS_MEANINGS = {
+    200: "OK",
+    201: "created",
+    202: "accepted",
+    204: "done, no body",
+    400: "malformed JSON",
+    401: "not logged in (or the session expired)",
+    403: "not allowed: not an admin, or no proof of origin (origin_required)",
+    404: "no such resource (ids beyond bigint included)",
+    409: "refused by the resource's state (sold_out, limit_exceeded, deal_not_open, email_taken, …)",
+    413: "body too large",
+    415: "the body is not JSON",
+    422: "invalid input, or a rule the schema cannot express (quantity above the deal's per-user limit, window)",
+    429: "rate limited; see Retry-After",
+    503: "a dependency (Redis, PostgreSQL) is briefly unavailable; see Retry-After",
+}
+# Bodyless state changes prove their origin with this header (web/origin.py); JSON bodies need none.
+ORIGIN_HEADER = {
+    "name": "X-Requested-With",
+    "in": "header",
+    "required": False,
+    "description": "Proof of origin for a call without a JSON body (any value; or send X-CSRF-Token).",
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[!-~]+$"},
+}
+
+
+def implied_statuses(info: Doc, path_args: Any, changes_state: bool) -> list[int]:
+    """The statuses every operation of this kind can answer, whatever its view declares."""
+    implied = [503]
+    if path_args:
+        implied.append(404)
+    if info.auth:
+        implied.append(401)
+    if info.auth == "admin":
+        implied.append(403)
+    if changes_state:
+        implied += [403, 415]
+    if info.body is not None:
+        implied += [400, 413, 415, 422]
+    if info.query is not None:
+        implied.append(422)
+    return implied
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """Walk the URL map and describe every documented route."""
     schemas: dict[str, Any] = {}
@@ -70,7 +116,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "name": a,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "integer" if f"<int:{a}>" in rule.rule else "string"},
+                "schema": dict(OPENAPI_ID_SCHEMA) if f"<int:{a}>" in rule.rule else {"type": "string"},
             }
             for a in rule.arguments
         ]
@@ -84,16 +130,21 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "responses": {},
             }
             if params:
-                op["parameters"] = params
+                op["parameters"] = list(params)
             if info.body is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(info.body)}}}
             if info.auth:
                 op["security"] = [{"session": []}]
                 op["x-required-role"] = "admin" if info.auth == "admin" else "any"
-            for status, model in sorted(info.responses.items()):
-                resp: dict[str, Any] = {"description": str(status)}
-                if model is not None:
-                    resp["content"] = {"application/json": {"schema": ref(model)}}
+            changes_state = method in STATE_CHANGING
+            if changes_state and info.body is None:
+                op.setdefault("parameters", []).append(ORIGIN_HEADER)
+            declared = dict.fromkeys(implied_statuses(info, rule.arguments, changes_state)) | info.responses
+            for status, model in sorted(declared.items()):
+                resp: dict[str, Any] = {"description": STATUS_MEANINGS.get(status, str(status))}
+                content = ref(model) if model is not None else (ref(ErrorOut) if status >= 400 else None)
+                if content is not None:
+                    resp["content"] = {"application/json": {"schema": content}}
                 op["responses"][str(status)] = resp
             op["responses"]["default"] = {
                 "description": "error",

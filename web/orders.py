@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.gate import Admission, Cancellation, LiveOrder, ms_to_dt
 from shared.models import DeadLetter, Order
@@ -20,12 +22,14 @@ from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_admission
 from web.openapi import doc
+from web.roles import is_admin
 from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
 from web.services import Services, services
-from web.sessions import current_role, login_required, require_user
+from web.sessions import login_required, require_user
 from web.validation import parse_body
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 SOLD_OUT_TTL_S = 0.2
@@ -44,15 +48,22 @@ _CONFLICTS = {
 
 @dataclass(frozen=True)
 class Admitted:
-    """An order the gate accepted (or the first answer to a replayed Idempotency-Key)."""
+    """An order the gate accepted now, or the order an Idempotency-Key already placed (a replay)."""
 
     order_id: str
     deal_id: int
     quantity: int
+    status: str = "accepted"  # a replay's is the order's current one: accepted, confirmed, canceled or failed
+    replay: bool = False
+
+    @property
+    def http_status(self) -> int:
+        """202: this request placed the order; 200: a replay, answered with the order as it is now."""
+        return 200 if self.replay else 202
 
     def body(self) -> dict[str, Any]:
-        """The 202 body."""
-        return {"order_id": self.order_id, "status": "accepted", "deal_id": self.deal_id, "quantity": self.quantity}
+        """The answer's body (the same shape either way)."""
+        return {"order_id": self.order_id, "status": self.status, "deal_id": self.deal_id, "quantity": self.quantity}
 
 
 def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
@@ -71,6 +82,10 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
             kick_drain(deal_id)
+        if outcome is Admission.REPLAY:
+            # The truth about the order now (it may have been confirmed or canceled since), not
+            # the first answer again. Off the hot path: only a retried request gets here.
+            return Admitted(result.order_id, deal_id, quantity, _current_status(svc, result.order_id), replay=True)
         return Admitted(result.order_id, deal_id, quantity)
     if outcome is Admission.SOLD_OUT and result.remaining <= 0:
         _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
@@ -90,7 +105,7 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
 @doc(
     "Place an order (Idempotency-Key header optional)",
     body=OrderIn,
-    responses={202: OrderAccepted, 401: None, 409: None, 422: None, 429: None},
+    responses={200: OrderAccepted, 202: OrderAccepted, 401: None, 404: None, 409: None, 422: None, 429: None},
     auth="session",
 )
 def place_order(deal_id: int) -> Any:
@@ -98,7 +113,19 @@ def place_order(deal_id: int) -> Any:
     user_id = require_user()
     body = parse_body(OrderIn)
     admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
-    return jsonify(admitted.body()), 202
+    return jsonify(admitted.body()), admitted.http_status
+
+
+def _current_status(svc: Services, order_id: str) -> str:
+    """The order's status now; with PostgreSQL unreachable, what the gate knows (accepted or canceled)."""
+    try:
+        found = find_order(svc, order_id)
+    except SQLAlchemyError as exc:
+        # The order is safe in the gate; a replay must not fail because the history is unreachable.
+        log.warning("order %s: PostgreSQL unreachable, answering the gate's status: %s", order_id, exc)
+        live = svc.gate.find_order(order_id)
+        return "canceled" if live is not None and live.canceled else "accepted"
+    return found[0]["status"] if found is not None else "accepted"
 
 
 def _deal_exists(svc: Services, deal_id: int) -> bool:
@@ -175,7 +202,7 @@ def find_order(svc: Services, order_id: str) -> tuple[dict[str, Any], LiveOrder 
 
 
 def _visible(view: dict[str, Any]) -> bool:
-    return current_role() == "admin" or view["user_id"] == require_user()
+    return view["user_id"] == require_user() or is_admin()
 
 
 @bp.get("/orders/<order_id>")
@@ -243,7 +270,7 @@ def cancel_order(order_id: str) -> Any:
     _refuse_decided(view["status"])
     if live is None:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
-    result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=current_role() == "admin")
+    result = svc.gate.cancel(live.deal_id, oid, require_user(), admin=is_admin())
     if result.outcome is Cancellation.NOT_FOUND:
         raise ApiError(404, "not_found", "No such order.")
     if result.outcome is Cancellation.DEAL_NOT_OPEN:

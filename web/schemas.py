@@ -4,11 +4,54 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from shared.bounds import MAX_ID, MAX_PRICE, check_text, password_problem, utc_in_range
 from shared.models import MAX_PAYMENT_WINDOW_SECONDS
+
+# JSON Schema patterns of the text rules in shared/bounds.py (what the validators below enforce),
+# so /openapi.json tells clients, and Schemathesis, which strings are accepted.
+_NO_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+LINE_PATTERN = f"^[^{_NO_CONTROL}]*$"
+# Surrounding whitespace is stripped before the length checks: at least one other character.
+NONBLANK_LINE_PATTERN = f"^[^{_NO_CONTROL}]*[^\\s{_NO_CONTROL}][^{_NO_CONTROL}]*$"
+# password_problem's rule as a pattern: some letter and some character that is neither a letter
+# nor a control character, in either order (the length is the field's min/maxLength).
+_LETTER, _OTHER = "[^\\W\\d_]", f"(?:[\\d_]|[^\\w{_NO_CONTROL}])"
+_ANY = f"[^{_NO_CONTROL}]*"
+PASSWORD_PATTERN = f"^{_ANY}(?:{_LETTER}{_ANY}{_OTHER}|{_OTHER}{_ANY}{_LETTER}){_ANY}$"
+# The addresses email-validator accepts (behind EmailStr): no quoted local part, no IP literal, a
+# dotted domain that is not special-use (.test, .local, …). format "email" alone allows all three.
+_NOT_SPECIAL = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in n) for n in SPECIAL_USE_DOMAIN_NAMES)
+EMAIL_PATTERN = f'^[^\\s"@\\[\\]]+@(?:[^\\s@.\\[\\]]+\\.)+(?!(?:{_NOT_SPECIAL})$)[^\\s@.\\[\\]]+$'
+TEXT_PATTERN = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$"
+
+
+def _line(value: str) -> str:
+    return check_text(value)
+
+
+def _text(value: str) -> str:
+    return check_text(value, multiline=True)
+
+
+Line = Annotated[str, AfterValidator(_line)]  # one line of text: no control characters
+Text = Annotated[str, AfterValidator(_text)]  # may hold line breaks and tabs, no other control character
+# A password is a secret taken as typed: never stripped (the models strip other strings).
+Password = Annotated[str, StringConstraints(strip_whitespace=False), AfterValidator(_line)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]  # a bigint id
 
 
 class Strict(BaseModel):
@@ -20,25 +63,30 @@ class Strict(BaseModel):
 class SignupIn(Strict):
     """Body of POST /api/auth/signup."""
 
-    email: EmailStr = Field(max_length=254)
-    password: str = Field(min_length=8, max_length=128)
-    name: str = Field(min_length=1, max_length=100)
+    email: EmailStr = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: Password = Field(
+        min_length=8,
+        max_length=128,
+        description="8 to 128 characters, letters mixed with digits or symbols, no control characters; taken as typed",
+        json_schema_extra={"pattern": PASSWORD_PATTERN},
+    )
+    name: Line = Field(min_length=1, max_length=100, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
 
     @field_validator("password")
     @classmethod
     def _strong(cls, value: str) -> str:
-        if not any(c.isalpha() for c in value) or not any(not c.isalpha() for c in value):
-            raise ValueError("password must mix letters with digits or symbols")
-        if len(set(value)) < 5:
-            raise ValueError("password is too repetitive")
+        problem = password_problem(value)
+        if problem is not None:
+            raise ValueError(f"password {problem}")
         return value
 
 
 class LoginIn(Strict):
     """Body of POST /api/auth/login."""
 
-    email: EmailStr = Field(max_length=254)
-    password: str = Field(min_length=1, max_length=128)
+    # Any bounded text: an address that could never have signed up is just wrong credentials (401).
+    email: Line = Field(min_length=1, max_length=254, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
+    password: Password = Field(min_length=1, max_length=128, json_schema_extra={"pattern": LINE_PATTERN})
 
 
 class UserOut(BaseModel):
@@ -73,11 +121,13 @@ class HealthOut(BaseModel):
 class DealIn(Strict):
     """Body of POST /api/admin/deals."""
 
-    title: str = Field(min_length=1, max_length=200)
-    product_name: str | None = Field(default=None, min_length=1, max_length=200)
-    product_id: int | None = Field(default=None, ge=1)
-    description: str = Field(default="", max_length=2000)
-    price: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    title: Line = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
+    product_name: Line | None = Field(
+        default=None, min_length=1, max_length=200, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN}
+    )
+    product_id: Id | None = None
+    description: Text = Field(default="", max_length=2000, json_schema_extra={"pattern": TEXT_PATTERN})
+    price: Decimal = Field(gt=0, le=MAX_PRICE, max_digits=12, decimal_places=2)
     stock: int = Field(ge=1, le=10_000_000)
     per_user_limit: int = Field(ge=1, le=1000)
     starts_at: datetime
@@ -110,9 +160,7 @@ class DealIn(Strict):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError("must be an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z") from None
-        if parsed.tzinfo is None:
-            raise ValueError("must carry a time zone (Z or +hh:mm)")
-        return parsed
+        return utc_in_range(parsed)  # stored and compared in UTC, within years PostgreSQL and Python both read
 
     @model_validator(mode="after")
     def _window(self) -> DealIn:
@@ -183,10 +231,10 @@ class OrderIn(Strict):
 
 
 class OrderAccepted(BaseModel):
-    """Answer of an accepted order."""
+    """Answer of an order attempt: 202 accepted now, or 200 for a replayed Idempotency-Key (current status)."""
 
     order_id: str
-    status: Literal["accepted"]
+    status: Literal["accepted", "confirmed", "canceled", "failed"]
     deal_id: int
     quantity: int
 

@@ -12,6 +12,7 @@ from web.errors import ApiError
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 16 * 1024
+JSON_ONLY = "Send the body as JSON with Content-Type: application/json."
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -26,7 +27,7 @@ def require_json() -> Any:
     """Return the parsed JSON body or raise 415 / 400 / 413."""
     if not request.is_json:
         # Refusing form and text content types means a cross-site HTML form cannot post here.
-        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+        raise ApiError(415, "unsupported_media_type", JSON_ONLY)
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", f"Body larger than {MAX_BODY_BYTES} bytes.")
     data = request.get_json(silent=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from shared.bounds import password_problem, text_problem, utc_in_range
 from shared.settings import ConfigError, Settings
 
 # With --open-now and no --ends-at, the sale runs this long.
@@ -130,7 +131,10 @@ def parse_when(value: str | None, param: str) -> datetime | None:
         raise click.BadParameter(
             f"{value!r} is not an ISO 8601 date-time (e.g. 2026-11-25T18:00:00Z)", param_hint=param
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        return utc_in_range(when.replace(tzinfo=UTC) if when.tzinfo is None else when)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
 
 
 def parse_price(value: str) -> Decimal:
@@ -174,15 +178,15 @@ def admin_create(email: str, password: str, name: str) -> None:
         email = validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise click.BadParameter(str(exc), param_hint="--email") from None
-    # Same rules as signup (web/schemas.py SignupIn), restated here to keep the worker Flask-free.
-    if not 8 <= len(password) <= 128:
-        raise click.BadParameter("must be 8 to 128 characters", param_hint="--password")
-    if not any(c.isalpha() for c in password) or all(c.isalpha() for c in password) or len(set(password)) < 5:
-        raise click.BadParameter(
-            "must mix letters with digits or symbols and not be repetitive", param_hint="--password"
-        )
+    # The rules of signup (shared/bounds.py, also behind web/schemas.py SignupIn).
+    problem = password_problem(password)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--password")
     if not 1 <= len(name.strip()) <= 100:
         raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
+    problem = text_problem(name)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--name")
     o = ops()
     try:
         with o.db.transaction() as s:
@@ -262,6 +266,10 @@ def deal_create(
     title = title.strip()
     if not 1 <= len(title) <= 200:
         raise click.BadParameter("must be 1 to 200 characters", param_hint="--title")
+    for value, hint in ((title, "--title"), (product_name or "", "--product")):
+        problem = text_problem(value)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint=hint)
     unit_price = parse_price(price)
     start, end = parse_when(starts_at, "--starts-at"), parse_when(ends_at, "--ends-at")
     now = datetime.now(UTC)

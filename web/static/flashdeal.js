@@ -52,7 +52,10 @@
   }
 
   async function api(method, url, payload, headers) {
-    const init = { method, credentials: "same-origin", headers: Object.assign({ Accept: "application/json" }, headers || {}) };
+    // X-Requested-With: the proof of origin every state-changing API call needs (web/origin.py),
+    // also for the bodyless ones (cancel, admin open and close).
+    const base = { Accept: "application/json", "X-Requested-With": "fetch" };
+    const init = { method, credentials: "same-origin", headers: Object.assign(base, headers || {}) };
     if (payload !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);
@@ -260,8 +263,9 @@
         orderMsg.className = "message error";
         return false; // the intent (and its key) is kept for the retry
       }
-      if (r.status === 202) {
-        showOrder({ id: r.data.order_id, status: "accepted" });
+      // 202: placed now; 200: the key's order from an earlier attempt, with its current status.
+      if (r.status === 202 || r.status === 200) {
+        showOrder({ id: r.data.order_id, status: r.data.status });
         pollOrder(r.data.order_id);
         pollDeal();
         return true;
