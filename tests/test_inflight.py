@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared.order_ids import deal_of
-from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 from worker.drain import DrainOptions, drain_deal
 
 
@@ -100,7 +100,7 @@ def test_the_index_follows_the_outbox_through_cancel_and_drain(app, db, svc) -> 
     first = ca.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     second = ca.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}).json["order_id"]
     cb.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
-    assert ca.post(f"/api/orders/{first}/cancel").json["status"] == "canceled"
+    assert ca.post(f"/api/orders/{first}/cancel", headers=ORIGIN).json["status"] == "canceled"
     k = svc.keys.deal(deal.id)
     assert svc.redis.zcard(k.inflight) == 4  # three orders and one cancel in flight
     want = {first: "canceled", second: "accepted"}

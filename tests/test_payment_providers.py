@@ -20,7 +20,7 @@ from shared.payments import minor_units
 from shared.payments.base import PayableOrder
 from shared.payments.dev import sign
 from shared.payments.stripe_provider import StripeProvider
-from tests.helpers import PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
 from tests.test_payments_api import event, login
 
 WEBHOOK_SECRET = "whsec_test_" + "a" * 24
@@ -134,23 +134,24 @@ def test_stripe_flow_through_the_app_pay_webhook_and_refund_after_expiry(db, str
     (user,) = make_users(db, 1)
     c = login(app, db, user)
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 3}).json["order_id"]
-    r = c.post(f"/api/orders/{oid}/pay")
+    r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 200 and r.json["provider"] == "stripe" and r.json["checkout_url"] is None
-    assert c.post(f"/api/orders/{oid}/pay").json == r.json
+    assert c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json == r.json
     assert [x["path"] for x in fake_stripe.calls] == ["/v1/payment_intents"]
     assert fake_stripe.calls[0]["form"]["amount"] == "5997"
     pid = r.json["payment_id"]
     hook = app.test_client()
 
     def deliver(payload: bytes, secret: str = WEBHOOK_SECRET):
-        return hook.post("/api/payments/webhook", data=payload, headers={"Stripe-Signature": sign(payload, secret)})
+        headers = {"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json; charset=utf-8"}
+        return hook.post("/api/payments/webhook", data=payload, headers=headers)
 
     assert deliver(event(oid, deal.id, pid, amount=5997), "whsec_other").status_code == 400  # not Stripe's
     assert deliver(event(oid, deal.id, pid, amount=5997)).json["outcome"] == "paid"
     # A second order left unpaid until after its deadline, then paid: refunded through the API, reported once.
     set_payment_window_ms(svc.gate, deal.id, 50)
     late = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
-    late_pid = c.post(f"/api/orders/{late}/pay").json["payment_id"]
+    late_pid = c.post(f"/api/orders/{late}/pay", headers=ORIGIN).json["payment_id"]
     time.sleep(0.1)
     payload = event(late, deal.id, late_pid, amount=1999)
     assert deliver(payload).json["outcome"] == "refund"
@@ -172,12 +173,14 @@ def test_stripe_without_keys_answers_503_not_500(db, settings) -> None:
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=120)
     c = login(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
-    r = c.post(f"/api/orders/{oid}/pay")
+    r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 503 and r.json["error"]["code"] == "payments_unavailable"
     # No secret: an event "signed" with the empty secret is not even looked at.
     payload = event(oid, deal.id, "pi_forged", amount=999)
     forged = app.test_client().post(
-        "/api/payments/webhook", data=payload, headers={"Stripe-Signature": sign(payload, "")}
+        "/api/payments/webhook",
+        data=payload,
+        headers={"Stripe-Signature": sign(payload, ""), "Content-Type": "application/json; charset=utf-8"},
     )
     assert forged.status_code == 503 and c.get(f"/api/orders/{oid}").json["status"] == "accepted"
 
@@ -194,7 +197,7 @@ def test_dev_checkout_over_http_declined_then_paid(db, settings, web_server) -> 
     s = requests.Session()
     assert s.post(server.url + "/api/auth/login", json={"email": email_of(db, user), "password": PASSWORD}).ok
     oid = s.post(f"{server.url}/api/deals/{deal.id}/orders", json={"quantity": 2}).json()["order_id"]
-    pay = s.post(f"{server.url}/api/orders/{oid}/pay").json()
+    pay = s.post(f"{server.url}/api/orders/{oid}/pay", headers=ORIGIN).json()
     url = server.url + pay["checkout_url"]
     page = requests.get(url)  # the provider's page: no session of ours needed
     assert page.status_code == 200 and "5.00 EUR" in page.text

@@ -20,7 +20,7 @@ from shared.gate import Admission, Gate
 from shared.keys import Keys
 from shared.payments.dev import dev_webhook_secret, payment_id_of, sign
 from tests.celery_procs import CeleryProcs, celery_procs, wait_until  # noqa: F401  (fixture)
-from tests.helpers import PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
 from tests.test_drain_workers import outbox_empty
 from tests.test_payments_api import event
 
@@ -52,7 +52,9 @@ def stock(gate: Gate, deal_id: int) -> int:
 def deliver(server, payload: bytes, secret: str) -> requests.Response:
     """Post a signed event to the webhook, as the provider does."""
     return requests.post(
-        server.url + "/api/payments/webhook", data=payload, headers={"Stripe-Signature": sign(payload, secret)}
+        server.url + "/api/payments/webhook",
+        data=payload,
+        headers={"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json; charset=utf-8"},
     )
 
 
@@ -178,7 +180,7 @@ def test_cancel_racing_payment_ends_one_way(db, gate, web_server, celery_procs: 
     secret = dev_webhook_secret(gate_settings(db))
 
     def cancel(oid: str) -> int:
-        return sessions[orders[oid]].post(f"{server.url}/api/orders/{oid}/cancel").status_code
+        return sessions[orders[oid]].post(f"{server.url}/api/orders/{oid}/cancel", headers=ORIGIN).status_code
 
     def pay(oid: str) -> str:
         payload = event(oid, deal.id, payment_id_of(oid, deal.id), amount=1998)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.payments.dev import dev_webhook_secret, sign
-from tests.helpers import PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
 
 
 def login(app, db, user_id: int):
@@ -72,33 +72,33 @@ def _refunds(db, order_id: str) -> list[tuple]:
 
 def test_pay_is_idempotent_and_only_for_the_owner(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc)
-    assert client.post(f"/api/orders/{oid}/pay").status_code == 401
+    assert client.post(f"/api/orders/{oid}/pay", headers=ORIGIN).status_code == 401
     other = login(app, db, make_users(db, 1)[0])
-    assert other.post(f"/api/orders/{oid}/pay").json["error"]["code"] == "not_found"
-    first = c.post(f"/api/orders/{oid}/pay")
+    assert other.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["error"]["code"] == "not_found"
+    first = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert first.status_code == 200, first.json
     assert first.json["provider"] == "dev" and first.json["checkout_url"].startswith("/payments/dev/checkout/")
-    assert c.post(f"/api/orders/{oid}/pay").json == first.json
+    assert c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json == first.json
     view = c.get(f"/api/orders/{oid}").json
     assert view["status"] == "accepted" and view["pay_by"] == first.json["pay_by"]
-    assert c.post("/api/orders/not-a-uuid/pay").status_code == 404
+    assert c.post("/api/orders/not-a-uuid/pay", headers=ORIGIN).status_code == 404
 
 
 def test_pay_refused_without_a_window_and_after_the_deadline(app, db, svc) -> None:
     _deal, _u, c, oid = buy(app, db, svc, window=0)
-    r = c.post(f"/api/orders/{oid}/pay")
+    r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 409 and r.json["error"]["code"] == "no_payment_window"
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=60)
     set_payment_window_ms(svc.gate, deal.id, 50)
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     time.sleep(0.1)
-    r = c.post(f"/api/orders/{oid}/pay")
+    r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 409 and r.json["error"]["code"] == "order_expired"
 
 
 def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc, qty=2, price="4.99")
-    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     ok = event(oid, deal.id, pid, amount=998)
     r = post_event(client, svc, ok)
     assert r.status_code == 200 and r.json == {"received": True, "outcome": "paid"}
@@ -107,7 +107,7 @@ def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(ap
     failed = post_event(client, svc, event(oid, deal.id, pid, ok=False, amount=998))  # out of order
     assert failed.json["outcome"] == "ignored"
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
-    assert c.post(f"/api/orders/{oid}/cancel").json["error"]["code"] == "order_paid"
+    assert c.post(f"/api/orders/{oid}/cancel", headers=ORIGIN).json["error"]["code"] == "order_paid"
     assert _refunds(db, oid) == []
     assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 3
 
@@ -115,7 +115,7 @@ def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(ap
 @pytest.mark.parametrize("attack", ["tampered", "wrong_secret", "no_header", "stale", "garbage"])
 def test_bad_signatures_are_400_and_change_nothing(app, db, svc, client, attack) -> None:
     deal, _user, c, oid = buy(app, db, svc)
-    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     payload = event(oid, deal.id, pid)
     secret = dev_webhook_secret(svc.settings)
     header = {
@@ -136,7 +136,7 @@ def test_bad_signatures_are_400_and_change_nothing(app, db, svc, client, attack)
 def test_success_after_expiry_is_refunded_and_reported(app, db, svc, client) -> None:
     deal, user, c, oid = buy(app, db, svc)
     set_payment_window_ms(svc.gate, deal.id, 60)
-    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     late = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]  # pay_by 60 ms away
     time.sleep(0.1)
     payload = event(late, deal.id, pid.replace(oid.replace("-", ""), late.replace("-", "")))
@@ -152,7 +152,7 @@ def test_success_after_expiry_is_refunded_and_reported(app, db, svc, client) -> 
 
 def test_wrong_amount_is_never_marked_paid(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc)
-    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     r = post_event(client, svc, event(oid, deal.id, pid, amount=1))
     assert r.json["outcome"] == "refund" and [x[0] for x in _refunds(db, oid)] == ["amount_mismatch"]
     assert c.get(f"/api/orders/{oid}").json["status"] == "accepted"
@@ -171,7 +171,7 @@ def test_an_unpaid_order_keeps_its_deal_and_a_resend_after_retirement_refunds_no
     from worker.drain import DrainOptions, drain_deal
 
     deal, _user, c, oid = buy(app, db, svc)
-    pid = c.post(f"/api/orders/{oid}/pay").json["payment_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     close_now(db, svc.gate, deal.id)
     drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-retire", DrainOptions(batch_size=100, budget_s=10.0))
     verdict = retire_deal(db, svc.gate, deal.id)

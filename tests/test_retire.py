@@ -12,7 +12,7 @@ from shared.gate import Admission, Cancellation, Gate
 from shared.models import Deal, Order
 from shared.retire import retire_deal, retire_ended
 from tests.celery_procs import celery_procs, wait_until  # noqa: F401  (fixture)
-from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 from worker.dlq import dead_letter, drop_dead_letter
 from worker.drain import DrainOptions, drain_deal
 from worker.reconcile import reconcile_deal
@@ -54,7 +54,7 @@ def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, d
     (other,) = make_users(db, 1)
     c2 = _login(app, db, other)
     canceled = c2.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
-    assert c2.post(f"/api/orders/{canceled}/cancel").json["status"] == "canceled"
+    assert c2.post(f"/api/orders/{canceled}/cancel", headers=ORIGIN).json["status"] == "canceled"
 
     # Open: never retired, whatever the grace (the script itself refuses too).
     assert deal.id not in retire_ended(db, gate, after_seconds=0).retired
@@ -81,7 +81,7 @@ def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, d
     stats = c.get(f"/api/deals/{deal.id}")  # and the buyer's actions are refused, never a 500
     assert stats.status_code == 200
     assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["error"]["code"] == "deal_not_open"
-    assert c.post(f"/api/orders/{kept}/cancel").json["error"]["code"] == "deal_not_open"
+    assert c.post(f"/api/orders/{kept}/cancel", headers=ORIGIN).json["error"]["code"] == "deal_not_open"
     # Nothing brings its keys back: the scheduler, a reopen, a repair, a drain.
     tick(db, gate)
     with pytest.raises(DealStateError):

@@ -92,7 +92,10 @@ def _schemathesis(url: str, workdir: Path, *extra: str) -> tuple[int, str]:
         "--mode", "all", "--phases", "coverage,fuzzing", "--checks", ",".join(CHECKS),
         "--generation-deterministic", "--generation-with-security-parameters", "false",
         "--max-examples", "5", "--max-time", str(SECONDS_PER_RUN), "--request-timeout", "15",
-        "--header", "X-Requested-With: fetch", *extra,
+        "--header", "X-Requested-With: fetch",
+        # Every event without the provider's HMAC of its body is refused (400), and no schema can generate
+        # one: the webhook's signature checks are tests/test_payments_api.py and test_payment_providers.py.
+        "--exclude-path", "/api/payments/webhook", *extra,
     ]  # fmt: skip
     env = {**os.environ, "NO_COLOR": "1"}
     # Run in a temporary directory: Schemathesis keeps a cache folder in its working directory.

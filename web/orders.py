@@ -85,7 +85,8 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
         if outcome is Admission.REPLAY:
             # The truth about the order now (it may have been confirmed or canceled since), not
             # the first answer again. Off the hot path: only a retried request gets here.
-            return Admitted(result.order_id, deal_id, quantity, _current_status(svc, result.order_id), replay=True)
+            status = _current_status(svc, result.order_id, deal_id)
+            return Admitted(result.order_id, deal_id, quantity, status, replay=True)
         return Admitted(result.order_id, deal_id, quantity)
     if outcome is Admission.SOLD_OUT and result.remaining <= 0:
         _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
@@ -116,15 +117,15 @@ def place_order(deal_id: int) -> Any:
     return jsonify(admitted.body()), admitted.http_status
 
 
-def _current_status(svc: Services, order_id: str) -> str:
-    """The order's status now; with PostgreSQL unreachable, what the gate knows (accepted or canceled)."""
+def _current_status(svc: Services, order_id: str, deal_id: int) -> str:
+    """The order's status now; with PostgreSQL unreachable, what the gate knows (accepted, canceled, paid...)."""
     try:
         found = find_order(svc, order_id)
     except SQLAlchemyError as exc:
         # The order is safe in the gate; a replay must not fail because the history is unreachable.
         log.warning("order %s: PostgreSQL unreachable, answering the gate's status: %s", order_id, exc)
-        live = svc.gate.find_order(order_id)
-        return "canceled" if live is not None and live.canceled else "accepted"
+        live = svc.gate.find_order(order_id, deal_id)
+        return live.state if live is not None and live.state in _GATE_DECIDED else "accepted"
     return found[0]["status"] if found is not None else "accepted"
 
 
