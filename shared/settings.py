@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 DEV_SECRET = "dev-insecure-secret-change-me"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 class ConfigError(RuntimeError):
@@ -17,6 +18,20 @@ def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+TOPOLOGIES = ("single", "sentinel")  # a "cluster" topology is added here and in shared/redis_client.py: _connect
+
+
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """Parse ``REDIS_SENTINELS`` (``host:port,host:port``)."""
+    out = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"REDIS_SENTINELS: {part!r} is not host:port")
+        out.append((host, int(port)))
+    return tuple(out)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -37,6 +52,11 @@ class Settings:
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_topology: str = "single"
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "flashdeal"
+    order_ack_replicas: int = 0  # WAIT for this many replicas after an admission or cancel (0: no WAIT)
+    order_ack_timeout_ms: int = 250
     secret_key: str = DEV_SECRET
     key_prefix: str = "fd:"
     session_idle_seconds: int = 1800
@@ -63,11 +83,24 @@ class Settings:
         """Build settings from environment variables (``os.environ`` by default)."""
         e = os.environ if env is None else env
         redis_url = e.get("REDIS_URL") or cls.redis_url
+        topology = (e.get("FLASHDEAL_REDIS_TOPOLOGY") or cls.redis_topology).strip().lower()
+        if topology not in TOPOLOGIES:
+            raise ConfigError(f"FLASHDEAL_REDIS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+        sentinels = _sentinels(e.get("REDIS_SENTINELS", ""))
+        if topology == "sentinel" and not sentinels:
+            raise ConfigError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
+        master = e.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master
         return cls(
             env=e.get("FLASHDEAL_ENV", cls.env),
             database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
             redis_url=redis_url,
-            celery_broker_url=e.get("CELERY_BROKER_URL") or redis_url,
+            celery_broker_url=e.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url),
+            redis_topology=topology,
+            redis_sentinels=sentinels,
+            redis_sentinel_master=master,
+            # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
+            order_ack_replicas=_int(e, "ORDER_ACK_REPLICAS", 1 if topology == "sentinel" else 0),
+            order_ack_timeout_ms=_int(e, "ORDER_ACK_TIMEOUT_MS", cls.order_ack_timeout_ms),
             secret_key=e.get("SECRET_KEY") or DEV_SECRET,
             key_prefix=e.get("FLASHDEAL_KEY_PREFIX", cls.key_prefix),
             session_idle_seconds=_int(e, "SESSION_IDLE_SECONDS", cls.session_idle_seconds),
@@ -108,6 +141,15 @@ class Settings:
         if not self.is_development and len(self.secret_key) < 24:
             raise ConfigError("SECRET_KEY must be at least 24 characters outside development")
         return self
+
+
+def default_broker_url(topology: str, redis_url: str) -> str:
+    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the Redis itself, or RabbitMQ with Sentinel."""
+    if topology == "sentinel":
+        # Celery's Redis-Sentinel transport did not survive the primary's death in our failover test
+        # (README, "Redis high availability"): with Sentinel the broker is the local RabbitMQ.
+        return DEFAULT_AMQP_URL
+    return redis_url
 
 
 def _sqlalchemy_url(url: str) -> str:

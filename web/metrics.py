@@ -47,6 +47,12 @@ ADMISSIONS = Counter(
     ["outcome"],
 )
 
+UNREPLICATED = Counter(
+    "flashdeal_ack_unreplicated_total",
+    "Admissions and cancels answered before ORDER_ACK_REPLICAS replicas confirmed them (WAIT timed out).",
+    ["op"],
+)
+
 bp = Blueprint("metrics", __name__)
 
 
@@ -66,6 +72,16 @@ def _latency(endpoint: str, method: str) -> Any:
 @functools.cache
 def _requests(endpoint: str, method: str, status: int) -> Any:
     return REQUESTS.labels(endpoint, method, str(status))
+
+
+def record_unreplicated(op: str) -> None:
+    """Count one write (``order`` or ``cancel``) acknowledged on the primary alone."""
+    _unreplicated(op).inc()
+
+
+@functools.cache
+def _unreplicated(op: str) -> Any:
+    return UNREPLICATED.labels(op=op)
 
 
 def record_admission(outcome: str) -> None:

@@ -58,7 +58,7 @@ class Ops:
         """The stock gate."""
         from shared.gate import Gate
 
-        return Gate(self.redis, self.keys, self.settings.drain_kick_ms)
+        return Gate.from_settings(self.redis, self.settings)
 
     def close(self) -> None:
         """Release the connections this command opened."""

@@ -184,7 +184,8 @@ class LiveCollector(Collector):
             settings = self._settings or Settings.from_env()
             client = text_client(settings)
             keys = Keys(settings.key_prefix)
-            self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, Gate(client, keys))
+            gate = Gate.from_settings(client, settings)
+            self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, gate)
         return self._ctx
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
