@@ -52,6 +52,9 @@ broker_transport_options = {
     "retry_on_timeout": True,
     "health_check_interval": 10,
 }
+if broker_url.startswith("sentinel://"):
+    # Celery's Redis-Sentinel transport (a CELERY_BROKER_URL of sentinel://h:p;sentinel://h:p): it needs the name.
+    broker_transport_options["master_name"] = _settings.redis_sentinel_master
 if broker_url.startswith(("amqp://", "pyamqp://")):
     # RabbitMQ (the broker of the Sentinel topology): the queue is a quorum queue, replicated by Raft on a
     # RabbitMQ cluster and kept on disk, published with confirms. A topic exchange, because Celery's native

@@ -78,7 +78,7 @@ def run() -> None:
                 "  metrics               http://127.0.0.1:8001/metrics (web, also :8002 :8003)  :9101 :9102 (workers)",
                 *(
                     [
-                        f"  Redis Sentinel        {env['REDIS_SENTINELS']} (master {env.get('REDIS_SENTINEL_MASTER')!r})",
+                        f"  Redis Sentinel        {env['REDIS_SENTINELS']} (master {env.get('REDIS_SENTINEL_MASTER')})",
                         f"  Celery broker         {_redacted(env.get('CELERY_BROKER_URL', ''))}",
                     ]
                     if _sentinel_topology(env)

@@ -34,6 +34,14 @@ class Admission(enum.StrEnum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
 
 
+class Loaded(enum.IntEnum):
+    """What loading a deal did to its stock (the reply of ``lua/load_deal.lua``)."""
+
+    SET = 1  # the stock was set now: a first load, or the whole deal rebuilt after Redis lost it
+    LIVE = 0  # the stock was live: left as it is
+    HELD = -1  # the stock is missing but order records or outbox entries are not: not rebuilt (drift)
+
+
 class Cancellation(enum.StrEnum):
     """Outcome of one cancel attempt."""
 
@@ -187,11 +195,12 @@ class Gate:
         replicated = acked >= self.ack_replicas or outcome not in (Cancellation.CANCELED, Cancellation.ALREADY_CANCELED)
         return CancelResult(Cancellation(outcome), int(remaining), bool(kick), replicated)
 
-    def load(self, rules: DealRules, initial_stock: int) -> bool:
-        """Load rules; set the stock only if none is live. True when the stock was set now."""
+    def load(self, rules: DealRules, initial_stock: int, held: dict[int, int] | None = None) -> Loaded:
+        """Load rules; set the stock (and the buyers' totals ``held``) only when Redis holds nothing of the sale."""
         k = self.keys.deal(rules.deal_id)
-        created = self._load(
-            keys=[k.state, k.stock],
+        pairs = [x for user, qty in sorted((held or {}).items()) if qty > 0 for x in (user, qty)]
+        reply = self._load(
+            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded],
             args=[
                 rules.status,
                 rules.open_ms,
@@ -201,10 +210,11 @@ class Gate:
                 rules.total,
                 initial_stock,
                 rules.title,
+                *pairs,
             ],
         )
         self.redis.sadd(self.keys.live_deals, rules.deal_id)
-        return bool(created)
+        return Loaded(int(reply))
 
     def set_window(self, deal_id: int, *, status: str, open_ms: int | None = None, close_ms: int | None = None) -> None:
         """Change a loaded deal's status or window (admin open/close); takes effect at once."""
@@ -256,7 +266,7 @@ class Gate:
     def unload(self, deal_id: int) -> None:
         """Forget a deal's gate entirely (tests, finished deals after archiving)."""
         k = self.keys.deal(deal_id)
-        self.redis.delete(*k.gate_keys(), k.follow_up, k.fanout)
+        self.redis.delete(*k.gate_keys(), k.follow_up, k.fanout, k.loaded)
         self.redis.srem(self.keys.live_deals, deal_id)
 
 

@@ -23,6 +23,7 @@ class DealKeys:
     kick: str  # short-lived flag: a drain task is already on its way
     follow_up: str  # short-lived flag: a drain task is scheduled to look again one kick interval later
     fanout: str  # short-lived flag: a draining worker already asked for one more node
+    loaded: str  # hash: when the stock was last set by lua/load_deal.lua, and what PostgreSQL held then
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -51,6 +52,7 @@ class Keys:
             kick=f"{tag}:kick",
             follow_up=f"{tag}:follow-up",
             fanout=f"{tag}:fanout",
+            loaded=f"{tag}:loaded",
         )
 
     @property

@@ -42,7 +42,11 @@ def _connect(settings: Settings, **options: Any) -> redis.Redis:
     options = {"health_check_interval": 30, "socket_keepalive": True, "socket_connect_timeout": 2, **options}
     if settings.redis_topology == "sentinel":
         url = urlparse(settings.redis_url)
-        sentinel = Sentinel(list(settings.redis_sentinels), socket_connect_timeout=1, socket_timeout=1)
+        # sentinel_kwargs: timeouts for asking the sentinels only (given as plain kwargs they would apply
+        # to the primary's connections too, and cut a WAIT or a slow command short).
+        sentinel = Sentinel(
+            list(settings.redis_sentinels), sentinel_kwargs={"socket_connect_timeout": 1, "socket_timeout": 1}
+        )
         # REDIS_URL still gives the database and the credentials of the primary.
         return sentinel.master_for(
             settings.redis_sentinel_master,
@@ -178,6 +182,11 @@ class DirectCalls:
         packed = conn.pack_commands(commands)
         for attempt in (1, 2):
             try:
+                # Why connect() first: send_packed_command connects by itself when needed, but through the
+                # base class's connect_check_health, which skips SentinelManagedConnection.connect (where the
+                # current primary is asked of the sentinels) and would dial the default localhost:6379.
+                # connect() returns at once on an open connection.
+                conn.connect()
                 conn.send_packed_command(packed, check_health=False)
                 replies: list[Any] = []
                 for _ in commands:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlparse
 
 DEV_SECRET = "dev-insecure-secret-change-me"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ, the other broker the Sentinel topology takes
 
 
 class ConfigError(RuntimeError):
@@ -23,7 +24,7 @@ def _bool(value: str | None, default: bool) -> bool:
 TOPOLOGIES = ("single", "sentinel")  # a "cluster" topology is added here and in shared/redis_client.py: _connect
 
 
-def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
     """Parse ``REDIS_SENTINELS`` (``host:port,host:port``)."""
     out = []
     for part in filter(None, (p.strip() for p in raw.split(","))):
@@ -86,7 +87,7 @@ class Settings:
         topology = (e.get("FLASHDEAL_REDIS_TOPOLOGY") or cls.redis_topology).strip().lower()
         if topology not in TOPOLOGIES:
             raise ConfigError(f"FLASHDEAL_REDIS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
-        sentinels = _sentinels(e.get("REDIS_SENTINELS", ""))
+        sentinels = parse_sentinels(e.get("REDIS_SENTINELS", ""))
         if topology == "sentinel" and not sentinels:
             raise ConfigError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
         master = e.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master
@@ -94,7 +95,7 @@ class Settings:
             env=e.get("FLASHDEAL_ENV", cls.env),
             database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
             redis_url=redis_url,
-            celery_broker_url=e.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url),
+            celery_broker_url=e.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url, sentinels),
             redis_topology=topology,
             redis_sentinels=sentinels,
             redis_sentinel_master=master,
@@ -143,12 +144,15 @@ class Settings:
         return self
 
 
-def default_broker_url(topology: str, redis_url: str) -> str:
-    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the Redis itself, or RabbitMQ with Sentinel."""
+def default_broker_url(topology: str, redis_url: str, sentinels: tuple[tuple[str, int], ...] = ()) -> str:
+    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the flashdeal Redis, through its sentinels if any.
+
+    With Sentinel that is kombu's Redis-Sentinel transport, which follows the primary through a
+    failover (tests/test_sentinel_faults.py, against RabbitMQ as the alternative broker).
+    """
     if topology == "sentinel":
-        # Celery's Redis-Sentinel transport did not survive the primary's death in our failover test
-        # (README, "Redis high availability"): with Sentinel the broker is the local RabbitMQ.
-        return DEFAULT_AMQP_URL
+        db = urlparse(redis_url).path.lstrip("/") or "0"
+        return ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
     return redis_url
 
 

@@ -132,11 +132,16 @@ def reconcile(deal_id: int | None = None, repair: bool = False) -> dict[str, Any
     report = run_reconcile(ctx.db, ctx.redis, ctx.keys, ids, repair=repair)
     for d in report.drifted:
         log.warning(
-            "reconcile: deal %s drift %s (redis %s, expected %s)%s",
+            "reconcile: deal %s drift %s (redis %s, expected %s, %s buyers' totals off)%s%s",
             d.deal_id,
-            d.drift,
+            "STOCK MISSING" if d.redis_remaining is None else d.drift,
             d.redis_remaining,
             d.expected_remaining,
-            " repaired" if d.repaired else "",
+            d.buyers_mismatched,
+            " repaired" if d.repaired else "; repair: celery -A worker flashdeal reconcile ID --repair",
+            d.rebuilt_note,
         )
+    for d in report.deals:
+        if d.ok and d.held_at_load:
+            log.warning("reconcile: deal %s%s", d.deal_id, d.rebuilt_note)
     return report.as_dict()
