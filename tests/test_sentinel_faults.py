@@ -21,7 +21,7 @@ from shared.settings import DEFAULT_AMQP_URL
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import PASSWORD, web_server  # noqa: F401  (fixture)
 from tests.helpers import email_of, make_deal, make_users
-from tests.sentinel_procs import SentinelSetup, sentinel_setup  # noqa: F401  (fixture)
+from tests.redis_procs import SentinelSetup, sentinel_setup  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

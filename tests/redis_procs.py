@@ -1,13 +1,16 @@
-"""A real Redis Sentinel topology (primary, two replicas, three sentinels) on free ports, for fault tests."""
+"""Redis servers of our own on free ports for fault tests: a single throwaway one, or a Sentinel topology."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.redis_client import text_client
@@ -62,3 +65,51 @@ def sentinel_setup(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
 def sentinel_client(setup: SentinelSetup):  # type: ignore[no-untyped-def]
     """A text client that follows the primary (as every flashdeal process builds it)."""
     return text_client(setup.settings)
+
+
+class PrivateRedis:
+    """One redis-server of our own (no persistence) on a free port; ``restart_empty`` is a crash that loses all."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        """Start the server and wait until it answers."""
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the server (only the one this object started)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart_empty(self) -> None:
+        """A crash and a restart without persistence: every key is gone."""
+        self.kill()
+        self.start()
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A throwaway redis-server on a free port (its policy and data may be changed without touching the shared one)."""
+    server = PrivateRedis(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.kill()
