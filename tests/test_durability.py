@@ -172,3 +172,22 @@ def test_topology_settings() -> None:
                 {"FLASHDEAL_REDIS_TOPOLOGY": "sentinel", "REDIS_SENTINELS": "nohost"}):  # fmt: skip
         with pytest.raises(ConfigError):
             Settings.from_env(bad)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_primary_without_its_replicas_refuses_orders_with_503_and_writes_nothing(
+    settings,
+    db,
+    private_redis,  # noqa: F811
+    fast_path,
+) -> None:
+    app = create_app(settings.with_(redis_url=private_redis.url, ratelimit_enabled=False, fast_path=fast_path))
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=2)
+    c = _login(app, db, make_users(db, 1)[0])
+    # min-replicas-to-write: a primary cut off from its replicas (the old side of a split brain) takes no writes.
+    redis.Redis.from_url(private_redis.url).config_set("min-replicas-to-write", "1")
+    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": "nr"})
+    assert r.status_code == 503 and r.json["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
+    k = svc.gate.keys.deal(deal.id)
+    assert svc.gate.redis.get(k.stock) == "5" and svc.gate.redis.hlen(k.orders) == 0  # nothing half-written
