@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
 from shared.redis_client import server_policy  # noqa: E402
-from shared.settings import parse_sentinels, default_broker_url  # noqa: E402
+from shared.settings import default_broker_url, parse_sentinels  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -101,12 +101,8 @@ def ensure_sentinel() -> list[str]:
         )
     ports = SentinelPorts.default()
     topology = SentinelTopology(VAR / "redis-sentinel", ports)
-    if topology.running():
-        say(f"reusing the Sentinel topology on {ports.sentinels_setting}")
-    else:
-        say(f"starting Redis primary :{ports.data[0]}, replicas {ports.data[1:]}, sentinels {ports.sentinels}")
-        topology.stop()  # whatever is left of an earlier run (by its pid files)
-        topology.start()
+    say(f"Redis Sentinel topology: data nodes {ports.data} (first is the initial primary), sentinels {ports.sentinels}")
+    say(f"Sentinel topology {topology.ensure()} (var/redis-sentinel; `rm -rf var/redis-sentinel` for a fresh one)")
     primary = topology.primary()
     report_redis(f"redis://127.0.0.1:{primary}/0")
     return [f"export REDIS_SENTINELS='{ports.sentinels_setting}'", f"export REDIS_SENTINEL_MASTER='{MASTER_NAME}'"]

@@ -108,7 +108,7 @@ def run() -> None:
         rc = child.wait()
     finally:
         print("[manage] stopping the Redis Sentinel topology", flush=True)
-        topology.stop()
+        topology.stop(graceful=True)
     sys.exit(rc)
 
 

@@ -135,6 +135,33 @@ class SentinelTopology:
         _wait(self._sentinels_ready, timeout, "the sentinels did not see each other and the replicas")
         return self
 
+    def ensure(self, timeout: float = 30.0) -> str:
+        """Use what runs, start what is missing on the data it left, or start afresh; says which it did.
+
+        A node killed in a demo (or a machine restart) must not cost the orders on the others' AOF:
+        only a topology with no data on disk at all is started fresh.
+        """
+        if self.running():
+            return "reused"
+        if not any((self._dir(p) / "sentinel.conf").exists() for p in self.ports.sentinels):
+            self.start(timeout)
+            return "started"
+        for port in self.ports.sentinels:
+            if not _ping(port):
+                # Its own rewritten config: it remembers the primary it last saw and its peers.
+                subprocess.run([self.binary, str(self._dir(port) / "sentinel.conf"), "--sentinel"], check=True)
+        _wait(lambda: all(_ping(p) for p in self.ports.sentinels), timeout, "the sentinels did not start")
+        primary = self.primary()
+        if not _ping(primary):
+            # Every data node was down: the one the sentinels last named primary comes back as primary on its AOF.
+            subprocess.run(self.data_args(primary, None), check=True)
+            _wait(lambda: _ping(primary), timeout, f"redis on {primary} did not come back")
+        for port in self.ports.data:
+            if not _ping(port):
+                self.restart(port)
+        _wait(lambda: self.replicas_online(self.primary()) == len(self.ports.data) - 1, timeout, "replicas not in sync")
+        return "revived"
+
     def replicas_online(self, port: int) -> int:
         """How many replicas the node on ``port`` reports online (0 if it does not answer)."""
         try:
@@ -170,26 +197,36 @@ class SentinelTopology:
         except (OSError, ValueError):
             return None
 
-    def kill(self, port: int) -> None:
-        """SIGKILL the process on ``port`` (a crash: no shutdown, no final write)."""
+    def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        """SIGKILL the process on ``port`` (a crash: no shutdown, no final write); SIGTERM shuts it down cleanly."""
         pid = self.pid(port)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait(lambda: not _alive(pid), 10, f"process {pid} did not die")
+                os.kill(pid, sig)
+            try:
+                _wait(lambda: not _alive(pid), 10, f"process {pid} did not stop")
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait(lambda: not _alive(pid), 10, f"process {pid} did not die")
             self._pidfile(port).unlink(missing_ok=True)
 
     def restart(self, port: int) -> None:
         """Start a killed data node again on its old data; it comes back as the replica of whoever is primary now."""
+        self._dir(port).mkdir(parents=True, exist_ok=True)
         # Started as a replica of the current primary, as sentinel would reconfigure it anyway: it
         # never serves as a second primary in between (and min-replicas-to-write would refuse its writes).
         subprocess.run(self.data_args(port, self.primary()), check=True)
         _wait(lambda: _ping(port), 10, f"redis on {port} did not come back")
 
-    def stop(self) -> None:
-        """SIGKILL every process this topology started (by pid file) and wait until each is gone."""
+    def stop(self, graceful: bool = False) -> None:
+        """Stop every process this topology started (by pid file) and wait until each is gone.
+
+        ``graceful``: SIGTERM, so each data node writes its AOF out before it exits (``make up``'s Ctrl-C);
+        otherwise SIGKILL (tests, which throw the data away).
+        """
         for port in (*self.ports.sentinels, *self.ports.data):
-            self.kill(port)
+            self.kill(port, signal.SIGTERM if graceful else signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
