@@ -91,9 +91,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--users", type=int, default=200)
+    # A database of its own: the shared bench database may be migrated by another branch's code.
+    ap.add_argument("--database", default="flashdeal_bench_sentinel")
     args = ap.parse_args()
 
-    base_ctx = Context.create()
+    base_ctx = Context.create(args.database)
     root = Path(tempfile.mkdtemp(prefix="flashdeal-sentinel-bench-"))
     ports = _ports(6)
     topology = SentinelTopology(root, SentinelPorts(data=ports[:3], sentinels=ports[3:]))
