@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
 from shared.redis_client import server_policy  # noqa: E402
-from shared.settings import default_broker_url, parse_sentinels  # noqa: E402
+from shared.settings import default_broker_url  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -237,12 +237,7 @@ def main() -> None:
     print(f"export DATABASE_URL='{db_url}'")
     for line in extra:
         print(line)
-    sentinels = parse_sentinels(os.environ.get("REDIS_SENTINELS", "")) or parse_sentinels(
-        next((x.split("'")[1] for x in extra if x.startswith("export REDIS_SENTINELS=")), "")
-    )
-    broker = os.environ.get("CELERY_BROKER_URL") or default_broker_url(
-        "sentinel" if sentinel else "single", redis_url, sentinels
-    )
+    broker = os.environ.get("CELERY_BROKER_URL") or default_broker_url("sentinel" if sentinel else "single", redis_url)
     if broker.startswith("amqp://"):
         amqp = urlparse(broker)
         if not port_open(amqp.hostname or "127.0.0.1", amqp.port or 5672):

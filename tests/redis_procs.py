@@ -14,7 +14,7 @@ import redis
 
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.redis_client import text_client
-from shared.settings import Settings
+from shared.settings import DEFAULT_AMQP_URL, Settings
 from tests.conftest import free_port
 
 
@@ -49,12 +49,14 @@ def sentinel_setup(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
             "REDIS_SENTINELS": topology.ports.sentinels_setting,
             "REDIS_SENTINEL_MASTER": MASTER_NAME,
             "REDIS_URL": "redis://127.0.0.1:6379/0",  # with Sentinel only its database number is used
+            "CELERY_BROKER_URL": DEFAULT_AMQP_URL,  # the Sentinel topology's broker
         }
         s = settings.with_(
             redis_topology="sentinel",
             redis_sentinels=tuple(("127.0.0.1", p) for p in topology.ports.sentinels),
             redis_sentinel_master=MASTER_NAME,
             order_ack_replicas=1,
+            celery_broker_url=DEFAULT_AMQP_URL,
         )
         yield SentinelSetup(topology, s, env)
     finally:

@@ -11,7 +11,7 @@ from shared.deals import tick
 from shared.gate import Admission, Gate, Loaded
 from shared.keys import Keys
 from shared.models import Deal
-from shared.settings import ConfigError, Settings
+from shared.settings import DEFAULT_AMQP_URL, ConfigError, Settings, sentinel_broker_url
 from tests.helpers import make_deal, make_users
 from tests.redis_procs import private_redis  # noqa: F401  (fixture)
 from tests.test_fastpath import _login, _views_forbidden
@@ -166,7 +166,8 @@ def test_topology_settings() -> None:
     s = Settings.from_env({"FLASHDEAL_REDIS_TOPOLOGY": "sentinel", "REDIS_SENTINELS": "h1:26391, h2:26392",
                            "REDIS_URL": "redis://127.0.0.1:6379/4"})  # fmt: skip
     assert s.redis_sentinels == (("h1", 26391), ("h2", 26392)) and s.redis_sentinel_master == "flashdeal"
-    assert s.order_ack_replicas == 1 and s.celery_broker_url == "sentinel://h1:26391/4;sentinel://h2:26392/4"
+    assert s.order_ack_replicas == 1 and s.celery_broker_url == DEFAULT_AMQP_URL  # RabbitMQ with Sentinel
+    assert sentinel_broker_url(s.redis_url, s.redis_sentinels) == "sentinel://h1:26391/4;sentinel://h2:26392/4"
     assert Settings.from_env({}).order_ack_replicas == 0
     for bad in ({"FLASHDEAL_REDIS_TOPOLOGY": "sentinel"}, {"FLASHDEAL_REDIS_TOPOLOGY": "ring"},
                 {"FLASHDEAL_REDIS_TOPOLOGY": "sentinel", "REDIS_SENTINELS": "nohost"}):  # fmt: skip
