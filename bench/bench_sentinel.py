@@ -10,6 +10,7 @@ orders and the time until the next order is admitted is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -100,6 +101,7 @@ def main() -> None:
     ports = _ports(6)
     topology = SentinelTopology(root, SentinelPorts(data=ports[:3], sentinels=ports[3:]))
     procs = []
+    env: dict[str, str] = {}
     try:
         topology.start()
         sentinels = topology.ports.sentinels_setting
@@ -131,6 +133,7 @@ def main() -> None:
     finally:
         for p in procs:
             stop(p)
+        _drop_queue(env.get("CELERY_BROKER_URL", ""), base_ctx.env["CELERY_QUEUE"])
         topology.stop()
         shutil.rmtree(root, ignore_errors=True)
         base_ctx.cleanup()
@@ -154,6 +157,16 @@ def main() -> None:
         f"failover: primary SIGKILLed, replica promoted after {failover['promoted_s']} s, orders admitted again "
         f"after {failover['admitting_again_s']} s (target < 10 s)"
     )
+
+
+def _drop_queue(broker: str, queue: str) -> None:
+    """Delete this run's queue: no worker runs here, so the web nodes' drain kicks are left in it."""
+    if not broker.startswith("amqp"):
+        return  # a Redis broker's queue is a key in the topology, which goes with it
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(broker, connect_timeout=2) as conn:
+        conn.default_channel.queue_delete(queue)
 
 
 def _scrape(base: str, name: str) -> float:
