@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from kombu import Exchange, Queue
+
+from shared.redis_client import celery_result_backend, celery_result_backend_options
 from shared.settings import Settings
 
 _settings = Settings.from_env()
@@ -13,7 +16,8 @@ _settings = Settings.from_env()
 QUEUE = os.environ.get("CELERY_QUEUE", "flashdeal")
 
 broker_url = _settings.celery_broker_url
-result_backend = _settings.celery_broker_url
+result_backend = celery_result_backend(_settings)
+result_backend_transport_options = celery_result_backend_options(_settings)
 task_ignore_result = True  # drains are fire-and-forget; tasks that report (reconcile) opt in
 result_expires = 3600
 
@@ -48,6 +52,20 @@ broker_transport_options = {
     "retry_on_timeout": True,
     "health_check_interval": 10,
 }
+if broker_url.startswith("sentinel://"):
+    # Celery's Redis-Sentinel transport (a CELERY_BROKER_URL of sentinel://h:p;sentinel://h:p): it needs the name.
+    broker_transport_options["master_name"] = _settings.redis_sentinel_master
+if broker_url.startswith(("amqp://", "pyamqp://")):
+    # RabbitMQ (the broker of the Sentinel topology): the queue is a quorum queue, replicated by Raft on a
+    # RabbitMQ cluster and kept on disk, published with confirms. A topic exchange, because Celery's native
+    # delayed delivery (countdowns on quorum queues: the drain's follow-up look, retries) needs one.
+    task_queues = [Queue(QUEUE, Exchange(QUEUE, type="topic"), routing_key=QUEUE,
+                         queue_arguments={"x-queue-type": "quorum"}, durable=True)]  # fmt: skip
+    task_default_exchange = QUEUE
+    task_default_routing_key = QUEUE
+    broker_transport_options = {"confirm_publish": True}
+    # Quorum queues have no global QoS: Celery must not ask for it (a per-consumer prefetch is used).
+    worker_detect_quorum_queues = True
 redis_socket_keepalive = True
 redis_retry_on_timeout = True
 

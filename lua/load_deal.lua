@@ -1,13 +1,36 @@
 -- Load a deal's rules into Redis. Never overwrites live stock: a restart, a second beat or a
 -- repeated load cannot reset a sale in progress. All KEYS under the deal's hash tag.
 --
--- KEYS: 1 state, 2 stock
+-- The stock is (re)built only when Redis holds nothing of the deal's sale: no stock, no order
+-- record, no outbox entry. A missing stock next to order records or outbox entries means Redis
+-- lost part of the deal (an evicted or deleted key): rebuilding from PostgreSQL would ignore the
+-- orders still in Redis and sell their units again, so the script leaves the stock missing (the
+-- gate then refuses every order) and says so; `reconcile --repair` computes the right value.
+-- The check and the write are one atomic step: no admission can slip in between.
+--
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 orders, 5 outbox, 6 loaded (marker of the last (re)build)
 -- ARGV: 1 status, 2 open_ms, 3 close_ms, 4 limit, 5 price, 6 total, 7 initial stock, 8 title,
---       9 payment window ms (0: no payment step)
--- Reply: 1 if the stock was set now, 0 if it was already live
+--       9 payment window ms (0: no payment step),
+--       10.. pairs of (user id, quantity held): the buyers' totals PostgreSQL knows of
+-- Reply: 1 stock set now (first load, or the whole deal rebuilt), 0 already live,
+--        -1 stock missing but orders or outbox entries present: not rebuilt (drift)
 
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'open_ms', ARGV[2], 'close_ms', ARGV[3],
   'limit', ARGV[4], 'price', ARGV[5], 'total', ARGV[6], 'title', ARGV[8], 'pay_ms', ARGV[9] or '0')
-local set = redis.call('SET', KEYS[2], ARGV[7], 'NX')
-if set then return 1 end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then
+  return -1
+end
+-- Nothing of the sale is left in Redis: the buyers' totals are rebuilt with the stock, so the
+-- per-user limit holds on the rebuilt deal as it did before.
+redis.call('DEL', KEYS[3])
+for i = 10, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], ARGV[7])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[6], 'at_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+  'stock', ARGV[7], 'held', tonumber(ARGV[6]) - tonumber(ARGV[7]))
+return 1

@@ -3,7 +3,7 @@
 -- is still waiting to be persisted. All KEYS under the deal's hash tag (one cluster slot).
 --
 -- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due, 10 follow-up,
---       11 fanout, 12 payments, 13 events (DealKeys.all_keys)
+--       11 fanout, 12 payments, 13 events, 14 loaded (DealKeys.all_keys)
 -- ARGV: 1 '1' to delete, '0' to check only
 -- Reply: {verdict, count}: 'retired' (deleted) or 'ready' (check only: it could be deleted);
 --        'open' (the gate still admits: count 0), 'outbox' (count entries not yet persisted),

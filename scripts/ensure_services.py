@@ -23,6 +23,11 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
+sys.path.insert(0, str(ROOT))
+
+from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
+from shared.redis_client import server_policy  # noqa: E402
+from shared.settings import default_broker_url  # noqa: E402
 
 
 def redact(url: str) -> str:
@@ -77,16 +82,58 @@ def _libpq(url: str, dbname: str | None = None) -> str:
     return u.geturl()
 
 
+def report_redis(url: str) -> str:
+    """Say how the Redis at url keeps its data; return url. Stops on one that may evict gate keys."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, decode_responses=True)
+    try:
+        policy = server_policy(client)
+    finally:
+        client.close()
+    if not policy:
+        say(f"Redis at {redact(url)}: CONFIG GET is not allowed, persistence and eviction policy unknown")
+        return url
+    aof, save = policy.get("appendonly") == "yes", policy.get("save", "")
+    persistence = " + ".join(p for p in ("AOF" if aof else "", f"RDB snapshots ({save})" if save else "") if p)
+    say(
+        f"Redis at {redact(url)}: persistence "
+        f"{persistence or 'OFF (a restart loses every order not yet in PostgreSQL)'}, "
+        f"maxmemory-policy {policy.get('maxmemory-policy')}"
+    )
+    if policy.get("maxmemory-policy") != "noeviction":
+        sys.exit(
+            f"Redis at {redact(url)} has maxmemory-policy {policy.get('maxmemory-policy')!r}: it may evict stock "
+            "and order keys. Set it to noeviction (CONFIG SET maxmemory-policy noeviction) or use another Redis."
+        )
+    return url
+
+
+def ensure_sentinel() -> list[str]:
+    """FLASHDEAL_REDIS_TOPOLOGY=sentinel: use REDIS_SENTINELS, or start the local topology under var/."""
+    if os.environ.get("REDIS_SENTINELS"):
+        return []
+    if not shutil.which("redis-server"):
+        sys.exit(
+            "FLASHDEAL_REDIS_TOPOLOGY=sentinel needs the redis-server binary. Install it: apt-get install redis-server"
+        )
+    ports = SentinelPorts.default()
+    topology = SentinelTopology(VAR / "redis-sentinel", ports)
+    say(f"Redis Sentinel topology: data nodes {ports.data} (first is the initial primary), sentinels {ports.sentinels}")
+    say(f"Sentinel topology {topology.ensure()} (var/redis-sentinel; `rm -rf var/redis-sentinel` for a fresh one)")
+    primary = topology.primary()
+    report_redis(f"redis://127.0.0.1:{primary}/0")
+    return [export_line("REDIS_SENTINELS", ports.sentinels_setting), export_line("REDIS_SENTINEL_MASTER", MASTER_NAME)]
+
+
 def ensure_redis() -> str:
     """Return a reachable REDIS_URL, starting a private server if needed."""
     url = os.environ.get("REDIS_URL")
     if url:
         if not redis_ok(url):
             sys.exit(f"REDIS_URL={redact(url)} does not answer PING. Start that server or unset REDIS_URL.")
-        return url
+        return report_redis(url)
     default = "redis://127.0.0.1:6379/0"
     if redis_ok(default):
-        return default
+        return report_redis(default)
     binary = shutil.which("redis-server")
     if not binary:
         sys.exit(
@@ -111,6 +158,8 @@ def ensure_redis() -> str:
                 "",
                 "--appendonly",
                 "yes",
+                "--maxmemory-policy",
+                "noeviction",
                 "--logfile",
                 str(VAR / "redis" / "redis.log"),
             ],
@@ -191,7 +240,10 @@ def ensure_database(url: str) -> None:
 
 def main() -> None:
     """Resolve both services and print the export lines."""
-    redis_url = ensure_redis()
+    sentinel = os.environ.get("FLASHDEAL_REDIS_TOPOLOGY", "single").strip().lower() == "sentinel"
+    extra = ensure_sentinel() if sentinel else []
+    # With Sentinel, REDIS_URL gives only the database (and credentials) of the primary the sentinels name.
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0") if sentinel else ensure_redis()
     db_url = ensure_postgres()
     if len(sys.argv) > 1:  # an explicit database name (the test suite uses its own)
         u = urlparse(_libpq(db_url))
@@ -199,8 +251,16 @@ def main() -> None:
     ensure_database(db_url)
     print(export_line("REDIS_URL", redis_url))
     print(export_line("DATABASE_URL", db_url))
+    for line in extra:
+        print(line)
+    broker = os.environ.get("CELERY_BROKER_URL") or default_broker_url("sentinel" if sentinel else "single", redis_url)
+    if broker.startswith("amqp://"):
+        amqp = urlparse(broker)
+        if not port_open(amqp.hostname or "127.0.0.1", amqp.port or 5672):
+            sys.exit(f"No RabbitMQ answers at {amqp.hostname}:{amqp.port or 5672} (this topology's Celery broker). "
+                     "Install and start it: apt-get install rabbitmq-server")  # fmt: skip
     if not os.environ.get("CELERY_BROKER_URL"):
-        print(export_line("CELERY_BROKER_URL", redis_url))
+        print(export_line("CELERY_BROKER_URL", broker))
 
 
 if __name__ == "__main__":

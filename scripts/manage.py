@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
+from scripts.sentinel_topology import SentinelPorts, SentinelTopology  # noqa: E402
 from shared.accounts import EmailTaken, create_user  # noqa: E402
 from shared.db import Database  # noqa: E402
 from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
-from shared.keys import Keys  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 from shared.models import Deal  # noqa: E402
 from shared.redis_client import text_client  # noqa: E402
@@ -40,7 +43,7 @@ def seed() -> None:
     """Create the demo admin, buyer and an open demo deal with a payment window (idempotent)."""
     settings = Settings.from_env()
     db = Database(settings)
-    gate = Gate(text_client(settings), Keys(settings.key_prefix))
+    gate = Gate.from_settings(text_client(settings), settings)
     for email, password, name in (DEMO_ADMIN, DEMO_BUYER):
         try:
             with db.transaction() as s:
@@ -91,6 +94,14 @@ def run() -> None:
                 f"  demo admin            {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]}",
                 f"  demo buyer            {DEMO_BUYER[0]} / {DEMO_BUYER[1]}",
                 "  metrics               http://127.0.0.1:8001/metrics (web, also :8002 :8003)  :9101 :9102 (workers)",
+                *(
+                    [
+                        f"  Redis Sentinel        {env['REDIS_SENTINELS']} (master {env.get('REDIS_SENTINEL_MASTER')})",
+                        f"  Celery broker         {_redacted(env.get('CELERY_BROKER_URL', ''))}",
+                    ]
+                    if _sentinel_topology(env)
+                    else []
+                ),  # fmt: skip
                 "  Ctrl-C stops everything.",
                 "",
             ]
@@ -103,7 +114,38 @@ def run() -> None:
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", ""), "/usr/sbin"])
     # The web nodes sit behind exactly one trusted hop, our nginx: take the client IP from it.
     env.setdefault("TRUSTED_PROXIES", "1")
-    os.execvpe(str(ROOT / ".venv" / "bin" / "honcho"), ["honcho", "start", "-f", "Procfile"], env)
+    honcho = [str(ROOT / ".venv" / "bin" / "honcho"), "start", "-f", "Procfile"]
+    topology = _local_sentinel_topology(env)
+    if topology is None:
+        os.execvpe(honcho[0], honcho, env)
+    # The Sentinel topology ensure_services started under var/ stops with the stack: honcho runs as a child.
+    child = subprocess.Popen(honcho, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, lambda *_: child.send_signal(signal.SIGINT))
+    try:
+        rc = child.wait()
+    finally:
+        print("[manage] stopping the Redis Sentinel topology", flush=True)
+        topology.stop(graceful=True)
+    sys.exit(rc)
+
+
+def _sentinel_topology(env: os._Environ[str] | dict[str, str]) -> bool:
+    return env.get("FLASHDEAL_REDIS_TOPOLOGY", "").strip().lower() == "sentinel" and bool(env.get("REDIS_SENTINELS"))
+
+
+def _local_sentinel_topology(env: os._Environ[str] | dict[str, str]) -> SentinelTopology | None:
+    """The topology ensure_services started under var/ (the default ports), if that is the one in use."""
+    ports = SentinelPorts.default()
+    if not _sentinel_topology(env) or env.get("REDIS_SENTINELS") != ports.sentinels_setting:
+        return None
+    return SentinelTopology(ROOT / "var" / "redis-sentinel", ports)
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, for printing."""
+    u = urlparse(url)
+    return u._replace(netloc=f"{u.username}:***@{u.hostname}:{u.port}").geturl() if u.password else url
 
 
 COMMANDS = {"migrate": migrate, "seed": seed, "run": run}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,9 +15,11 @@ from sqlalchemy.orm import Session
 from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
 from shared.db import Database
-from shared.gate import DealRules, Gate, buyer_status, dt_to_ms, now_ms
-from shared.models import Deal, Order, Product
+from shared.gate import DealRules, Gate, Loaded, buyer_status, dt_to_ms, now_ms
+from shared.models import DeadLetter, Deal, Order, Product
 from shared.readable import UnreadableDeal, readable_deals
+
+log = logging.getLogger(__name__)
 
 # Persisted states that hold their units: everything but canceled, expired and failed.
 HOLDING_STATUSES = ("accepted", "confirmed", "paid")
@@ -123,19 +126,46 @@ def sold_quantities(session: Session, deal_ids: list[int]) -> dict[int, int]:
         return {}
     rows = session.execute(
         select(Order.deal_id, func.sum(Order.quantity))
-        .where(Order.deal_id.in_(deal_ids), Order.status.in_(("accepted", "confirmed")))
+        .where(Order.deal_id.in_(deal_ids), Order.status.in_(HOLDING_STATUSES))
         .group_by(Order.deal_id)
     )
     return {int(deal_id): int(qty) for deal_id, qty in rows}
 
 
-def load_deal(session: Session, gate: Gate, deal: Deal) -> bool:
+def held_by_buyer(session: Session, deal_id: int) -> dict[int, int]:
+    """Quantity each buyer holds according to PostgreSQL: orders that hold their units, and dead letters."""
+    held: dict[int, int] = defaultdict(int)
+    rows = session.execute(
+        select(Order.user_id, func.sum(Order.quantity))
+        .where(Order.deal_id == deal_id, Order.status.in_(HOLDING_STATUSES))
+        .group_by(Order.user_id)
+    )
+    for user_id, qty in rows:
+        held[int(user_id)] += int(qty)
+    # A dead-lettered order holds its stock until an admin drops it (worker/reconcile.py counts it the same).
+    persisted = select(Order.id).where(Order.deal_id == deal_id)
+    for payload in session.scalars(
+        select(DeadLetter.payload).where(DeadLetter.deal_id == deal_id, DeadLetter.order_id.not_in(persisted))
+    ):
+        try:
+            if payload.get("t") == "o":
+                held[int(payload["u"])] += int(payload["q"])
+        except (KeyError, TypeError, ValueError):
+            continue  # an unparsable letter was never admitted by the gate: it holds nothing
+    return dict(held)
+
+
+def load_deal(session: Session, gate: Gate, deal: Deal) -> Loaded:
     """Load a deal's rules into Redis; live stock is never overwritten.
 
-    The initial stock is total minus what PostgreSQL already holds as sold, so reloading after
-    Redis lost its data does not sell the same units twice (the outbox was lost with Redis).
+    When Redis holds nothing of the deal (never loaded, or the whole deal lost with Redis), the
+    stock is total minus what PostgreSQL holds, and the buyers' totals are PostgreSQL's, so the
+    same units are not sold twice and the per-user limit holds. When the stock alone is gone
+    while order records or outbox entries remain, nothing is rebuilt (``Loaded.HELD``): that
+    stock must count the orders still in Redis, which only ``reconcile --repair`` does.
     """
-    return gate.load(rules_of(deal), deal.total_stock - sold_quantity(session, deal.id))
+    held = held_by_buyer(session, deal.id)
+    return gate.load(rules_of(deal), deal.total_stock - sum(held.values()), held)
 
 
 def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
@@ -205,6 +235,8 @@ class TickReport:
     sold_out: list[int]
     ended: list[int]
     skipped: list[int] = field(default_factory=list)  # unreadable rows, logged by shared/readable.py
+    # Stock missing while its orders or outbox entries are still in Redis: not rebuilt, left to reconcile --repair.
+    drifted: list[int] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -235,14 +267,26 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
         stocks = gate.remaining([d.id for d in deals])
         for deal in deals:
             if deal.id not in live_ids or stocks.get(deal.id) is None:
-                load_deal(s, gate, deal)
-                report.loaded.append(deal.id)
+                loaded = load_deal(s, gate, deal)
+                if loaded is Loaded.HELD:
+                    report.drifted.append(deal.id)
+                    log.warning(
+                        "deal %s: its stock is missing from Redis while its orders or outbox entries are still "
+                        "there; not rebuilt (the gate refuses its orders). Run: celery -A worker flashdeal "
+                        "reconcile %s --repair",
+                        deal.id,
+                        deal.id,
+                    )
+                elif loaded is Loaded.SET:
+                    report.loaded.append(deal.id)
+                    if deal.status != "scheduled":
+                        log.warning("deal %s: rebuilt in Redis from PostgreSQL (Redis had lost it)", deal.id)
                 stocks[deal.id] = gate.remaining([deal.id])[deal.id]
             if deal.ends_at <= now:
                 deal.status = "ended"
                 gate.set_window(deal.id, status="ended")
                 report.ended.append(deal.id)
-            elif deal.starts_at <= now:
+            elif deal.starts_at <= now and stocks.get(deal.id) is not None:
                 remaining = stocks.get(deal.id) or 0
                 new = "sold_out" if remaining <= 0 else "open"
                 if deal.status != new:
@@ -279,8 +323,6 @@ class DealStats:
 
 def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
     """Count a deal's orders by state (PostgreSQL) and read its live stock and outbox (Redis)."""
-    from shared.models import DeadLetter
-
     with db.read() as s:
         deal = get_deal(s, deal_id)
         counts = dict(

@@ -13,6 +13,7 @@ import redis
 
 from shared.keys import Keys
 from shared.redis_client import DirectCalls
+from shared.settings import Settings
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 
@@ -31,6 +32,14 @@ class Admission(enum.StrEnum):
     DEAL_NOT_OPEN = "deal_not_open"
     QUANTITY_ABOVE_LIMIT = "quantity_above_limit"
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+
+
+class Loaded(enum.IntEnum):
+    """What loading a deal did to its stock (the reply of ``lua/load_deal.lua``)."""
+
+    SET = 1  # the stock was set now: a first load, or the whole deal rebuilt after Redis lost it
+    LIVE = 0  # the stock was live: left as it is
+    HELD = -1  # the stock is missing but order records or outbox entries are not: not rebuilt (drift)
 
 
 class Cancellation(enum.StrEnum):
@@ -64,6 +73,7 @@ class AdmitResult:
     order_id: str
     kick: bool
     remaining: int  # -1 when the script did not read it, -2 when the deal is not loaded in the gate
+    replicated: bool = True  # False when WAIT ended before the asked replicas had the order (Gate.ack_replicas)
 
     @property
     def deal_unknown(self) -> bool:
@@ -78,6 +88,7 @@ class CancelResult:
     outcome: Cancellation
     remaining: int
     kick: bool
+    replicated: bool = True  # as AdmitResult.replicated
 
 
 @dataclass(frozen=True)
@@ -189,10 +200,15 @@ def dt_to_ms(dt: datetime) -> int:
 class Gate:
     """Admission, cancel and deal loading on one Redis; scripts are registered once."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, kick_ms: int = 100) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, kick_ms: int = 100, ack_replicas: int = 0, ack_timeout_ms: int = 250
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.kick_ms = kick_ms
+        # Durable acknowledgement: after each admission or cancel, WAIT for this many replicas.
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = ack_timeout_ms
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, so the gate keeps
         # working after SCRIPT FLUSH or a Redis restart.
         self._admit = client.register_script(_lua("admit"))
@@ -203,31 +219,47 @@ class Gate:
         self._retire = client.register_script(_lua("retire"))
         self._settle = client.register_script(_lua("settle"))
 
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> Gate:
+        """The gate as the settings configure it (kick interval, durable acknowledgement)."""
+        return cls(client, Keys(settings.key_prefix), settings.drain_kick_ms, settings.order_ack_replicas,
+                   settings.order_ack_timeout_ms)  # fmt: skip
+
     def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
         """Run the admission script for one order attempt."""
         keys = self.keys.deal(deal_id).gate_keys()
         args = (user_id, quantity, order_id, idem_key, self.kick_ms)
         # Safe to send twice (DirectCalls retries once on a dropped connection): the script
-        # answers "replay" for an order id it has already admitted.
-        ((outcome, oid, kick, remaining),) = self.direct.scripts((self._admit, keys, list(args)))
-        return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining))
+        # answers "replay" for an order id it has already admitted. The WAIT follows a replay too:
+        # the first run's write may be the one a replica has not got yet.
+        (outcome, oid, kick, remaining), acked = self.direct.script_then_wait(
+            self._admit, keys, list(args), self.ack_replicas, self.ack_timeout_ms
+        )
+        replicated = acked >= self.ack_replicas or outcome not in (Admission.ACCEPTED, Admission.REPLAY)
+        return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining), replicated)
 
     def cancel(
         self, deal_id: int, order_id: str, user_id: int, *, admin: bool = False, force: bool = False
     ) -> CancelResult:
         """Run the cancel script; ``force`` skips the open-deal check (dropping a dead letter)."""
         k = self.keys.deal(deal_id)
-        outcome, remaining, kick = self._cancel(
-            keys=k.gate_keys(),
-            args=[order_id, user_id, "1" if admin else "0", self.kick_ms, "1" if force else "0"],
+        # Safe to send twice: a second run finds the order canceled and changes nothing.
+        (outcome, remaining, kick), acked = self.direct.script_then_wait(
+            self._cancel,
+            k.gate_keys(),
+            [order_id, user_id, "1" if admin else "0", self.kick_ms, "1" if force else "0"],
+            self.ack_replicas,
+            self.ack_timeout_ms,
         )
-        return CancelResult(Cancellation(outcome), int(remaining), bool(kick))
+        replicated = acked >= self.ack_replicas or outcome not in (Cancellation.CANCELED, Cancellation.ALREADY_CANCELED)
+        return CancelResult(Cancellation(outcome), int(remaining), bool(kick), replicated)
 
-    def load(self, rules: DealRules, initial_stock: int) -> bool:
-        """Load rules; set the stock only if none is live. True when the stock was set now."""
+    def load(self, rules: DealRules, initial_stock: int, held: dict[int, int] | None = None) -> Loaded:
+        """Load rules; set the stock (and the buyers' totals ``held``) only when Redis holds nothing of the sale."""
         k = self.keys.deal(rules.deal_id)
-        created = self._load(
-            keys=[k.state, k.stock],
+        pairs = [x for user, qty in sorted((held or {}).items()) if qty > 0 for x in (user, qty)]
+        reply = self._load(
+            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded],
             args=[
                 rules.status,
                 rules.open_ms,
@@ -238,10 +270,11 @@ class Gate:
                 initial_stock,
                 rules.title,
                 rules.payment_window_ms,
+                *pairs,
             ],
         )
         self.redis.sadd(self.keys.live_deals, rules.deal_id)
-        return bool(created)
+        return Loaded(int(reply))
 
     def settle(self, deal_id: int, mode: str, order_id: str, event_id: str, payment_id: str = "") -> SettleResult:
         """Decide one payment event (``mode``: pay or decline) for an order, exactly once per event id."""

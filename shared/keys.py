@@ -28,6 +28,7 @@ class DealKeys:
     payments: str  # hash: order id -> the provider's payment ("provider|payment id|checkout url"), and
     #                "order id:paid" -> the payment that paid it, "order id:declined" -> when a card was declined
     events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
+    loaded: str  # hash: when the stock was last set by lua/load_deal.lua, and what PostgreSQL held then
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -59,7 +60,7 @@ class DealKeys:
 
     def all_keys(self) -> list[str]:
         """Every key the deal may have in Redis (what retiring or unloading it deletes)."""
-        return [*self.gate_keys(), self.follow_up, self.fanout, self.payments, self.events]
+        return [*self.gate_keys(), self.follow_up, self.fanout, self.payments, self.events, self.loaded]
 
 
 class Keys:
@@ -88,6 +89,7 @@ class Keys:
             due=f"{tag}:due",
             payments=f"{tag}:payments",
             events=f"{tag}:events",
+            loaded=f"{tag}:loaded",
         )
 
     @property

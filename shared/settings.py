@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlparse
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 PAYMENT_PROVIDERS = ("dev", "stripe")
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ: the broker of the Sentinel topology
 
 
 class ConfigError(RuntimeError):
@@ -18,6 +20,20 @@ def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+TOPOLOGIES = ("single", "sentinel")  # a "cluster" topology is added here and in shared/redis_client.py: _connect
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """Parse ``REDIS_SENTINELS`` (``host:port,host:port``)."""
+    out = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"REDIS_SENTINELS: {part!r} is not host:port")
+        out.append((host, int(port)))
+    return tuple(out)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -38,6 +54,11 @@ class Settings:
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_topology: str = "single"
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "flashdeal"
+    order_ack_replicas: int = 0  # WAIT for this many replicas after an admission or cancel (0: no WAIT)
+    order_ack_timeout_ms: int = 250
     secret_key: str = DEV_SECRET
     key_prefix: str = "fd:"
     session_idle_seconds: int = 1800
@@ -73,11 +94,24 @@ class Settings:
         """Build settings from environment variables (``os.environ`` by default)."""
         e = os.environ if env is None else env
         redis_url = e.get("REDIS_URL") or cls.redis_url
+        topology = (e.get("FLASHDEAL_REDIS_TOPOLOGY") or cls.redis_topology).strip().lower()
+        if topology not in TOPOLOGIES:
+            raise ConfigError(f"FLASHDEAL_REDIS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+        sentinels = parse_sentinels(e.get("REDIS_SENTINELS", ""))
+        if topology == "sentinel" and not sentinels:
+            raise ConfigError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
+        master = e.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master
         return cls(
             env=e.get("FLASHDEAL_ENV", cls.env),
             database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
             redis_url=redis_url,
-            celery_broker_url=e.get("CELERY_BROKER_URL") or redis_url,
+            celery_broker_url=e.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url),
+            redis_topology=topology,
+            redis_sentinels=sentinels,
+            redis_sentinel_master=master,
+            # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
+            order_ack_replicas=_int(e, "ORDER_ACK_REPLICAS", 1 if topology == "sentinel" else 0),
+            order_ack_timeout_ms=_int(e, "ORDER_ACK_TIMEOUT_MS", cls.order_ack_timeout_ms),
             secret_key=e.get("SECRET_KEY") or DEV_SECRET,
             key_prefix=e.get("FLASHDEAL_KEY_PREFIX", cls.key_prefix),
             session_idle_seconds=_int(e, "SESSION_IDLE_SECONDS", cls.session_idle_seconds),
@@ -145,6 +179,23 @@ class Settings:
 
 def _default_provider(env: str) -> str:
     return "dev" if env in {"development", "test"} else "stripe"
+
+
+def default_broker_url(topology: str, redis_url: str) -> str:
+    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the flashdeal Redis, or RabbitMQ with Sentinel.
+
+    Why not kombu's Redis-Sentinel transport with Sentinel: in our failover test a worker on it
+    stopped for good after the primary's death in 1 run of 13 (README, "The Celery broker through a
+    failover"); on RabbitMQ it never did. ``sentinel_broker_url`` builds the transport's URL for
+    whoever sets it explicitly.
+    """
+    return DEFAULT_AMQP_URL if topology == "sentinel" else redis_url
+
+
+def sentinel_broker_url(redis_url: str, sentinels: tuple[tuple[str, int], ...]) -> str:
+    """``CELERY_BROKER_URL`` for kombu's Redis-Sentinel transport on these sentinels (REDIS_URL's database)."""
+    db = urlparse(redis_url).path.lstrip("/") or "0"
+    return ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
 
 
 def _sqlalchemy_url(url: str) -> str:

@@ -171,13 +171,14 @@ def test_window_and_limits(db, gate) -> None:
 
 def test_loading_never_overwrites_live_stock(db, gate) -> None:
     from shared.deals import load_deal
+    from shared.gate import Loaded
     from shared.models import Deal
 
     deal = make_deal(db, gate, stock=10, limit=5)
     (user,) = make_users(db, 1)
     gate.admit(deal.id, user, 4, str(uuid.uuid4()))
     with db.transaction() as s:
-        assert load_deal(s, gate, s.get(Deal, deal.id)) is False
+        assert load_deal(s, gate, s.get(Deal, deal.id)) is Loaded.LIVE
     assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == 6
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from shared.redis_client import refuse_evicting_redis
 from shared.settings import Settings
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider
@@ -14,6 +15,7 @@ from web.services import Services
 def create_app(settings: Settings | None = None) -> Flask:
     """Build a web node from settings (from the environment when not given)."""
     settings = (settings or Settings.from_env()).check()
+    refuse_evicting_redis(settings)
     app = Flask(__name__)
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=1024 * 1024)
     app.json = OrjsonProvider(app)

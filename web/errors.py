@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from shared.readable import UnreadableDeal
+from shared.redis_client import is_unavailable_reply
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,13 @@ def register_error_handlers(app: Flask) -> None:
         resp = error_response(503, "unavailable", UNAVAILABLE)
         resp.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
         return resp
+
+    @app.errorhandler(redis.ResponseError)
+    def _redis_refused(exc: redis.ResponseError) -> Response:
+        # NOREPLICAS, READONLY, ...: the node cannot take writes during a failover; nothing was written.
+        if is_unavailable_reply(exc):
+            return _redis_down(exc)
+        return _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

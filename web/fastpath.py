@@ -57,7 +57,7 @@ DEAL_ENDPOINT = "/api/deals/<int:deal_id>"
 LIST_ENDPOINT = "/api/deals"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-Answer = tuple[int, bytes]  # (status, JSON body)
+Answer = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]  # (status, JSON body[, extra headers])
 
 
 def _session_id(header: str) -> str | None:
@@ -109,13 +109,15 @@ class FastPath:
             start = time.perf_counter()
             routed = self._route(environ)
             if routed is not None:
-                endpoint, method, (status, payload) = routed
+                endpoint, method, (status, payload, *extra) = routed
                 record_request(endpoint, method, status, time.perf_counter() - start)
                 headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
                 if method == "POST":
                     headers.append(("Vary", "Cookie"))  # as Flask-Session marks any answer that read the session
                 if status == 503:
                     headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
+                for more in extra:
+                    headers.extend(more.items())
                 start_response(f"{status} {HTTPStatus(status).phrase}", headers)
                 return [payload]
         return self.inner(environ, start_response)
@@ -190,7 +192,7 @@ class FastPath:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")
             return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
-        return admitted.http_status, orjson.dumps(admitted.body())
+        return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
 
     def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
         """The buyer and quantity when the request is a plain one, else None (Flask answers it)."""

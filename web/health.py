@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
+from shared.redis_client import eviction_problem
 from web.openapi import doc
 from web.schemas import HealthOut
 from web.services import services
@@ -29,7 +30,9 @@ def readyz() -> Any:
     checks: dict[str, str] = {}
     try:
         svc.redis.ping()
-        checks["redis"] = "ok"
+        # A Redis that may evict keys can lose stock and orders on its own: not ready to sell.
+        problem = eviction_problem(svc.redis)
+        checks["redis"] = f"error: {problem}" if problem else "ok"
     except Exception as exc:  # any failure means not ready
         checks["redis"] = f"error: {type(exc).__name__}"
     try:

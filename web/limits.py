@@ -12,7 +12,7 @@ from limits import RateLimitItem, parse_many
 from limits.strategies import FixedWindowRateLimiter
 
 from shared.keys import Keys
-from shared.redis_client import DirectCalls
+from shared.redis_client import DirectCalls, limits_storage_options, limits_storage_uri
 from shared.settings import Settings
 from web.services import services
 
@@ -24,7 +24,8 @@ def init_limits(app: Flask, settings: Settings) -> None:
     """Bind the limiter to the app with Redis storage."""
     app.config.update(
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
-        RATELIMIT_STORAGE_URI=settings.redis_url,
+        RATELIMIT_STORAGE_URI=limits_storage_uri(settings),
+        RATELIMIT_STORAGE_OPTIONS=limits_storage_options(settings),
         RATELIMIT_KEY_PREFIX=Keys(settings.key_prefix).ratelimit_prefix,
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_STRATEGY="fixed-window",

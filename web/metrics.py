@@ -52,6 +52,11 @@ PAYMENT_EVENTS = Counter(
     "Payment provider events by what the gate decided (paid, refund, duplicate, declined, ignored, ...).",
     ["outcome"],
 )
+UNREPLICATED = Counter(
+    "flashdeal_ack_unreplicated_total",
+    "Admissions and cancels answered before ORDER_ACK_REPLICAS replicas confirmed them (WAIT timed out).",
+    ["op"],
+)
 
 bp = Blueprint("metrics", __name__)
 
@@ -77,6 +82,16 @@ def _latency(endpoint: str, method: str) -> Any:
 @functools.cache
 def _requests(endpoint: str, method: str, status: int) -> Any:
     return REQUESTS.labels(endpoint, method, str(status))
+
+
+def record_unreplicated(op: str) -> None:
+    """Count one write (``order`` or ``cancel``) acknowledged on the primary alone."""
+    _unreplicated(op).inc()
+
+
+@functools.cache
+def _unreplicated(op: str) -> Any:
+    return UNREPLICATED.labels(op=op)
 
 
 def record_admission(outcome: str) -> None:

@@ -20,7 +20,7 @@ from shared.order_ids import deal_of, new_order_id
 from web.errors import ApiError
 from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
-from web.metrics import record_admission
+from web.metrics import record_admission, record_unreplicated
 from web.openapi import doc
 from web.roles import is_admin
 from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
@@ -31,6 +31,9 @@ from web.validation import parse_body
 bp = Blueprint("orders", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
 
+# A 202 or 200 whose write the replicas did not confirm within ORDER_ACK_TIMEOUT_MS carries this header.
+REPLICATION_HEADER = "Flashdeal-Replication"
+UNREPLICATED = "unconfirmed"
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 SOLD_OUT_TTL_S = 0.2
 MY_ORDERS_LIMIT = 200
@@ -55,6 +58,7 @@ class Admitted:
     quantity: int
     status: str = "accepted"  # a replay's is the order's current one: accepted, confirmed, canceled or failed
     replay: bool = False
+    replicated: bool = True  # False: on the primary only (WAIT timed out); the answer says so in a header
 
     @property
     def http_status(self) -> int:
@@ -64,6 +68,10 @@ class Admitted:
     def body(self) -> dict[str, Any]:
         """The answer's body (the same shape either way)."""
         return {"order_id": self.order_id, "status": self.status, "deal_id": self.deal_id, "quantity": self.quantity}
+
+    def headers(self) -> dict[str, str]:
+        """Extra headers of the 202 (both the Flask view and the fast path send them)."""
+        return {} if self.replicated else {REPLICATION_HEADER: UNREPLICATED}
 
 
 def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
@@ -82,12 +90,16 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
             kick_drain(deal_id)
+        if not result.replicated:
+            # The order is on the primary and admitted: refusing it now would be a lie, and a retry with
+            # the same Idempotency-Key finds it. The buyer gets the 202, marked, and we count it.
+            record_unreplicated("order")
         if outcome is Admission.REPLAY:
             # The truth about the order now (it may have been confirmed or canceled since), not
             # the first answer again. Off the hot path: only a retried request gets here.
             status = _current_status(svc, result.order_id, deal_id)
-            return Admitted(result.order_id, deal_id, quantity, status, replay=True)
-        return Admitted(result.order_id, deal_id, quantity)
+            return Admitted(result.order_id, deal_id, quantity, status, replay=True, replicated=result.replicated)
+        return Admitted(result.order_id, deal_id, quantity, replicated=result.replicated)
     if outcome is Admission.SOLD_OUT and result.remaining <= 0:
         _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
     if outcome is Admission.IDEMPOTENCY_MISMATCH:
@@ -114,7 +126,7 @@ def place_order(deal_id: int) -> Any:
     user_id = require_user()
     body = parse_body(OrderIn)
     admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
-    return jsonify(admitted.body()), admitted.http_status
+    return jsonify(admitted.body()), admitted.http_status, admitted.headers()
 
 
 def _current_status(svc: Services, order_id: str, deal_id: int) -> str:
@@ -281,4 +293,7 @@ def cancel_order(order_id: str) -> Any:
         kick_drain(live.deal_id)
     _sold_out_until.pop(live.deal_id, None)
     view["status"] = "canceled"
+    if not result.replicated:
+        record_unreplicated("cancel")  # done on the primary, as for an order (see admit_order)
+        return jsonify(view), 200, {REPLICATION_HEADER: UNREPLICATED}
     return jsonify(view)

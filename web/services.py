@@ -37,7 +37,7 @@ class Services:
         """Create clients; nothing connects until first use."""
         client = text_client(settings)
         keys = Keys(settings.key_prefix)
-        return cls(settings, Database(settings), client, keys, Gate(client, keys, settings.drain_kick_ms))
+        return cls(settings, Database(settings), client, keys, Gate.from_settings(client, settings))
 
 
 def services() -> Services:

@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, beat_init, celeryd_init, worker_process_init
 
+from shared.redis_client import refuse_evicting_redis
+from shared.settings import Settings
 from worker.context import after_fork
 from worker.logs import quiet_routine_tasks
 
 app = Celery("flashdeal", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
+
+
+@celeryd_init.connect
+@beat_init.connect
+def _refuse_evicting_redis(**_: Any) -> None:
+    """Workers and beat refuse to start on a Redis that may evict gate keys, as web nodes do."""
+    refuse_evicting_redis(Settings.from_env())
 
 
 @worker_process_init.connect

@@ -59,7 +59,7 @@ class Ops:
         """The stock gate."""
         from shared.gate import Gate
 
-        return Gate(self.redis, self.keys, self.settings.drain_kick_ms)
+        return Gate.from_settings(self.redis, self.settings)
 
     def close(self) -> None:
         """Release the connections this command opened."""
@@ -397,14 +397,14 @@ def _reconcile_line(d: Any) -> str:
     if d.ok:
         state = "ok"
     elif d.drift is None:
-        state = "NOT LOADED in Redis"
+        state = "STOCK MISSING in Redis"
     else:
         state = f"DRIFT {d.drift:+d}" + (f", {d.buyers_mismatched} buyer total(s) off" if d.buyers_mismatched else "")
     if d.repaired:
         state += " -> repaired"
     return (
         f"deal {d.deal_id}: {state} (redis {d.redis_remaining}, expected {d.expected_remaining} = total {d.total}"
-        f" - persisted {d.persisted_qty} - outbox {d.outbox_qty} - dead letters {d.dead_letter_qty})"
+        f" - persisted {d.persisted_qty} - outbox {d.outbox_qty} - dead letters {d.dead_letter_qty}){d.rebuilt_note}"
     )
 
 

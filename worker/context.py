@@ -10,6 +10,7 @@ import redis
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
+from shared.redis_client import text_client
 from shared.settings import Settings
 
 
@@ -33,23 +34,16 @@ def get_context() -> WorkerContext:
     global _ctx
     if _ctx is None:
         settings = Settings.from_env()
-        # Like shared.redis_client.text_client, but bytes that are not UTF-8 (a hand-written outbox entry) are
-        # replaced instead of raising: one bad entry must not make every read of the stream fail.
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            encoding_errors="replace",
-            health_check_interval=30,
-            socket_keepalive=True,
-            retry_on_timeout=True,
-        )
+        # Bytes that are not UTF-8 (a hand-written outbox entry) are replaced instead of raising: one bad
+        # entry must not make every read of the stream fail.
+        client = text_client(settings, encoding_errors="replace")
         keys = Keys(settings.key_prefix)
         _ctx = WorkerContext(
             settings=settings,
             db=Database(settings),
             redis=client,
             keys=keys,
-            gate=Gate(client, keys, settings.drain_kick_ms),
+            gate=Gate.from_settings(client, settings),
             drain_budget_s=float(os.environ.get("DRAIN_BUDGET_SECONDS", "2.0")),
         )
     return _ctx

@@ -55,6 +55,13 @@ DRAIN_LATENCY = Histogram(
 TASKS = Counter(
     "flashdeal_worker_tasks_total", "Tasks run by this node, by task name and final state.", ["task", "state"]
 )
+RECONCILE_CONSISTENT = Gauge(
+    "flashdeal_reconcile_consistent",
+    "1 when the latest reconcile found the deal's stock and buyers' totals as expected, 0 otherwise "
+    "(a missing stock key included).",
+    ["deal"],
+    multiprocess_mode="mostrecent",
+)
 # The latest reconcile's drift per deal (Redis stock minus what PostgreSQL + outbox imply).
 RECONCILE_DRIFT = Gauge(
     "flashdeal_reconcile_drift",
@@ -139,6 +146,8 @@ def record_reconcile(retval: Any) -> None:
         if r is None or r.get("deal_id") is None:
             continue
         RECONCILE_DRIFT.labels(str(r["deal_id"])).set(_number(r, "drift"))
+        # A missing stock has no drift number (None): this gauge says it, and a buyers' total mismatch too.
+        RECONCILE_CONSISTENT.labels(str(r["deal_id"])).set(1 if r.get("ok", r.get("drift") == 0) else 0)
 
 
 @signals.task_prerun.connect
@@ -184,7 +193,8 @@ class LiveCollector(Collector):
             settings = self._settings or Settings.from_env()
             client = text_client(settings)
             keys = Keys(settings.key_prefix)
-            self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, Gate(client, keys))
+            gate = Gate.from_settings(client, settings)
+            self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, gate)
         return self._ctx
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

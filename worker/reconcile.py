@@ -52,11 +52,26 @@ class DealReconcile:
     buyers_mismatched: int
     drift: int | None
     repaired: bool = False
+    # When lua/load_deal.lua last set this deal's stock, and how much PostgreSQL held then: a (re)build
+    # after Redis lost the deal. Orders acknowledged before it and missing from PostgreSQL were lost.
+    loaded_at_ms: int | None = None
+    held_at_load: int | None = None
 
     @property
     def ok(self) -> bool:
         """True when the stock and the buyers' totals match."""
         return self.drift == 0 and self.buyers_mismatched == 0
+
+    @property
+    def rebuilt_note(self) -> str:
+        """A note on a deal rebuilt from PostgreSQL after Redis lost it (empty otherwise)."""
+        if not self.held_at_load or self.loaded_at_ms is None:
+            return ""
+        at = ms_to_dt(self.loaded_at_ms).isoformat(timespec="seconds")
+        return (
+            f"; rebuilt from PostgreSQL at {at} with {self.held_at_load} sold: orders acknowledged before then "
+            "and missing from PostgreSQL were lost with Redis"
+        )
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form; ``drift`` is None when the stock key is missing."""
@@ -121,14 +136,15 @@ def reconcile_deal(
                     # came or went between our reads and the repair, and the value we write is still right.
                     pipe.watch(k.stock)
                     stock, entries, now = pipe.get(k.stock), pipe.xrange(k.outbox), pipe.time()
-                    buyers = pipe.hgetall(k.buyers)
+                    buyers, loaded = pipe.hgetall(k.buyers), pipe.hgetall(k.loaded)
                 else:
                     # One MULTI: the stock, the outbox and the clock are one consistent snapshot.
                     pipe.get(k.stock)
                     pipe.xrange(k.outbox)
                     pipe.time()
                     pipe.hgetall(k.buyers)
-                    stock, entries, now, buyers = pipe.execute()
+                    pipe.hgetall(k.loaded)
+                    stock, entries, now, buyers, loaded = pipe.execute()
                 if stock is None and _retired(db, deal_id):
                     return None  # retired since the check above (marked in PostgreSQL before its keys went)
                 snap_ms = int(now[0]) * 1000 + int(now[1]) // 1000
@@ -158,6 +174,8 @@ def reconcile_deal(
                     buyers_mismatched=mismatched,
                     drift=drift,
                     repaired=repaired,
+                    loaded_at_ms=int(loaded["at_ms"]) if loaded and "at_ms" in loaded else None,
+                    held_at_load=int(loaded["held"]) if loaded and "held" in loaded else None,
                 )
             except redis.WatchError:
                 continue

@@ -30,6 +30,11 @@ TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.Time
 RETRY_BACKOFF_MAX = 30
 # Beat runs flashdeal.drain_active every second: no drain flag needs to outlive that by much.
 SAFETY_NET_MS = 1000
+# On RabbitMQ quorum queues Celery delays a task by whole seconds (native delayed delivery refuses a
+# countdown under 1 s): there the follow-up look comes a second later; the kick and follow-up flags
+# expire about then, so an admission may kick a drain meanwhile (a few more tasks, nothing late). On
+# Redis a countdown may be any fraction.
+MIN_COUNTDOWN_S = 1.0 if str(app.conf.broker_url).startswith(("amqp://", "pyamqp://")) else 0.0
 
 
 def _consumer(task: Task) -> str:
@@ -90,7 +95,8 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
         # every live deal (each second) takes over and the next admission kicks again.
         ctx.redis.set(dk.kick, "follow-up", px=SAFETY_NET_MS)
         if ctx.redis.set(dk.follow_up, "1", nx=True, px=SAFETY_NET_MS):
-            drain_deal.apply_async((deal_id, True), countdown=ctx.settings.drain_kick_ms / 1000)
+            countdown = max(ctx.settings.drain_kick_ms / 1000, MIN_COUNTDOWN_S)
+            drain_deal.apply_async((deal_id, True), countdown=countdown)
     return result.as_dict()
 
 
@@ -173,11 +179,16 @@ def reconcile(deal_id: int | None = None, repair: bool = False) -> dict[str, Any
     report = run_reconcile(ctx.db, ctx.redis, ctx.keys, ids, repair=repair)
     for d in report.drifted:
         log.warning(
-            "reconcile: deal %s drift %s (redis %s, expected %s)%s",
+            "reconcile: deal %s drift %s (redis %s, expected %s, %s buyers' totals off)%s%s",
             d.deal_id,
-            d.drift,
+            "STOCK MISSING" if d.redis_remaining is None else d.drift,
             d.redis_remaining,
             d.expected_remaining,
-            " repaired" if d.repaired else "",
+            d.buyers_mismatched,
+            " repaired" if d.repaired else "; repair: celery -A worker flashdeal reconcile ID --repair",
+            d.rebuilt_note,
         )
+    for d in report.deals:
+        if d.ok and d.held_at_load:
+            log.warning("reconcile: deal %s%s", d.deal_id, d.rebuilt_note)
     return report.as_dict()

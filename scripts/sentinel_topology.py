@@ -1,0 +1,248 @@
+"""Start and stop a Redis Sentinel topology from the local ``redis-server`` binary.
+
+One primary, two replicas (AOF on, ``min-replicas-to-write 1``) and three sentinels watching
+one master name. ``make up`` uses the fixed ports of ``SentinelPorts.default()``; the fault
+tests pick free ports. Every process is started daemonized with a pid file under its own
+directory, so ``stop`` ends exactly the processes ``start`` began.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+MASTER_NAME = "flashdeal"
+HOST = "127.0.0.1"
+# Why 1 s: a failover within a few seconds (issue 14); lower makes a busy machine's pauses look like deaths.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+# A primary that has had no replica acknowledging for this long refuses writes (bounds a split brain).
+MIN_REPLICAS_MAX_LAG_S = 5
+
+
+@dataclass(frozen=True)
+class SentinelPorts:
+    """Ports of the data nodes (first is the initial primary) and of the sentinels."""
+
+    data: tuple[int, ...]
+    sentinels: tuple[int, ...]
+
+    @classmethod
+    def default(cls) -> SentinelPorts:
+        """The ports ``FLASHDEAL_REDIS_TOPOLOGY=sentinel make up`` uses."""
+        return cls(data=(6391, 6392, 6393), sentinels=(26391, 26392, 26393))
+
+    @property
+    def sentinels_setting(self) -> str:
+        """The ``REDIS_SENTINELS`` value for these sentinels."""
+        return ",".join(f"{HOST}:{p}" for p in self.sentinels)
+
+
+def _ping(port: int) -> bool:
+    try:
+        return bool(redis.Redis(HOST, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} within {timeout:.0f} s")
+
+
+class SentinelTopology:
+    """The processes of one topology under ``root``: start, kill one node, restart it, stop all."""
+
+    def __init__(self, root: Path, ports: SentinelPorts, binary: str | None = None) -> None:
+        self.root = root
+        self.ports = ports
+        self.binary = binary or shutil.which("redis-server") or "redis-server"
+
+    def _dir(self, port: int) -> Path:
+        return self.root / str(port)
+
+    def _pidfile(self, port: int) -> Path:
+        return self._dir(port) / "redis.pid"
+
+    def data_args(self, port: int, replica_of: int | None) -> list[str]:
+        """Command line of one data node (AOF, no eviction, min-replicas-to-write 1)."""
+        d = self._dir(port)
+        args = [
+            self.binary, "--port", str(port), "--bind", HOST, "--daemonize", "yes", "--dir", str(d),
+            "--pidfile", str(self._pidfile(port)), "--logfile", str(d / "redis.log"),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--min-replicas-to-write", "1", "--min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG_S),
+            "--replica-announce-ip", HOST,
+        ]  # fmt: skip
+        if replica_of is not None:
+            args += ["--replicaof", HOST, str(replica_of)]
+        return args
+
+    def _sentinel_conf(self, port: int) -> Path:
+        """Write a fresh sentinel config (sentinel rewrites it as it learns the topology)."""
+        d = self._dir(port)
+        conf = d / "sentinel.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"port {port}",
+                    f"bind {HOST}",
+                    "daemonize yes",
+                    f"dir {d}",
+                    f"pidfile {self._pidfile(port)}",
+                    f"logfile {d / 'sentinel.log'}",
+                    f"sentinel announce-ip {HOST}",
+                    f"sentinel monitor {MASTER_NAME} {HOST} {self.ports.data[0]} 2",
+                    f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+                    f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
+                    f"sentinel parallel-syncs {MASTER_NAME} 2",
+                    "",
+                ]
+            )
+        )
+        return conf
+
+    def running(self) -> bool:
+        """True when every data node and sentinel answers PING."""
+        return all(_ping(p) for p in (*self.ports.data, *self.ports.sentinels))
+
+    def start(self, timeout: float = 20.0) -> SentinelTopology:
+        """Start every process (fresh data) and wait until the sentinels agree on the primary."""
+        primary, *replicas = self.ports.data
+        for port in (*self.ports.data, *self.ports.sentinels):
+            shutil.rmtree(self._dir(port), ignore_errors=True)
+            self._dir(port).mkdir(parents=True)
+        subprocess.run(self.data_args(primary, None), check=True)
+        for port in replicas:
+            subprocess.run(self.data_args(port, primary), check=True)
+        for port in self.ports.sentinels:
+            subprocess.run([self.binary, str(self._sentinel_conf(port)), "--sentinel"], check=True)
+        _wait(self.running, timeout, "the Redis nodes and sentinels did not answer")
+        _wait(lambda: self.replicas_online(primary) == len(replicas), timeout, "the replicas did not sync")
+        _wait(self._sentinels_ready, timeout, "the sentinels did not see each other and the replicas")
+        return self
+
+    def ensure(self, timeout: float = 30.0) -> str:
+        """Use what runs, start what is missing on the data it left, or start afresh; says which it did.
+
+        A node killed in a demo (or a machine restart) must not cost the orders on the others' AOF:
+        only a topology with no data on disk at all is started fresh.
+        """
+        if self.running():
+            return "reused"
+        if not any((self._dir(p) / "sentinel.conf").exists() for p in self.ports.sentinels):
+            self.start(timeout)
+            return "started"
+        for port in self.ports.sentinels:
+            if not _ping(port):
+                # Its own rewritten config: it remembers the primary it last saw and its peers.
+                subprocess.run([self.binary, str(self._dir(port) / "sentinel.conf"), "--sentinel"], check=True)
+        _wait(lambda: all(_ping(p) for p in self.ports.sentinels), timeout, "the sentinels did not start")
+        primary = self.primary()
+        if not _ping(primary):
+            # Every data node was down: the one the sentinels last named primary comes back as primary on its AOF.
+            subprocess.run(self.data_args(primary, None), check=True)
+            _wait(lambda: _ping(primary), timeout, f"redis on {primary} did not come back")
+        for port in self.ports.data:
+            if not _ping(port):
+                self.restart(port)
+        _wait(lambda: self.replicas_online(self.primary()) == len(self.ports.data) - 1, timeout, "replicas not in sync")
+        return "revived"
+
+    def replicas_online(self, port: int) -> int:
+        """How many replicas the node on ``port`` reports online (0 if it does not answer)."""
+        try:
+            info = redis.Redis(HOST, port, socket_timeout=1).info("replication")
+        except redis.RedisError:
+            return 0
+        links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return sum(1 for v in links if v.get("state") == "online")
+
+    def _sentinels_ready(self) -> bool:
+        for port in self.ports.sentinels:
+            try:
+                m = redis.Redis(HOST, port, socket_timeout=1, decode_responses=True).sentinel_master(MASTER_NAME)
+            except redis.RedisError:
+                return False
+            peers, replicas = int(m["num-other-sentinels"]), int(m["num-slaves"])
+            if peers < len(self.ports.sentinels) - 1 or replicas < len(self.ports.data) - 1:
+                return False
+        return True
+
+    def primary(self) -> int:
+        """Port of the primary as the sentinels report it (the first one that answers)."""
+        for port in self.ports.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                _host, p = redis.Redis(HOST, port, socket_timeout=1).sentinel_get_master_addr_by_name(MASTER_NAME)
+                return int(p)
+        raise RuntimeError("no sentinel answers")
+
+    def pid(self, port: int) -> int | None:
+        """Pid of the process on ``port`` from its pid file (None when not running)."""
+        try:
+            return int(self._pidfile(port).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        """SIGKILL the process on ``port`` (a crash: no shutdown, no final write); SIGTERM shuts it down cleanly."""
+        pid = self.pid(port)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            try:
+                _wait(lambda: not _alive(pid), 10, f"process {pid} did not stop")
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait(lambda: not _alive(pid), 10, f"process {pid} did not die")
+            self._pidfile(port).unlink(missing_ok=True)
+
+    def restart(self, port: int) -> None:
+        """Start a killed data node again on its old data; it comes back as the replica of whoever is primary now."""
+        self._dir(port).mkdir(parents=True, exist_ok=True)
+        # Started as a replica of the current primary, as sentinel would reconfigure it anyway: it
+        # never serves as a second primary in between (and min-replicas-to-write would refuse its writes).
+        subprocess.run(self.data_args(port, self.primary()), check=True)
+        _wait(lambda: _ping(port), 10, f"redis on {port} did not come back")
+
+    def stop(self, graceful: bool = False) -> None:
+        """Stop every process this topology started (by pid file) and wait until each is gone.
+
+        ``graceful``: SIGTERM, so each data node writes its AOF out before it exits (``make up``'s Ctrl-C);
+        otherwise SIGKILL (tests, which throw the data away).
+        """
+        for port in (*self.ports.sentinels, *self.ports.data):
+            self.kill(port, signal.SIGTERM if graceful else signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie of ours counts as dead: reap it if it is our child.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
