@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test venv lint bench migrate seed clean
+.PHONY: up urls test venv lint bench migrate seed clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ up: venv
 	$(PY) scripts/manage.py migrate; \
 	$(PY) scripts/manage.py seed; \
 	exec $(PY) scripts/manage.py run
+
+## urls: print the running stack's URLs and credentials again (make up prints them at start and when ready)
+urls: venv
+	@$(PY) scripts/manage.py urls
 
 ## test: install, find or start services, run the whole suite against the real Redis and PostgreSQL
 test: venv

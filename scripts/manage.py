@@ -7,16 +7,19 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
+from scripts.ensure_services import redact  # noqa: E402
 from scripts.sentinel_topology import SentinelPorts, SentinelTopology  # noqa: E402
 from shared.accounts import EmailTaken, create_user  # noqa: E402
 from shared.db import Database  # noqa: E402
@@ -77,37 +80,64 @@ def seed_demo_deal(db: Database, gate: Gate) -> int:
     return deal.id
 
 
+URLS_FILE = ROOT / "var" / "run" / "urls.txt"  # the banner of the running stack, for `make urls` (mode 0600)
+READY_URL = "http://127.0.0.1:8080/healthz"
+
+
+def banner(env: os._Environ[str] | dict[str, str], heading: str) -> str:
+    """The URLs and credentials of the stack, as `make up` prints them."""
+    user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
+    sentinel = (
+        [
+            f"  Redis Sentinel        {env['REDIS_SENTINELS']} (master {env.get('REDIS_SENTINEL_MASTER')})",
+            f"  Celery broker         {redact(env.get('CELERY_BROKER_URL', ''))}",
+        ]
+        if _sentinel_topology(env)
+        else []
+    )
+    return "\n".join(
+        [
+            "",
+            heading,
+            "  shop (load balancer)  http://127.0.0.1:8080",
+            "  web nodes             http://127.0.0.1:8001  :8002  :8003",
+            f"  Flower                http://127.0.0.1:5555  (user {user!r}, password {password!r})",
+            f"  demo admin            {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]}",
+            f"  demo buyer            {DEMO_BUYER[0]} / {DEMO_BUYER[1]}",
+            "  metrics               http://127.0.0.1:8001/metrics (web, also :8002 :8003)  :9101 :9102 (workers)",
+            *sentinel,
+            "  Ctrl-C stops everything; `make urls` prints this again.",
+            "",
+        ]
+    )
+
+
+def _announce_when_ready(text: str, timeout_s: float = 180.0) -> None:
+    """Print the banner again once the shop answers: the start-up logs have scrolled it away by then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(READY_URL, timeout=1) as r:  # noqa: S310 (our own loopback LB)
+                if r.status == 200:
+                    print(text, flush=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+
+
 def run() -> None:
     """Run every process of the Procfile under honcho; Ctrl-C stops them all."""
     env = os.environ
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
-    user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
-    print(
-        "\n".join(
-            [
-                "",
-                "flashdeal is starting:",
-                "  shop (load balancer)  http://127.0.0.1:8080",
-                "  web nodes             http://127.0.0.1:8001  :8002  :8003",
-                f"  Flower                http://127.0.0.1:5555  (user {user!r}, password {password!r})",
-                f"  demo admin            {DEMO_ADMIN[0]} / {DEMO_ADMIN[1]}",
-                f"  demo buyer            {DEMO_BUYER[0]} / {DEMO_BUYER[1]}",
-                "  metrics               http://127.0.0.1:8001/metrics (web, also :8002 :8003)  :9101 :9102 (workers)",
-                *(
-                    [
-                        f"  Redis Sentinel        {env['REDIS_SENTINELS']} (master {env.get('REDIS_SENTINEL_MASTER')})",
-                        f"  Celery broker         {_redacted(env.get('CELERY_BROKER_URL', ''))}",
-                    ]
-                    if _sentinel_topology(env)
-                    else []
-                ),  # fmt: skip
-                "  Ctrl-C stops everything.",
-                "",
-            ]
-        ),
-        flush=True,
-    )
+    print(banner(env, "flashdeal is starting:"), flush=True)
+    URLS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    # The file holds Flower's password: only its owner may read it (created so, never widened).
+    fd = os.open(URLS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(banner(env, "flashdeal is running:"))
+    threading.Thread(target=_announce_when_ready, args=(banner(env, "flashdeal is ready:"),), daemon=True).start()
     os.chdir(ROOT)
     venv_bin = str(ROOT / ".venv" / "bin")
     # /usr/sbin: where Debian puts nginx, often missing from a non-root PATH.
@@ -116,18 +146,26 @@ def run() -> None:
     env.setdefault("TRUSTED_PROXIES", "1")
     honcho = [str(ROOT / ".venv" / "bin" / "honcho"), "start", "-f", "Procfile"]
     topology = _local_sentinel_topology(env)
-    if topology is None:
-        os.execvpe(honcho[0], honcho, env)
-    # The Sentinel topology ensure_services started under var/ stops with the stack: honcho runs as a child.
+    # honcho runs as a child: this process prints the banner again when the shop is up, and stops the
+    # Sentinel topology that ensure_services started under var/ when the stack stops.
     child = subprocess.Popen(honcho, env=env)
     signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     signal.signal(signal.SIGINT, lambda *_: child.send_signal(signal.SIGINT))
     try:
         rc = child.wait()
     finally:
-        print("[manage] stopping the Redis Sentinel topology", flush=True)
-        topology.stop(graceful=True)
+        URLS_FILE.unlink(missing_ok=True)
+        if topology is not None:
+            print("[manage] stopping the Redis Sentinel topology", flush=True)
+            topology.stop(graceful=True)
     sys.exit(rc)
+
+
+def urls() -> None:
+    """Print the running stack's URLs and credentials again (`make urls`)."""
+    if not URLS_FILE.exists():
+        sys.exit("flashdeal is not running here (start it with: make up)")
+    print(URLS_FILE.read_text())
 
 
 def _sentinel_topology(env: os._Environ[str] | dict[str, str]) -> bool:
@@ -142,13 +180,7 @@ def _local_sentinel_topology(env: os._Environ[str] | dict[str, str]) -> Sentinel
     return SentinelTopology(ROOT / "var" / "redis-sentinel", ports)
 
 
-def _redacted(url: str) -> str:
-    """A URL without its password, for printing."""
-    u = urlparse(url)
-    return u._replace(netloc=f"{u.username}:***@{u.hostname}:{u.port}").geturl() if u.password else url
-
-
-COMMANDS = {"migrate": migrate, "seed": seed, "run": run}
+COMMANDS = {"migrate": migrate, "seed": seed, "run": run, "urls": urls}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:

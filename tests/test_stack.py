@@ -280,6 +280,18 @@ def test_celery_inspect_ping_answers_from_both_nodes(stack: Stack) -> None:
     assert all(reply == {"ok": "pong"} for reply in replies.values())
 
 
+def test_the_banner_comes_again_when_ready_and_from_make_urls(stack: Stack) -> None:
+    """The URLs and credentials are printed when the shop answers (the start-up logs scroll the first away)."""
+    user, password = stack.flower_auth
+    assert _wait(lambda: "flashdeal is ready:" in stack.log.read_text(errors="replace"), 30), stack.log_tail()
+    ready = stack.log.read_text(errors="replace").split("flashdeal is ready:", 1)[1]
+    assert "http://127.0.0.1:8080" in ready and f"(user {user!r}, password {password!r})" in ready
+    urls_file = ROOT / "var" / "run" / "urls.txt"
+    assert urls_file.stat().st_mode & 0o077 == 0  # it holds Flower's password: its owner only
+    out = subprocess.run(["make", "-s", "urls"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=stack.env)
+    assert out.returncode == 0 and "flashdeal is running:" in out.stdout and password in out.stdout, out.stderr
+
+
 def test_flower_requires_auth_and_lists_both_nodes_and_drain_tasks(stack: Stack) -> None:
     assert requests.get(f"{FLOWER}/", timeout=5).status_code == 401
     assert requests.get(f"{FLOWER}/api/workers", timeout=5).status_code == 401
