@@ -1,7 +1,8 @@
 """Redis key builders: the only place key names are spelled.
 
 Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script touches one
-Redis Cluster slot and the gate runs unchanged on a cluster.
+Redis Cluster slot. (The cluster topology itself is not built yet: cross-deal reads such as
+``Gate.remaining``'s MGET still assume one Redis.)
 """
 
 from __future__ import annotations
