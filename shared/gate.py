@@ -99,6 +99,7 @@ class SettleResult:
     detail: str  # refund: why (expired, canceled, no_window); already_paid: the payment that paid it;
     #              duplicate: "outcome:detail" of the first delivery
     kick: bool
+    replicated: bool = True  # as AdmitResult.replicated: False when WAIT timed out after the decision
 
 
 @dataclass(frozen=True)
@@ -278,10 +279,16 @@ class Gate:
 
     def settle(self, deal_id: int, mode: str, order_id: str, event_id: str, payment_id: str = "") -> SettleResult:
         """Decide one payment event (``mode``: pay or decline) for an order, exactly once per event id."""
-        outcome, detail, kick = self._settle(
-            keys=self.keys.deal(deal_id).settle_keys(), args=[mode, order_id, event_id, payment_id, self.kick_ms]
+        # Durable acknowledgement as for admissions and cancels: the decision and its WAIT on one connection.
+        # Safe to send twice (DirectCalls retries a dropped connection): a second run answers "duplicate".
+        (outcome, detail, kick), acked = self.direct.script_then_wait(
+            self._settle,
+            self.keys.deal(deal_id).settle_keys(),
+            [mode, order_id, event_id, payment_id, self.kick_ms],
+            self.ack_replicas,
+            self.ack_timeout_ms,
         )
-        return SettleResult(Settlement(outcome), str(detail), bool(kick))
+        return SettleResult(Settlement(outcome), str(detail), bool(kick), acked >= self.ack_replicas)
 
     def expire_due(self, deal_id: int, limit: int = 500) -> SweepResult:
         """Expire up to ``limit`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""

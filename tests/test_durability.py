@@ -12,7 +12,7 @@ from shared.gate import Admission, Gate, Loaded
 from shared.keys import Keys
 from shared.models import Deal
 from shared.settings import DEFAULT_AMQP_URL, ConfigError, Settings, sentinel_broker_url
-from tests.helpers import make_deal, make_users
+from tests.helpers import ORIGIN, make_deal, make_users
 from tests.redis_procs import private_redis  # noqa: F401  (fixture)
 from tests.test_fastpath import _login, _views_forbidden
 from web import create_app
@@ -92,7 +92,7 @@ def test_whole_deal_lost_is_rebuilt_with_stock_and_buyers_totals(db, gate) -> No
     r = reconcile_deal(db, gate.redis, gate.keys, deal.id)
     assert r.ok and r.held_at_load == 3 and r.loaded_at_ms is not None
     assert "lost with Redis" in r.rebuilt_note
-    assert gate.find_order(lost, [deal.id]) is None
+    assert gate.find_order(lost, deal.id) is None
 
 
 def test_repeated_load_of_a_live_deal_leaves_stock_and_buyers_alone(db, gate) -> None:
@@ -126,7 +126,9 @@ def test_wait_timeout_still_answers_202_marked_and_counted_and_a_retry_finds_the
     assert r.status_code == 202 and r.headers[REPLICATION_HEADER] == UNCONFIRMED
     assert _unreplicated("order") == before + 1
     again = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": "w1"})
-    assert again.status_code == 202 and again.json["order_id"] == r.json["order_id"]
+    # A replay answers 200 with the order as it is now (see README "Security"), marked again: its WAIT timed out too.
+    assert again.status_code == 200 and again.json["order_id"] == r.json["order_id"]
+    assert again.json["status"] == "accepted" and again.headers[REPLICATION_HEADER] == UNCONFIRMED
     assert svc.gate.live(deal.id).remaining == 4  # one order, on the primary
 
 
@@ -137,7 +139,7 @@ def test_cancel_wait_timeout_is_200_marked_and_counted(settings, db) -> None:
     c = _login(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     before = _unreplicated("cancel")
-    r = c.post(f"/api/orders/{oid}/cancel")
+    r = c.post(f"/api/orders/{oid}/cancel", headers=ORIGIN)
     assert r.status_code == 200 and r.json["status"] == "canceled" and r.headers[REPLICATION_HEADER] == UNCONFIRMED
     assert _unreplicated("cancel") == before + 1 and svc.gate.live(deal.id).remaining == 5
 
@@ -192,3 +194,27 @@ def test_primary_without_its_replicas_refuses_orders_with_503_and_writes_nothing
     assert r.status_code == 503 and r.json["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
     k = svc.gate.keys.deal(deal.id)
     assert svc.gate.redis.get(k.stock) == "5" and svc.gate.redis.hlen(k.orders) == 0  # nothing half-written
+
+
+def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_it_again(settings, db) -> None:
+    """The webhook's decision gets the same durable acknowledgement as an order: unconfirmed means resend."""
+    import json
+
+    from shared.payments.dev import dev_webhook_secret, sign
+
+    app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=1, order_ack_timeout_ms=20))
+    svc = app.extensions["flashdeal"]
+    deal = make_deal(db, svc.gate, stock=5, limit=2, payment_window=120)
+    c = _login(app, db, make_users(db, 1)[0])
+    oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
+    obj = {"id": pid, "object": "payment_intent", "amount": 999, "amount_received": 999, "currency": "eur",
+           "metadata": {"order_id": oid, "deal_id": str(deal.id)}}  # fmt: skip
+    payload = json.dumps({"id": "evt_unreplicated", "object": "event", "type": "payment_intent.succeeded",
+                          "data": {"object": obj}}).encode()  # fmt: skip
+    headers = {"Stripe-Signature": sign(payload, dev_webhook_secret(svc.settings)), "Content-Type": "application/json"}
+    before = _unreplicated("payment")
+    r = app.test_client().post("/api/payments/webhook", data=payload, headers=headers)
+    assert r.status_code == 503 and r.json["error"]["code"] == "unavailable"
+    assert _unreplicated("payment") == before + 1
+    assert svc.gate.find_order(oid, deal.id).state == "paid"  # decided on the primary, never twice

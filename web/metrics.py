@@ -85,7 +85,7 @@ def _requests(endpoint: str, method: str, status: int) -> Any:
 
 
 def record_unreplicated(op: str) -> None:
-    """Count one write (``order`` or ``cancel``) acknowledged on the primary alone."""
+    """Count one write (``order``, ``cancel`` or ``payment``) acknowledged on the primary alone."""
     _unreplicated(op).inc()
 
 

@@ -33,7 +33,7 @@ from shared.payments.refunds import record_refund
 from shared.settings import ConfigError
 from web.errors import ApiError
 from web.kick import kick_drain
-from web.metrics import record_payment_event
+from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
 from web.services import Services, services
@@ -167,6 +167,12 @@ def apply_event(svc: Services, prov: PaymentProvider, ev: PaymentEvent) -> str:
     r = svc.gate.settle(ev.deal_id, "pay", ev.order_id, ev.event_id, ev.payment_id)
     if r.kick:
         kick_drain(ev.deal_id)
+    if not r.replicated:
+        # Decided on the primary, but no replica confirmed it in time: a failover now could lose it. A 503
+        # makes the provider send the event again; the resend is a duplicate if the decision survived and
+        # decides it once more if it did not (and any refund it owes is made then).
+        record_unreplicated("payment")
+        raise ApiError(503, "unavailable", "The payment was recorded but not yet replicated; send it again.")
     outcome, detail = r.outcome, r.detail
     if outcome is Settlement.DUPLICATE:
         # A repeated delivery decides nothing again, but the refund the first one owed may not have gone
