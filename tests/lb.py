@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, stop_process
 from tests.helpers import require_tool
 
 DEPLOY = ROOT / "deploy"
@@ -62,10 +62,4 @@ class LoadBalancer:
 
     def stop(self) -> None:
         """Stop this nginx (its master and worker)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
