@@ -38,6 +38,9 @@ CHECKS = [
     "allow_header_conformance",
     "missing_required_header",
 ]
+# The shop, its logged-in buyer and admin and the open deal are module fixtures: without this mark the
+# per-test wipe (tests/conftest.py) would truncate their users and delete their sessions before the test runs.
+pytestmark = pytest.mark.shared_state
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,7 @@ def test_api_conforms_to_its_openapi_document(
     """Anonymous (every operation), then as a buyer and as an admin (their sessions kept: no login or logout)."""
     runs = {"anonymous": ()}
     for who, session in identities.items():
+        assert session.get(f"{shop}/api/me", timeout=10).status_code == 200, f"the {who} is not logged in"
         cookie = f"flashdeal_session={session.cookies['flashdeal_session']}"
         runs[who] = (
             "--header",
