@@ -53,6 +53,13 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
         a.get_by_role("button", name=re.compile("^Pay ")).click()
         expect(a.locator("#checkout-message")).to_have_text("Card declined. Try another card while time remains.")
         shot(a, "checkout-declined")
+        # Back on the deal page, the buyer sees the decline, the units still held, and pays again from there.
+        a.goto(f"/deals/{deal.id}")
+        expect(a.locator("#order-message")).to_contain_text("Card declined. Try again while time remains")
+        expect(a.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 0[45]:\d\d"))
+        shot(a, "deal-declined")
+        a.get_by_role("button", name="Pay now").click()
+        a.wait_for_url(re.compile(r"/payments/dev/checkout/devpi_"))
         a.get_by_label("Card number").fill("4242 4242 4242 4242")
         a.get_by_role("button", name=re.compile("^Pay ")).click()
         expect(a.locator("#checkout-message")).to_contain_text("your order is paid")

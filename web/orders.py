@@ -223,10 +223,17 @@ def _visible(view: dict[str, Any]) -> bool:
 @doc("One order (owner or admin)", responses={200: OrderOut, 401: None, 404: None}, auth="session")
 def get_order(order_id: str) -> Any:
     """An order, whether still in the outbox (accepted) or persisted (confirmed)."""
-    found = find_order(services(), _parse_order_id(order_id))
+    svc = services()
+    found = find_order(svc, _parse_order_id(order_id))
     if found is None or not _visible(found[0]):
         raise ApiError(404, "not_found", "No such order.")
-    return jsonify(found[0])
+    view, live = found
+    if live is not None and live.pay_by is not None and live.state == "accepted":
+        # Still undecided: a declined card is worth telling the buyer, who may try another while time remains.
+        _payment, declined_ms = svc.gate.payment_of(live.deal_id, live.order_id)
+        if declined_ms:
+            view["payment_declined_at"] = ms_to_dt(int(declined_ms)).isoformat()
+    return jsonify(view)
 
 
 @bp.get("/orders")

@@ -213,8 +213,9 @@
         canceled: "Order canceled. The stock went back on sale.",
         failed: "Your order could not be saved. An admin has been alerted; you will not be charged.",
       };
-      orderMsg.textContent = unpaid(o) ? "Order accepted: your units are held until the time to pay runs out." : texts[o.status] || "";
-      orderMsg.className = "message" + (o.status === "failed" || o.status === "expired" ? " error" : o.status === "canceled" ? "" : " ok");
+      const held = o.declined ? "Card declined. Try again while time remains: your units are still held." : "Order accepted: your units are held until the time to pay runs out.";
+      orderMsg.textContent = unpaid(o) ? held : texts[o.status] || "";
+      orderMsg.className = "message" + (o.status === "failed" || o.status === "expired" || (unpaid(o) && o.declined) ? " error" : o.status === "canceled" ? "" : " ok");
       renderPayment();
       try { sessionStorage.setItem(storeKey, o.id); } catch (e) { /* private mode */ }
     }
@@ -228,8 +229,9 @@
         if (r.status === 404 || r.status === 401) { stopOrderPoll(); return; }
         if (r.status !== 200) return;
         const payBy = r.data.pay_by ? Date.parse(r.data.pay_by) : 0;
-        if (!order || order.id !== id || order.status !== r.data.status || order.payBy !== payBy) {
-          showOrder({ id, status: r.data.status, payBy });
+        const declined = Boolean(r.data.payment_declined_at);
+        if (!order || order.id !== id || order.status !== r.data.status || order.payBy !== payBy || order.declined !== declined) {
+          showOrder({ id, status: r.data.status, payBy, declined });
         }
         // Final here: confirmed without a payment window; paid, expired, canceled and failed.
         if (r.data.status !== "accepted" && !(payBy && r.data.status === "confirmed")) stopOrderPoll();
