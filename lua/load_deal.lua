@@ -8,10 +8,13 @@
 -- gate then refuses every order) and says so; `reconcile --repair` computes the right value.
 -- The check and the write are one atomic step: no admission can slip in between.
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 orders, 5 outbox, 6 loaded (marker of the last (re)build)
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 orders, 5 outbox, 6 loaded (marker of the last (re)build),
+--       7 due (unpaid orders by pay_by)
 -- ARGV: 1 status, 2 open_ms, 3 close_ms, 4 limit, 5 price, 6 total, 7 initial stock, 8 title,
---       9 payment window ms (0: no payment step),
---       10.. pairs of (user id, quantity held): the buyers' totals PostgreSQL knows of
+--       9 payment window ms (0: no payment step), 10 n: how many buyer pairs follow,
+--       11.. n pairs of (user id, quantity held): the buyers' totals PostgreSQL knows of, then
+--       sextets of (order id, user id, qty, price, admitted ms, pay_by ms): orders persisted but not
+--       yet paid, whose records and due entries are rebuilt so they can still be paid or expire
 -- Reply: 1 stock set now (first load, or the whole deal rebuilt), 0 already live,
 --        -1 stock missing but orders or outbox entries present: not rebuilt (drift)
 
@@ -26,8 +29,17 @@ end
 -- Nothing of the sale is left in Redis: the buyers' totals are rebuilt with the stock, so the
 -- per-user limit holds on the rebuilt deal as it did before.
 redis.call('DEL', KEYS[3])
-for i = 10, #ARGV, 2 do
+local pairs_end = 10 + 2 * tonumber(ARGV[10])
+for i = 11, pairs_end, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+-- Unpaid orders hold their units (they are in the buyers' totals and not in the stock): without
+-- their records and due entries they could neither be paid nor expire, and their units would be
+-- stranded. The record format is admit.lua's.
+for i = pairs_end + 1, #ARGV, 6 do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' ..
+    ARGV[i + 4] .. '|accepted|' .. ARGV[i + 5])
+  redis.call('ZADD', KEYS[7], ARGV[i + 5], ARGV[i])
 end
 redis.call('SET', KEYS[2], ARGV[7])
 local t = redis.call('TIME')

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
 from shared.db import Database
-from shared.gate import DealRules, Gate, Loaded, buyer_status, dt_to_ms, now_ms
+from shared.gate import DealRules, Gate, LiveOrder, Loaded, buyer_status, dt_to_ms, now_ms
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.readable import UnreadableDeal, readable_deals
 
@@ -165,7 +165,18 @@ def load_deal(session: Session, gate: Gate, deal: Deal) -> Loaded:
     stock must count the orders still in Redis, which only ``reconcile --repair`` does.
     """
     held = held_by_buyer(session, deal.id)
-    return gate.load(rules_of(deal), deal.total_stock - sum(held.values()), held)
+    return gate.load(rules_of(deal), deal.total_stock - sum(held.values()), held, unpaid_orders(session, deal.id))
+
+
+def unpaid_orders(session: Session, deal_id: int) -> list[LiveOrder]:
+    """Orders PostgreSQL holds as persisted but not yet paid (deals with a payment window), as the gate records them."""
+    rows = session.scalars(
+        select(Order).where(Order.deal_id == deal_id, Order.status == "confirmed", Order.pay_by.is_not(None))
+    )
+    return [
+        LiveOrder(str(o.id), deal_id, o.user_id, o.quantity, o.unit_price, o.admitted_at, False, pay_by=o.pay_by)
+        for o in rows
+    ]
 
 
 def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:

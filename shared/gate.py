@@ -255,12 +255,25 @@ class Gate:
         replicated = acked >= self.ack_replicas or outcome not in (Cancellation.CANCELED, Cancellation.ALREADY_CANCELED)
         return CancelResult(Cancellation(outcome), int(remaining), bool(kick), replicated)
 
-    def load(self, rules: DealRules, initial_stock: int, held: dict[int, int] | None = None) -> Loaded:
-        """Load rules; set the stock (and the buyers' totals ``held``) only when Redis holds nothing of the sale."""
+    def load(
+        self,
+        rules: DealRules,
+        initial_stock: int,
+        held: dict[int, int] | None = None,
+        unpaid: list[LiveOrder] | None = None,
+    ) -> Loaded:
+        """Load rules; set the stock, the buyers' totals ``held`` and the ``unpaid`` orders' records and due
+        entries only when Redis holds nothing of the sale."""
         k = self.keys.deal(rules.deal_id)
         pairs = [x for user, qty in sorted((held or {}).items()) if qty > 0 for x in (user, qty)]
+        orders = [
+            x
+            for o in unpaid or []
+            if o.pay_by is not None
+            for x in (o.order_id, o.user_id, o.quantity, str(o.unit_price), dt_to_ms(o.admitted_at), dt_to_ms(o.pay_by))
+        ]
         reply = self._load(
-            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded],
+            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded, k.due],
             args=[
                 rules.status,
                 rules.open_ms,
@@ -271,7 +284,9 @@ class Gate:
                 initial_stock,
                 rules.title,
                 rules.payment_window_ms,
+                len(pairs) // 2,
                 *pairs,
+                *orders,
             ],
         )
         self.redis.sadd(self.keys.live_deals, rules.deal_id)

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from shared.deals import tick
 from shared.gate import Admission, Gate, Loaded
@@ -218,3 +219,30 @@ def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_i
     assert r.status_code == 503 and r.json["error"]["code"] == "unavailable"
     assert _unreplicated("payment") == before + 1
     assert svc.gate.find_order(oid, deal.id).state == "paid"  # decided on the primary, never twice
+
+
+def test_a_rebuilt_deal_gets_back_its_unpaid_orders_which_can_still_be_paid_or_expire(db, gate) -> None:
+    """Unpaid orders hold units: rebuilt without their records and due entries, those units would be stranded."""
+    users = make_users(db, 3)
+    deal = make_deal(db, gate, stock=10, limit=2, payment_window=120)
+    paid_later, expiring, kept_paid = (_admit(gate, deal.id, u, 2) for u in users)
+    assert gate.settle(deal.id, "pay", kept_paid, "evt-before-loss", "pi_1").outcome.value == "paid"
+    _drain(db, gate, deal.id)  # all three persisted: two 'confirmed' with pay_by, one 'paid'
+    with db.transaction() as s:  # the second one's deadline passed while Redis was down
+        s.execute(text("UPDATE orders SET pay_by = now() - interval '1 second' WHERE id = :o"), {"o": expiring})
+    before = {o: gate.find_order(o, deal.id) for o in (paid_later, expiring)}
+    k = gate.keys.deal(deal.id)
+    gate.redis.delete(*k.all_keys())  # Redis restarted empty (no persistence)
+    gate.redis.srem(gate.keys.live_deals, deal.id)
+    assert deal.id in tick(db, gate).loaded
+    assert gate.redis.get(k.stock) == "4"  # 10 - the 6 PostgreSQL holds (paid and unpaid alike)
+    for oid, was in before.items():
+        now = gate.find_order(oid, deal.id)
+        assert now is not None and now.state == "accepted" and now.quantity == 2 and now.user_id == was.user_id
+    assert gate.find_order(paid_later, deal.id).pay_by == before[paid_later].pay_by
+    assert gate.find_order(kept_paid, deal.id) is None  # decided for good: PostgreSQL answers for it
+    assert set(gate.redis.zrange(k.due, 0, -1)) == {paid_later, expiring}
+    # Still payable, and still expiring: each unit comes back exactly once.
+    assert gate.settle(deal.id, "pay", paid_later, "evt-after-loss", "pi_2").outcome.value == "paid"
+    assert gate.expire_due(deal.id).expired == 1 and gate.expire_due(deal.id).expired == 0
+    assert gate.redis.get(k.stock) == "6" and gate.redis.hget(k.buyers, str(users[1])) == "0"

@@ -51,7 +51,7 @@ def test_a_close_between_open_now_commit_and_its_gate_load_is_not_undone(db, svc
     closer = threading.Thread(target=close_now, args=(db, gate, deal.id))
     real_load = Gate.load
 
-    def load_after_a_close(self, rules, initial_stock, held=None):
+    def load_after_a_close(self, rules, initial_stock, *rest):
         if rules.deal_id == deal.id and not closer.is_alive() and closer.ident is None:
             # open_now has committed "open": an admin's close lands now, before the gate is loaded. It either
             # runs to its end or waits for open_now's row lock; either way we go on once it is settled.
@@ -59,7 +59,7 @@ def test_a_close_between_open_now_commit_and_its_gate_load_is_not_undone(db, svc
             deadline = time.monotonic() + 20
             while closer.is_alive() and not _waiting_on_a_row_lock(db) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        return real_load(self, rules, initial_stock, held)
+        return real_load(self, rules, initial_stock, *rest)
 
     monkeypatch.setattr(Gate, "load", load_after_a_close)
     open_now(db, gate, deal.id)
@@ -88,9 +88,9 @@ def test_seed_never_loads_the_gate_for_a_deal_whose_commit_failed(db, settings, 
     loaded: list[int] = []
     real_load = Gate.load
 
-    def recording_load(self, rules, initial_stock, held=None):
+    def recording_load(self, rules, initial_stock, *rest):
         loaded.append(rules.deal_id)
-        return real_load(self, rules, initial_stock, held)
+        return real_load(self, rules, initial_stock, *rest)
 
     def refuse_commit(session: Session) -> None:
         if any(isinstance(o, Deal) and o.title == manage.DEMO_TITLE for o in session.identity_map.values()):
