@@ -23,7 +23,7 @@ from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_admission, record_unreplicated
 from web.openapi import doc
 from web.roles import is_admin
-from web.schemas import OrderAccepted, OrderIn, OrderList, OrderOut
+from web.schemas import OrderAccepted, OrderDetail, OrderIn, OrderList, OrderOut
 from web.services import Services, services
 from web.sessions import login_required, require_user
 from web.validation import parse_body
@@ -152,7 +152,8 @@ def _deal_exists(svc: Services, deal_id: int) -> bool:
     return True
 
 
-def _parse_order_id(raw: str) -> str:
+def parse_order_id(raw: str) -> str:
+    """The canonical order id of a URL's segment; anything else is a 404 (no such order)."""
     try:
         return str(uuid.UUID(raw))
     except ValueError:
@@ -220,11 +221,11 @@ def _visible(view: dict[str, Any]) -> bool:
 
 @bp.get("/orders/<order_id>")
 @login_required
-@doc("One order (owner or admin)", responses={200: OrderOut, 401: None, 404: None}, auth="session")
+@doc("One order (owner or admin)", responses={200: OrderDetail, 401: None, 404: None}, auth="session")
 def get_order(order_id: str) -> Any:
     """An order, whether still in the outbox (accepted) or persisted (confirmed)."""
     svc = services()
-    found = find_order(svc, _parse_order_id(order_id))
+    found = find_order(svc, parse_order_id(order_id))
     if found is None or not _visible(found[0]):
         raise ApiError(404, "not_found", "No such order.")
     view, live = found
@@ -278,7 +279,7 @@ def _refuse_decided(status: str) -> None:
 def cancel_order(order_id: str) -> Any:
     """Give the stock back exactly once; cancelling again changes nothing."""
     svc = services()
-    oid = _parse_order_id(order_id)
+    oid = parse_order_id(order_id)
     found = find_order(svc, oid)
     if found is None or not _visible(found[0]):
         raise ApiError(404, "not_found", "No such order.")

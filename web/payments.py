@@ -35,6 +35,7 @@ from web.errors import ApiError
 from web.kick import kick_drain
 from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
+from web.orders import parse_order_id
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
 from web.services import Services, services
 from web.sessions import login_required, require_user
@@ -69,13 +70,6 @@ def webhook_secret(svc: Services) -> str:
     return dev_webhook_secret(svc.settings)
 
 
-def _parse_order_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError(404, "not_found", "No such order.") from None
-
-
 def payable(svc: Services, live: LiveOrder) -> PayableOrder:
     """What the provider charges: the order's price times its quantity, in the smallest currency unit."""
     currency = svc.settings.payment_currency
@@ -100,7 +94,7 @@ _NOT_PAYABLE = {
 def pay(order_id: str) -> Any:
     """The same payment for every call on one order; 409 once the order can no longer be paid."""
     svc = services()
-    oid = _parse_order_id(order_id)
+    oid = parse_order_id(order_id)
     deal_id = deal_of(oid)  # payable orders all have ids that name their deal (payments came after them)
     live = svc.gate.find_order(oid, deal_id) if deal_id is not None else None
     if live is None or live.user_id != require_user():

@@ -250,8 +250,12 @@ class OrderOut(BaseModel):
     status: Literal["accepted", "confirmed", "paid", "expired", "canceled", "failed"]
     admitted_at: datetime
     pay_by: datetime | None = None  # deals with a payment window: unpaid at this moment, the order expires
-    # GET /api/orders/{id} of an unpaid order: when the buyer's last card was declined (they may try again).
-    payment_declined_at: datetime | None = None
+
+
+class OrderDetail(OrderOut):
+    """One order (GET /api/orders/{id}): an unpaid one whose card was declined also says when."""
+
+    payment_declined_at: datetime | None = None  # present only then: the buyer may try again while time remains
 
 
 class OrderList(BaseModel):
