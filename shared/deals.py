@@ -110,14 +110,7 @@ def rules_of(deal: Deal) -> DealRules:
 
 def sold_quantity(session: Session, deal_id: int) -> int:
     """Quantity of the deal's orders persisted and not canceled, expired or failed."""
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(Order.quantity), 0)).where(
-                Order.deal_id == deal_id, Order.status.in_(HOLDING_STATUSES)
-            )
-        )
-        or 0
-    )
+    return sold_quantities(session, [deal_id]).get(deal_id, 0)
 
 
 def sold_quantities(session: Session, deal_ids: list[int]) -> dict[int, int]:

@@ -8,7 +8,6 @@ the primary through a failover. A cluster topology is one more branch in ``_conn
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from typing import Any
@@ -266,10 +265,3 @@ class DirectCalls:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         return replies, tail_replies
-
-    @staticmethod
-    def _drain(conn: Connection, n: int) -> None:
-        """Read and drop ``n`` pending replies so the connection stays in step."""
-        for _ in range(n):
-            with contextlib.suppress(redis.ResponseError):
-                conn.read_response()
