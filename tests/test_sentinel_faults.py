@@ -161,7 +161,9 @@ def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain
                     continue
                 with lock:
                     statuses[r.status_code] += 1
-                if r.status_code == 202:
+                # 202 places the order; 200 is the replay of a retried key whose first answer was lost
+                # (a 503 or a dropped connection after the script ran): both name a held order.
+                if r.status_code in (200, 202):
                     with lock:
                         assert accepted.setdefault(r.json()["order_id"], qty) == qty
                     break
@@ -205,4 +207,4 @@ def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain
     rows = _db_orders(db, deal.id)
     assert rows == accepted  # every 202, with its quantity, exactly once; nothing else
     assert _remaining(gate, deal.id) + sum(rows.values()) == total  # nothing oversold, nothing stranded
-    assert set(statuses) <= {202, 503}, statuses
+    assert set(statuses) <= {200, 202, 503}, statuses
