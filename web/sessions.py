@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Flask, g, request, session
-from flask_session.redis import RedisSessionInterface
+from flask_session.base import ServerSideSession, ServerSideSessionInterface
+from flask_session.redis import RedisSession
 
 from shared.keys import Keys
 from shared.redis_client import DirectCalls, bytes_client
@@ -25,20 +27,36 @@ def is_public_read(request: Any) -> bool:
     return request.method in ("GET", "HEAD") and PUBLIC_READS.fullmatch(request.path) is not None
 
 
-class SessionStore(RedisSessionInterface):
-    """Flask-Session's Redis store; reads go through a per-thread connection (DirectCalls).
+class SessionStore(ServerSideSessionInterface):
+    """Flask-Session's server-side sessions, stored in Redis through a per-thread connection (DirectCalls).
 
-    Every logged-in request reads its session, so the read is on the order path: it skips
-    redis-py's client layer like the gate does. Writes and deletes stay Flask-Session's own.
+    Why not Flask-Session's RedisSessionInterface: it accepts only a ``redis.Redis`` and silently
+    replaces anything else (a ``RedisCluster``) with a client of localhost:6379 (flask-session 0.8,
+    ``RedisSessionInterface.__init__``). Its base class keeps what matters (session ids, cookie,
+    permanence, serialization); the three storage calls below are the whole Redis part, one code path
+    for every topology: DirectCalls routes each key to its node on a cluster. Why DirectCalls and not
+    the client: every logged-in request reads its session, so the read is on the order path and skips
+    redis-py's client layer like the gate does; the rare writes use the same connection.
     """
 
-    def __init__(self, app: Flask, client: Any, key_prefix: str) -> None:
-        super().__init__(app, client=client, key_prefix=key_prefix, permanent=True)
-        self._direct = DirectCalls(client)
+    session_class = RedisSession
+    ttl = True  # Redis expires the records itself: no clean-up job
+
+    def __init__(self, app: Flask, direct: DirectCalls, key_prefix: str) -> None:
+        super().__init__(app, key_prefix=key_prefix, permanent=True)
+        self._direct = direct
 
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
         raw = self._direct.call("GET", store_id, raw=True)
         return self.serializer.decode(raw) if raw else None
+
+    def _delete_session(self, store_id: str) -> None:
+        self._direct.call("DEL", store_id)  # safe to repeat (DirectCalls retries a dropped connection)
+
+    def _upsert_session(self, session_lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
+        # Safe to repeat: the same value and TTL again.
+        ttl = max(int(session_lifetime.total_seconds()), 1)
+        self._direct.call("SET", store_id, self.serializer.encode(session), "EX", ttl)
 
     def open_session(self, app: Flask, request: Any) -> Any:
         """Open the request's session; the public catalog reads skip the Redis read altogether."""
@@ -86,7 +104,9 @@ def init_sessions(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
     )
-    app.session_interface = SessionStore(app, bytes_client(settings), Keys(settings.key_prefix).session_prefix)
+    app.session_interface = SessionStore(
+        app, DirectCalls(bytes_client(settings)), Keys(settings.key_prefix).session_prefix
+    )
 
     @app.before_request
     def _enforce_lifetimes() -> None:
