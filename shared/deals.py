@@ -18,6 +18,7 @@ from shared.db import Database
 from shared.gate import DealRules, Gate, LiveOrder, Loaded, buyer_status, dt_to_ms, now_ms
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.readable import UnreadableDeal, readable_deals
+from shared.server_clock import server_ms
 
 log = logging.getLogger(__name__)
 
@@ -342,11 +343,10 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
     pipe.get(k.stock)
     pipe.xlen(k.outbox)
     pipe.hlen(k.orders)
-    pipe.time()
-    (gate_status, open_ms, close_ms), stock, pending, admitted, (secs, micros) = pipe.execute()
+    server_ms(pipe, k.stock)
+    (gate_status, open_ms, close_ms), stock, pending, admitted, now = pipe.execute()
     if gate_status is not None:
-        now = int(secs) * 1000 + int(micros) // 1000
-        status = buyer_status(gate_status, int(open_ms), int(close_ms), int(stock or 0), now)
+        status = buyer_status(gate_status, int(open_ms), int(close_ms), int(stock or 0), int(now))
     else:
         status = deal.status
     remaining = int(stock) if stock is not None else deal.total_stock - sold

@@ -54,5 +54,7 @@ def after_fork() -> None:
     global _ctx
     if _ctx is not None:
         _ctx.db.dispose()
-        _ctx.redis.connection_pool.reset()
+        # The Redis client is dropped, not reset: this process builds its own, and redis-py shuts a socket
+        # down only in the process that opened it (a copy closed here leaves the parent's intact). One way
+        # for every topology: a RedisCluster has no single connection pool to reset.
         _ctx = None

@@ -13,6 +13,7 @@ from shared.db import Database
 from shared.gate import ms_to_dt
 from shared.keys import Keys
 from shared.models import Deal
+from shared.server_clock import server_ms
 from worker.outbox import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry
 
 # Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
@@ -135,19 +136,19 @@ def reconcile_deal(
                     # Why WATCH the stock: every admission and cancel moves it, so if EXEC succeeds no order
                     # came or went between our reads and the repair, and the value we write is still right.
                     pipe.watch(k.stock)
-                    stock, entries, now = pipe.get(k.stock), pipe.xrange(k.outbox), pipe.time()
+                    stock, entries, now = pipe.get(k.stock), pipe.xrange(k.outbox), server_ms(pipe, k.stock)
                     buyers, loaded = pipe.hgetall(k.buyers), pipe.hgetall(k.loaded)
                 else:
                     # One MULTI: the stock, the outbox and the clock are one consistent snapshot.
                     pipe.get(k.stock)
                     pipe.xrange(k.outbox)
-                    pipe.time()
+                    server_ms(pipe, k.stock)
                     pipe.hgetall(k.buyers)
                     pipe.hgetall(k.loaded)
                     stock, entries, now, buyers, loaded = pipe.execute()
                 if stock is None and _retired(db, deal_id):
                     return None  # retired since the check above (marked in PostgreSQL before its keys went)
-                snap_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+                snap_ms = int(now)
                 exp = _expected(db, deal_id, total, entries, snap_ms)
                 current = int(stock) if stock is not None else None
                 mismatched = _buyers_mismatched(buyers or {}, exp.held_by_user)
