@@ -1,8 +1,8 @@
 """Redis key builders: the only place key names are spelled.
 
-Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script touches one
-Redis Cluster slot. (The cluster topology itself is not built yet: cross-deal reads such as
-``Gate.remaining``'s MGET still assume one Redis.)
+Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script (or one MULTI)
+touches one Redis Cluster slot. Keys of no deal (sessions, rate-limit counters, the deal list's
+cache) spread over the slots by their own names; reads across deals go per node.
 """
 
 from __future__ import annotations
@@ -109,8 +109,10 @@ class Keys:
         return f"{self.prefix}rl"
 
     def deal_cache(self, deal_id: int) -> str:
-        """Cached JSON of one deal's static fields."""
-        return f"{self.prefix}cache:deal:{int(deal_id)}"
+        """Cached JSON of one deal's static fields, in the deal's slot (its rebuild lock too)."""
+        # Why the deal's hash tag: a deal's page reads this key with the deal's state and stock in one
+        # pipeline (web/deals.py), and on a cluster one slot means one node, one round trip.
+        return f"{self.prefix}{{deal:{int(deal_id)}}}:cache"
 
     @property
     def deal_list_version(self) -> str:
