@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 sys.path.insert(0, str(ROOT))
 
+from scripts.cluster_topology import ClusterPorts, ClusterTopology  # noqa: E402
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
 from shared.redis_client import server_policy  # noqa: E402
 from shared.settings import default_broker_url  # noqa: E402
@@ -122,6 +123,29 @@ def ensure_sentinel() -> list[str]:
     primary = topology.primary()
     report_redis(f"redis://127.0.0.1:{primary}/0")
     return [export_line("REDIS_SENTINELS", ports.sentinels_setting), export_line("REDIS_SENTINEL_MASTER", MASTER_NAME)]
+
+
+def ensure_cluster() -> list[str]:
+    """FLASHDEAL_REDIS_TOPOLOGY=cluster: use REDIS_CLUSTER_NODES, or start the local cluster under var/."""
+    given = os.environ.get("REDIS_CLUSTER_NODES")
+    if given:
+        host, _, port = given.split(",")[0].strip().rpartition(":")
+        if not port.isdigit() or not port_open(host, int(port)):
+            sys.exit(f"REDIS_CLUSTER_NODES: nothing answers at {host}:{port}. Start that cluster or unset it.")
+        say(f"Redis Cluster at {given}")
+        return []
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        sys.exit(
+            "FLASHDEAL_REDIS_TOPOLOGY=cluster needs the redis-server and redis-cli binaries. "
+            "Install them: apt-get install redis-server"
+        )
+    ports = ClusterPorts.default()
+    topology = ClusterTopology(VAR / "redis-cluster", ports)
+    say(f"Redis Cluster: nodes {ports.nodes} (three primaries, three replicas)")
+    say(f"Redis Cluster {topology.ensure()} (var/redis-cluster; `rm -rf var/redis-cluster` for a fresh one)")
+    for primary in topology.primaries():
+        report_redis(f"redis://127.0.0.1:{primary}/0")
+    return [export_line("REDIS_CLUSTER_NODES", ports.nodes_setting)]
 
 
 def ensure_redis() -> str:
@@ -240,10 +264,13 @@ def ensure_database(url: str) -> None:
 
 def main() -> None:
     """Resolve both services and print the export lines."""
-    sentinel = os.environ.get("FLASHDEAL_REDIS_TOPOLOGY", "single").strip().lower() == "sentinel"
-    extra = ensure_sentinel() if sentinel else []
-    # With Sentinel, REDIS_URL gives only the database (and credentials) of the primary the sentinels name.
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0") if sentinel else ensure_redis()
+    topology = os.environ.get("FLASHDEAL_REDIS_TOPOLOGY", "single").strip().lower()
+    extra = {"sentinel": ensure_sentinel, "cluster": ensure_cluster}.get(topology, list)()
+    # With Sentinel, REDIS_URL gives only the database (and credentials) of the primary the sentinels name;
+    # with a cluster only the credentials of its nodes.
+    redis_url = (
+        os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0") if topology in ("sentinel", "cluster") else ensure_redis()
+    )
     db_url = ensure_postgres()
     if len(sys.argv) > 1:  # an explicit database name (the test suite uses its own)
         u = urlparse(_libpq(db_url))
@@ -253,7 +280,7 @@ def main() -> None:
     print(export_line("DATABASE_URL", db_url))
     for line in extra:
         print(line)
-    broker = os.environ.get("CELERY_BROKER_URL") or default_broker_url("sentinel" if sentinel else "single", redis_url)
+    broker = os.environ.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url)
     if broker.startswith("amqp://"):
         amqp = urlparse(broker)
         if not port_open(amqp.hostname or "127.0.0.1", amqp.port or 5672):

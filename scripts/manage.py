@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
+from scripts.cluster_topology import ClusterPorts, ClusterTopology  # noqa: E402
 from scripts.ensure_services import redact  # noqa: E402
 from scripts.sentinel_topology import SentinelPorts, SentinelTopology  # noqa: E402
 from shared.accounts import EmailTaken, create_user  # noqa: E402
@@ -93,6 +94,11 @@ def banner(env: os._Environ[str] | dict[str, str], heading: str) -> str:
             f"  Celery broker         {redact(env.get('CELERY_BROKER_URL', ''))}",
         ]
         if _sentinel_topology(env)
+        else [
+            f"  Redis Cluster         {env['REDIS_CLUSTER_NODES']}",
+            f"  Celery broker         {redact(env.get('CELERY_BROKER_URL', ''))}",
+        ]
+        if _cluster_topology(env)
         else []
     )
     return "\n".join(
@@ -145,9 +151,9 @@ def run() -> None:
     # The web nodes sit behind exactly one trusted hop, our nginx: take the client IP from it.
     env.setdefault("TRUSTED_PROXIES", "1")
     honcho = [str(ROOT / ".venv" / "bin" / "honcho"), "start", "-f", "Procfile"]
-    topology = _local_sentinel_topology(env)
+    topology = _local_sentinel_topology(env) or _local_cluster_topology(env)
     # honcho runs as a child: this process prints the banner again when the shop is up, and stops the
-    # Sentinel topology that ensure_services started under var/ when the stack stops.
+    # Sentinel topology or the cluster that ensure_services started under var/ when the stack stops.
     child = subprocess.Popen(honcho, env=env)
     signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     signal.signal(signal.SIGINT, lambda *_: child.send_signal(signal.SIGINT))
@@ -156,7 +162,7 @@ def run() -> None:
     finally:
         URLS_FILE.unlink(missing_ok=True)
         if topology is not None:
-            print("[manage] stopping the Redis Sentinel topology", flush=True)
+            print(f"[manage] stopping the {topology.__class__.__name__} under var/", flush=True)
             topology.stop(graceful=True)
     sys.exit(rc)
 
@@ -178,6 +184,18 @@ def _local_sentinel_topology(env: os._Environ[str] | dict[str, str]) -> Sentinel
     if not _sentinel_topology(env) or env.get("REDIS_SENTINELS") != ports.sentinels_setting:
         return None
     return SentinelTopology(ROOT / "var" / "redis-sentinel", ports)
+
+
+def _cluster_topology(env: os._Environ[str] | dict[str, str]) -> bool:
+    return env.get("FLASHDEAL_REDIS_TOPOLOGY", "").strip().lower() == "cluster" and bool(env.get("REDIS_CLUSTER_NODES"))
+
+
+def _local_cluster_topology(env: os._Environ[str] | dict[str, str]) -> ClusterTopology | None:
+    """The cluster ensure_services started under var/ (the default ports), if that is the one in use."""
+    ports = ClusterPorts.default()
+    if not _cluster_topology(env) or env.get("REDIS_CLUSTER_NODES") != ports.nodes_setting:
+        return None
+    return ClusterTopology(ROOT / "var" / "redis-cluster", ports)
 
 
 COMMANDS = {"migrate": migrate, "seed": seed, "run": run, "urls": urls}
