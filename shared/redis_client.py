@@ -3,21 +3,33 @@
 ``single``: one Redis at ``REDIS_URL``. ``sentinel``: the primary that Redis Sentinel names for
 ``REDIS_SENTINEL_MASTER``; redis-py's ``SentinelConnectionPool`` asks the sentinels on every
 (re)connect, so each client, and each ``DirectCalls`` connection made from its pool, follows
-the primary through a failover. A cluster topology is one more branch in ``_connect``.
+the primary through a failover. ``cluster``: redis-py's ``RedisCluster`` on ``REDIS_CLUSTER_NODES``;
+``DirectCalls`` sends each command to the primary of its key's slot, as that client's slot map says.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+import time
+from collections import defaultdict
+from typing import Any, TypeAlias
 from urllib.parse import quote, unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -26,7 +38,12 @@ from shared.settings import ConfigError, Settings
 # Error replies that mean "this node cannot take writes now", not "this command is wrong": a
 # primary without enough replicas (min-replicas-to-write), a replica (a demoted primary), a
 # primary that lost its master link. Answered like a dropped connection: 503, try again.
-UNAVAILABLE_REPLIES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN")
+# On a cluster: a slot whose keys are being migrated (TRYAGAIN), a cluster that lost a slot's
+# primary and has not promoted its replica yet (CLUSTERDOWN).
+UNAVAILABLE_REPLIES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
+
+# What every client is: one Redis (single, sentinel) or a cluster client (cluster).
+Client: TypeAlias = "redis.Redis | RedisCluster"
 
 
 class PrimaryUnavailable(redis.ConnectionError):
@@ -35,10 +52,13 @@ class PrimaryUnavailable(redis.ConnectionError):
 
 def is_unavailable_reply(exc: BaseException) -> bool:
     """True for an error reply that a failover or a missing replica explains (see UNAVAILABLE_REPLIES)."""
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(UNAVAILABLE_REPLIES)
+    # redis-py strips the code of the replies it has a class for (READONLY, LOADING, TRYAGAIN, ...) from
+    # the message and keeps it in status_code; NOREPLICAS has no class and keeps it in the message.
+    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+    return isinstance(exc, redis.ResponseError) and code in UNAVAILABLE_REPLIES
 
 
-def _connect(settings: Settings, **options: Any) -> redis.Redis:
+def _connect(settings: Settings, **options: Any) -> Client:
     """The one place a Redis client is made: the topology decides how it finds its server."""
     options = {
         "health_check_interval": 30,
@@ -65,15 +85,30 @@ def _connect(settings: Settings, **options: Any) -> redis.Redis:
             password=unquote(url.password) if url.password else None,
             **options,
         )
+    if settings.redis_topology == "cluster":
+        url = urlparse(settings.redis_url)
+        retry = options.pop("retry")
+        # REDIS_URL gives the credentials only (a cluster has database 0 alone). RedisCluster refuses a
+        # ``retry`` for its nodes' connections (it retries itself, on a refreshed slot map): ours goes there.
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in settings.redis_cluster_nodes],
+            username=unquote(url.username) if url.username else None,
+            password=unquote(url.password) if url.password else None,
+            retry=retry,
+            # A shard without its primary (between a SIGKILL and its replica's promotion) must not stop
+            # the client from starting or from serving the other shards.
+            require_full_coverage=False,
+            **options,
+        )
     return redis.Redis.from_url(settings.redis_url, **options)
 
 
-def text_client(settings: Settings, **options: Any) -> redis.Redis:
+def text_client(settings: Settings, **options: Any) -> Client:
     """Client that decodes replies to str: gate, cache, outbox (``options`` are redis-py's)."""
     return _connect(settings, decode_responses=True, retry_on_timeout=True, **options)
 
 
-def bytes_client(settings: Settings) -> redis.Redis:
+def bytes_client(settings: Settings) -> Client:
     """Client that returns bytes: Flask-Session stores msgpack blobs."""
     return _connect(settings)
 
@@ -85,6 +120,11 @@ def limits_storage_uri(settings: Settings) -> str:
         auth = f":{quote(unquote(url.password), safe='')}@" if url.password else ""
         hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_sentinels)
         return f"redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
+    if settings.redis_topology == "cluster":
+        url = urlparse(settings.redis_url)
+        auth = f":{quote(unquote(url.password), safe='')}@" if url.password else ""
+        hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes)
+        return f"redis+cluster://{auth}{hosts}"
     return settings.redis_url
 
 
@@ -93,11 +133,20 @@ def limits_storage_options(settings: Settings) -> dict[str, Any]:
     if settings.redis_topology == "sentinel":
         db = int(urlparse(settings.redis_url).path.lstrip("/") or 0)
         return {"use_replicas": False, "db": db, "socket_connect_timeout": 2}
+    if settings.redis_topology == "cluster":
+        return {"socket_connect_timeout": 2, "require_full_coverage": False}
     return {}
 
 
 def celery_result_backend(settings: Settings) -> str:
-    """Celery's result backend: the flashdeal Redis (through the sentinels in that topology)."""
+    """Celery's result backend: the flashdeal Redis (through the sentinels in that topology).
+
+    On a cluster: ``rpc://``, the replies travel back over the broker (RabbitMQ), because Celery's
+    Redis backend cannot use a Redis Cluster. Only the reconcile task has a result anyway
+    (``task_ignore_result`` for every other), and only its caller waits for it.
+    """
+    if settings.redis_topology == "cluster":
+        return "rpc://"
     if settings.redis_topology == "sentinel":
         db = urlparse(settings.redis_url).path.lstrip("/") or "0"
         return ";".join(f"sentinel://{h}:{p}/{db}" for h, p in settings.redis_sentinels)
@@ -110,8 +159,12 @@ def celery_result_backend_options(settings: Settings) -> dict[str, Any]:
     return {"master_name": settings.redis_sentinel_master} if settings.redis_topology == "sentinel" else {}
 
 
-def server_policy(client: redis.Redis) -> dict[str, str]:
-    """The server's persistence and eviction settings (``CONFIG GET``; empty where CONFIG is not allowed)."""
+def server_policy(client: Client) -> dict[str, str]:
+    """The server's persistence and eviction settings (``CONFIG GET``; empty where CONFIG is not allowed).
+
+    On a cluster, RedisCluster sends CONFIG GET to one node (its default): every node of ours is
+    started with the same settings (scripts/cluster_topology.py).
+    """
     try:
         got = client.config_get("maxmemory-policy")
         got |= client.config_get("appendonly")
@@ -125,7 +178,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def eviction_problem(client: redis.Redis) -> str | None:
+def eviction_problem(client: Client) -> str | None:
     """Why this Redis could lose gate keys on its own (``maxmemory-policy`` not ``noeviction``), or None."""
     policy = server_policy(client).get("maxmemory-policy")
     if policy is not None and policy != "noeviction":
@@ -150,19 +203,32 @@ def refuse_evicting_redis(settings: Settings) -> None:
         raise ConfigError(problem)
 
 
+# Commands without a key go where the command before them went: WAIT must ask the node that took the write.
+KEYLESS_COMMANDS = frozenset({"WAIT", "PING", "TIME"})
+# On a cluster: rounds of MOVED/ASK/TRYAGAIN answered before a call gives up (PrimaryUnavailable), and
+# the pause before sending a TRYAGAIN (a slot whose keys are half migrated) again.
+CLUSTER_ROUNDS = 5
+TRYAGAIN_PAUSE_S = 0.02
+
+
 class DirectCalls:
-    """One redis-py ``Connection`` per thread, used without the client and pool layer.
+    """One redis-py ``Connection`` per thread (per node and thread on a cluster), without the client layer.
 
     Why not ``client.execute_command``: on this VM redis-py's client layer (pool checkout and
     release, retry wrapper, observability hooks) costs 50-80 µs of CPU per command on top of
-    the ~25 µs the connection itself needs (README, "Fast path").
+    the ~25 µs the connection itself needs (README, "Fast path"); RedisCluster adds its slot
+    lookup and redirect loop on top of that (README, "Scale-out").
     The order path makes two commands per order, so it uses this. AUTH, SELECT, TLS and the
-    RESP parsing (hiredis) stay redis-py's: we only skip the per-call bookkeeping.
+    RESP parsing (hiredis) stay redis-py's: we only skip the per-call bookkeeping. On a cluster
+    the slot map stays redis-py's too (the client's ``nodes_manager``): we read it to pick the
+    node of each command and update it from MOVED replies as RedisCluster does.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self._new = lambda: pool.connection_class(**pool.connection_kwargs)
+    def __init__(self, client: Client) -> None:
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        if not isinstance(client, RedisCluster):
+            pool = client.connection_pool
+            self._new = lambda: pool.connection_class(**pool.connection_kwargs)
         self._local = threading.local()
 
     def _conn(self) -> Connection:
@@ -182,13 +248,34 @@ class DirectCalls:
         return self._exchange([args], raw=raw, retry=retry)[0]
 
     def pipeline(self, *commands: tuple[str | int | bytes, ...], retry: bool = True) -> list[Any]:
-        """Several read commands in one round trip; error replies come back as exception objects."""
+        """Several commands in one round trip (one per node, all at once, on a cluster); replies in order.
+
+        Error replies come back as exception objects. On a cluster each command must keep to one
+        slot (the server refuses it with CROSSSLOT otherwise); a command without a key (WAIT)
+        goes to the node of the command before it.
+        """
         return self._exchange(list(commands), raw=False, retry=retry, errors_as_values=True)
 
     def _exchange(
         self, commands: list[tuple[Any, ...]], *, raw: bool, retry: bool, errors_as_values: bool = False
     ) -> list[Any]:
-        conn = self._conn()
+        if self._cluster is not None:
+            replies = self._cluster_exchange(self._cluster, commands, raw, retry)
+        else:
+            replies = self._round_trip(self._conn(), commands, raw, retry)
+        for reply in replies:
+            if is_unavailable_reply(reply):
+                # Every reply is read: the connection is in step. A node that is no primary (or one
+                # without its replicas) ran nothing: the caller answers 503 and the buyer retries.
+                if self._cluster is None and getattr(reply, "status_code", None) == "READONLY":
+                    self._conn().disconnect()  # a demoted primary: reconnect through the sentinels next time
+                raise PrimaryUnavailable(str(reply))
+            if not errors_as_values and isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _round_trip(conn: Connection, commands: list[tuple[Any, ...]], raw: bool, retry: bool) -> list[Any]:
         packed = conn.pack_commands(commands)
         for attempt in (1, 2):
             try:
@@ -198,14 +285,7 @@ class DirectCalls:
                 # connect() returns at once on an open connection.
                 conn.connect()
                 conn.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response(disable_decoding=raw))
-                    except redis.ResponseError as exc:
-                        # An error reply was read in full: the connection is still in step.
-                        replies.append(exc)
-                break
+                return [_read_reply(conn, raw) for _ in commands]
             except (redis.ConnectionError, redis.TimeoutError):
                 conn.disconnect()
                 if not retry or attempt == 2:
@@ -214,16 +294,147 @@ class DirectCalls:
                 # Anything else may leave replies unread on the socket: start clean next time.
                 conn.disconnect()
                 raise
-        for reply in replies:
-            if is_unavailable_reply(reply):
-                # Every reply is read: the connection is in step. A node that is no primary (or one
-                # without its replicas) ran nothing: the caller answers 503 and the buyer retries.
-                if str(reply).startswith("READONLY"):
-                    conn.disconnect()  # a demoted primary: reconnect through the sentinels next time
-                raise PrimaryUnavailable(str(reply))
-            if not errors_as_values and isinstance(reply, redis.ResponseError):
-                raise reply
-        return replies
+        raise AssertionError("unreachable")
+
+    # -- cluster -------------------------------------------------------------------------------------
+    # Why by hand: RedisCluster.execute_command is the client layer we skip (README, "Scale-out"), and its
+    # pipeline sends one node's commands after another's. Here every node's share goes out before any
+    # reply is read, so a read across shards costs one round trip, not one per node.
+
+    def _node_conn(self, cluster: RedisCluster, node: ClusterNode) -> Connection:
+        conns: dict[str, Connection] | None = getattr(self._local, "conns", None)
+        if conns is None or self._local.pid != os.getpid():
+            conns = self._local.conns = {}
+            self._local.pid = os.getpid()
+        conn = conns.get(node.name)
+        if conn is None:
+            pool = cluster.get_redis_connection(node).connection_pool
+            conn = conns[node.name] = pool.connection_class(**pool.connection_kwargs)
+        return conn
+
+    def _cluster_exchange(
+        self, cluster: RedisCluster, commands: list[tuple[Any, ...]], raw: bool, retry: bool
+    ) -> list[Any]:
+        anchors = _anchors(commands)
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        asked: dict[int, ClusterNode] = {}  # command index -> the node an ASK sent it to (for this round)
+        retried = False
+        for _ in range(CLUSTER_ROUNDS):
+            plan = self._plan(cluster, commands, anchors, todo, asked)
+            failed = self._send_and_read(cluster, plan, commands, anchors, asked, replies, raw)
+            again: set[int] = set()
+            if failed:
+                # A node died or went away: ask the cluster who serves its slots now (a promoted replica,
+                # once the failover is through). Sent again only when safe to repeat, and only once.
+                cluster.nodes_manager.initialize()
+                if not retry or retried:
+                    raise next(iter(failed.values()))
+                retried = True
+                again |= {i for node, idxs in plan.items() if node.name in failed for i in idxs}
+            next_asked: dict[int, ClusterNode] = {}
+            pause = False
+            for i in todo:
+                if i in again:
+                    continue
+                reply = replies[i]
+                if isinstance(reply, MovedError):
+                    # The slot has a new owner for good (migration done, failover): update the shared map.
+                    cluster.nodes_manager.move_slot(reply)
+                    again.add(i)
+                elif isinstance(reply, AskError):
+                    # The slot is being migrated and this key is already on the target: ask it there, this once.
+                    next_asked[i] = cluster.get_node(host=reply.host, port=reply.port) or ClusterNode(
+                        reply.host, reply.port
+                    )
+                    again.add(i)
+                elif isinstance(reply, TryAgainError):
+                    # Some of the keys are on the source and some on the target (mid-migration): nothing ran.
+                    again.add(i)
+                    pause = True
+                elif isinstance(reply, ClusterDownError):
+                    cluster.nodes_manager.initialize()
+            if not again:
+                return replies
+            # A keyless command (WAIT) is sent again with the command it follows, to the same node.
+            again |= {j for j in todo if anchors[j] in again}
+            asked = {j: next_asked[anchors[j]] for j in again if anchors[j] in next_asked}
+            todo = sorted(again)
+            if pause:
+                time.sleep(TRYAGAIN_PAUSE_S)
+        # Still redirected after every round: the slot is moving right now. Nothing ran; the caller retries.
+        raise PrimaryUnavailable("TRYAGAIN the slot is being moved between nodes")
+
+    def _plan(
+        self,
+        cluster: RedisCluster,
+        commands: list[tuple[Any, ...]],
+        anchors: list[int],
+        todo: list[int],
+        asked: dict[int, ClusterNode],
+    ) -> dict[ClusterNode, list[int]]:
+        plan: dict[ClusterNode, list[int]] = defaultdict(list)
+        slots: dict[int, ClusterNode] = {}
+        for i in todo:
+            a = anchors[i]
+            node = asked.get(i)
+            if node is None:
+                node = slots.get(a)
+                if node is None:
+                    # A command across slots raises here (RedisClusterException): a bug to fix, not a 503.
+                    slot = _command_slot(cluster, commands[a])
+                    try:
+                        node = slots[a] = cluster.nodes_manager.get_node_from_slot(slot)
+                    except SlotNotCoveredError as exc:  # no known owner: the map is refreshed, the buyer retries
+                        cluster.nodes_manager.initialize()
+                        raise PrimaryUnavailable(f"CLUSTERDOWN {exc}") from exc
+            plan[node].append(i)
+        return plan
+
+    def _send_and_read(
+        self,
+        cluster: RedisCluster,
+        plan: dict[ClusterNode, list[int]],
+        commands: list[tuple[Any, ...]],
+        anchors: list[int],
+        asked: dict[int, ClusterNode],
+        replies: list[Any],
+        raw: bool,
+    ) -> dict[str, BaseException]:
+        """Send every node its share, then read each node's replies into ``replies``; the nodes that failed."""
+        failed: dict[str, BaseException] = {}
+        sent: list[tuple[ClusterNode, Connection, list[int]]] = []
+        # ASKING before each command an ASK sent here (not before its keyless follower: that one was not asked).
+        asking = {i for i in asked if anchors[i] == i}
+        try:
+            for node, idxs in plan.items():
+                conn = self._node_conn(cluster, node)
+                wire: list[tuple[Any, ...]] = []
+                for i in idxs:
+                    wire += [("ASKING",), commands[i]] if i in asking else [commands[i]]
+                try:
+                    conn.connect()
+                    conn.send_packed_command(conn.pack_commands(wire), check_health=False)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    conn.disconnect()
+                    failed[node.name] = exc
+                    continue
+                sent.append((node, conn, idxs))
+            for node, conn, idxs in sent:
+                try:
+                    for i in idxs:
+                        if i in asking:
+                            _read_reply(conn, False)  # ASKING's OK
+                        replies[i] = _read_reply(conn, raw)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    conn.disconnect()
+                    failed[node.name] = exc
+        except BaseException:
+            # Anything else may leave replies unread on a socket: start every connection clean next time.
+            for _node, conn, _ in sent:
+                conn.disconnect()
+            raise
+        return failed
 
     def scripts(self, *calls: tuple[Script, list[str], list[Any]]) -> list[Any]:
         """Run registered scripts in one round trip (EVALSHA); any that Redis forgot are sent again as EVAL.
@@ -265,3 +476,38 @@ class DirectCalls:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         return replies, tail_replies
+
+
+def _read_reply(conn: Connection, raw: bool) -> Any:
+    """One reply; an error reply (read in full: the connection is still in step) as its exception object."""
+    try:
+        return conn.read_response(disable_decoding=raw)
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _name(command: tuple[Any, ...]) -> str:
+    head = command[0]
+    return (head.decode() if isinstance(head, bytes) else str(head)).upper()
+
+
+def _anchors(commands: list[tuple[Any, ...]]) -> list[int]:
+    """For each command, the index of the one whose node it goes to: itself, or for a keyless one the one before."""
+    out: list[int] = []
+    for i, command in enumerate(commands):
+        if _name(command) not in KEYLESS_COMMANDS:
+            out.append(i)
+        elif out:
+            out.append(out[-1])
+        else:
+            raise ValueError(f"{_name(command)} cannot come first: it goes where the command before it went")
+    return out
+
+
+def _command_slot(cluster: RedisCluster, command: tuple[Any, ...]) -> int:
+    """The hash slot of a command's keys (a script's first key; the server refuses a script across slots)."""
+    if _name(command) in ("EVALSHA", "EVAL"):
+        if int(command[2]) == 0:
+            raise ValueError("a script without keys has no slot to run in")
+        return key_slot(cluster.encoder.encode(command[3]))
+    return cluster.determine_slot(*command)

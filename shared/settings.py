@@ -9,7 +9,9 @@ from urllib.parse import urlparse
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 PAYMENT_PROVIDERS = ("dev", "stripe")
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ: the broker of the Sentinel topology
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ: the broker of the Sentinel and Cluster topologies
+# The nodes ``FLASHDEAL_REDIS_TOPOLOGY=cluster make up`` starts (scripts/cluster_topology.py); any one will do.
+DEFAULT_CLUSTER_NODES = ",".join(f"127.0.0.1:{port}" for port in range(7001, 7007))
 
 
 class ConfigError(RuntimeError):
@@ -22,16 +24,18 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-TOPOLOGIES = ("single", "sentinel")  # a "cluster" topology is added here and in shared/redis_client.py: _connect
+TOPOLOGIES = ("single", "sentinel", "cluster")  # each is a branch of shared/redis_client.py: _connect
+# Topologies with replicas: an admission waits for one of them (WAIT), and the broker is RabbitMQ.
+REPLICATED_TOPOLOGIES = ("sentinel", "cluster")
 
 
-def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
-    """Parse ``REDIS_SENTINELS`` (``host:port,host:port``)."""
+def parse_hosts(raw: str, name: str) -> tuple[tuple[str, int], ...]:
+    """Parse a ``host:port,host:port`` list (``REDIS_SENTINELS``, ``REDIS_CLUSTER_NODES``)."""
     out = []
     for part in filter(None, (p.strip() for p in raw.split(","))):
         host, sep, port = part.rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ConfigError(f"REDIS_SENTINELS: {part!r} is not host:port")
+            raise ConfigError(f"{name}: {part!r} is not host:port")
         out.append((host, int(port)))
     return tuple(out)
 
@@ -57,6 +61,7 @@ class Settings:
     redis_topology: str = "single"
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_master: str = "flashdeal"
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()  # startup nodes of the cluster topology
     order_ack_replicas: int = 0  # WAIT for this many replicas after an admission or cancel (0: no WAIT)
     order_ack_timeout_ms: int = 250
     secret_key: str = DEV_SECRET
@@ -97,10 +102,11 @@ class Settings:
         topology = (e.get("FLASHDEAL_REDIS_TOPOLOGY") or cls.redis_topology).strip().lower()
         if topology not in TOPOLOGIES:
             raise ConfigError(f"FLASHDEAL_REDIS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
-        sentinels = parse_sentinels(e.get("REDIS_SENTINELS", ""))
+        sentinels = parse_hosts(e.get("REDIS_SENTINELS", ""), "REDIS_SENTINELS")
         if topology == "sentinel" and not sentinels:
             raise ConfigError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
         master = e.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master
+        cluster_nodes = parse_hosts(e.get("REDIS_CLUSTER_NODES") or DEFAULT_CLUSTER_NODES, "REDIS_CLUSTER_NODES")
         return cls(
             env=e.get("FLASHDEAL_ENV", cls.env),
             database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
@@ -109,8 +115,9 @@ class Settings:
             redis_topology=topology,
             redis_sentinels=sentinels,
             redis_sentinel_master=master,
+            redis_cluster_nodes=cluster_nodes if topology == "cluster" else (),
             # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
-            order_ack_replicas=_int(e, "ORDER_ACK_REPLICAS", 1 if topology == "sentinel" else 0),
+            order_ack_replicas=_int(e, "ORDER_ACK_REPLICAS", 1 if topology in REPLICATED_TOPOLOGIES else 0),
             order_ack_timeout_ms=_int(e, "ORDER_ACK_TIMEOUT_MS", cls.order_ack_timeout_ms),
             secret_key=e.get("SECRET_KEY") or DEV_SECRET,
             key_prefix=e.get("FLASHDEAL_KEY_PREFIX", cls.key_prefix),
@@ -182,14 +189,15 @@ def _default_provider(env: str) -> str:
 
 
 def default_broker_url(topology: str, redis_url: str) -> str:
-    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the flashdeal Redis, or RabbitMQ with Sentinel.
+    """The Celery broker when ``CELERY_BROKER_URL`` is unset: the flashdeal Redis, or RabbitMQ with replicas.
 
     Why not kombu's Redis-Sentinel transport with Sentinel: in our failover test a worker on it
     stopped for good after the primary's death in 1 run of 13 (README, "The Celery broker through a
     failover"); on RabbitMQ it never did. ``sentinel_broker_url`` builds the transport's URL for
-    whoever sets it explicitly.
+    whoever sets it explicitly. With a cluster there is no choice: kombu has no Redis Cluster
+    transport (celery#2852).
     """
-    return DEFAULT_AMQP_URL if topology == "sentinel" else redis_url
+    return DEFAULT_AMQP_URL if topology in REPLICATED_TOPOLOGIES else redis_url
 
 
 def sentinel_broker_url(redis_url: str, sentinels: tuple[tuple[str, int], ...]) -> str:

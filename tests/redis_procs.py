@@ -1,4 +1,4 @@
-"""Redis servers of our own on free ports for fault tests: a single throwaway one, or a Sentinel topology."""
+"""Redis servers of our own on free ports for fault tests: a single throwaway one, a Sentinel topology, a Cluster."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.redis_client import text_client
 from shared.settings import DEFAULT_AMQP_URL, Settings
@@ -59,6 +60,42 @@ def sentinel_setup(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
             celery_broker_url=DEFAULT_AMQP_URL,
         )
         yield SentinelSetup(topology, s, env)
+    finally:
+        topology.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class ClusterSetup:
+    """The running cluster and the settings/environment that point flashdeal at it."""
+
+    topology: ClusterTopology
+    settings: Settings
+    env: dict[str, str]  # what a web node or worker process needs on top of base_env()
+
+
+@pytest.fixture()
+def cluster_setup(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """Start a six-node cluster from the local redis-server; every node it started is killed at the end."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    root: Path = tmp_path_factory.mktemp("cluster")
+    topology = ClusterTopology(root, ClusterPorts(nodes=free_cluster_ports(6)))
+    try:
+        topology.start()
+        env = {
+            "FLASHDEAL_REDIS_TOPOLOGY": "cluster",
+            "REDIS_CLUSTER_NODES": topology.ports.nodes_setting,
+            "REDIS_URL": "redis://127.0.0.1:6379/0",  # with a cluster only its credentials are used
+            "CELERY_BROKER_URL": DEFAULT_AMQP_URL,  # kombu has no Redis Cluster transport
+        }
+        s = settings.with_(
+            redis_topology="cluster",
+            redis_cluster_nodes=tuple(("127.0.0.1", p) for p in topology.ports.nodes),
+            order_ack_replicas=1,
+            celery_broker_url=DEFAULT_AMQP_URL,
+        )
+        yield ClusterSetup(topology, s, env)
     finally:
         topology.stop()
         shutil.rmtree(root, ignore_errors=True)
