@@ -1,0 +1,240 @@
+"""The application on a real Redis Cluster: the order path through the LB for deals on every shard, sessions and
+rate limits across web nodes, the deal list across shards, the workers' Redis use, and no cross-slot command.
+
+A cross-slot command fails here in one of two ways: redis-py refuses it before sending (an error, a 500),
+or a node refuses it with CROSSSLOT, which every node counts in ``INFO errorstats``: each test ends by
+checking that no node counted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from redis.crc import key_slot
+from sqlalchemy import text
+
+from scripts.cluster_topology import ClusterTopology, node_client
+from shared.cache import invalidate_deal, read_through
+from shared.deals import close_now, deal_stats
+from shared.gate import Admission, Gate
+from shared.redis_client import text_client
+from shared.retire import retire_ended
+from tests.celery_procs import CeleryProcs, wait_until
+from tests.conftest import PASSWORD, web_server  # noqa: F401  (fixture)
+from tests.helpers import email_of, make_deal, make_users, set_payment_window_ms
+from tests.lb import LoadBalancer
+from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
+from worker.drain import DrainOptions, drain_deal, prune_consumers
+from worker.expiry import sweep
+from worker.metrics import LiveCollector
+from worker.reconcile import reconcile
+
+pytestmark = pytest.mark.slow
+
+
+def cross_slot_errors(topology: ClusterTopology) -> dict[int, int]:
+    """CROSSSLOT error replies each node has sent since it started (``INFO errorstats``), where any."""
+    out: dict[int, int] = {}
+    for port in topology.ports.nodes:
+        count = int(node_client(port).info("errorstats").get("errorstat_CROSSSLOT", {}).get("count", 0))
+        if count:
+            out[port] = count
+    return out
+
+
+def shards_of(setup: ClusterSetup, gate: Gate, deal_ids: list[int]) -> Counter[int]:
+    """How many of the deals each primary serves (by the slot of the deal's hash tag)."""
+    topology = setup.topology
+    return Counter(topology.primary_of(key_slot(gate.keys.deal(d).stock.encode())) for d in deal_ids)
+
+
+def _db_orders(db, deal_ids: list[int]) -> dict[str, int]:
+    with db.read() as s:
+        rows = s.execute(text("SELECT id, quantity FROM orders WHERE deal_id = ANY(:d)"), {"d": list(deal_ids)}).all()
+    return {str(r[0]): r[1] for r in rows}
+
+
+@contextlib.contextmanager
+def _workers(tmp_path: Path, setup: ClusterSetup) -> Iterator[tuple[CeleryProcs, dict[str, str]]]:
+    """A worker node and beat on the cluster, their tasks on this test's queue of RabbitMQ."""
+    procs = CeleryProcs(tmp_path)
+    extra = {**setup.env, "DRAIN_CLAIM_IDLE_MS": "1000"}
+    try:
+        procs.worker("w1", extra)
+        procs.beat(extra)
+        yield procs, {**extra, "CELERY_QUEUE": procs.queue}
+    finally:
+        procs.close()
+        from kombu import Connection
+
+        with contextlib.suppress(Exception), Connection(setup.env["CELERY_BROKER_URL"], connect_timeout=2) as conn:
+            conn.default_channel.queue_delete(procs.queue)
+
+
+def _login(base: str, email: str, password: str = PASSWORD) -> requests.Session:
+    s = requests.Session()
+    r = s.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
+    assert r.status_code == 200, r.text
+    return s
+
+
+def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and_persisted_once(
+    db,
+    cluster_setup,  # noqa: F811
+    web_server,  # noqa: F811
+    tmp_path,
+) -> None:
+    setup = cluster_setup
+    gate = Gate.from_settings(text_client(setup.settings), setup.settings)
+    stock, limit, n_buyers = 6, 2, 8
+    deals = [make_deal(db, gate, stock=stock, limit=limit).id for _ in range(30)]
+    shards = shards_of(setup, gate, deals)
+    assert len(shards) == 3, shards  # the deals' slots fall on all three primaries
+    users = make_users(db, n_buyers)
+    accepted: dict[str, tuple[int, int]] = {}  # order id -> (deal, quantity)
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def buyer(s: requests.Session, n: int) -> None:
+        order = deals * limit
+        random.Random(n).shuffle(order)
+        for i, deal_id in enumerate(order):
+            key = f"b{n}-{i}"
+            while True:  # a 503 (a shard between primaries) is retried with the same key, as a buyer would
+                r = s.post(f"{lb.url}/api/deals/{deal_id}/orders", json={"quantity": 1},
+                           headers={"Idempotency-Key": key}, timeout=15)  # fmt: skip
+                with lock:
+                    statuses[r.status_code] += 1
+                if r.status_code != 503:
+                    break
+                time.sleep(0.05)
+            if r.status_code in (200, 202):
+                with lock:
+                    assert accepted.setdefault(r.json()["order_id"], (deal_id, 1)) == (deal_id, 1)
+            else:
+                assert r.status_code == 409 and r.json()["error"]["code"] in ("sold_out", "limit_exceeded"), r.text
+
+    with _workers(tmp_path, setup) as (procs, extra):
+        nodes = [web_server(extra, workers=1) for _ in range(2)]
+        lb = LoadBalancer(tmp_path / "lb", [n.port for n in nodes])
+        try:
+            # Logged in through the LB: the session is written by one node and read by both (round robin).
+            sessions = [_login(lb.url, email_of(db, u)) for u in users]
+            threads = [threading.Thread(target=buyer, args=(s, n)) for n, s in enumerate(sessions)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert not any(t.is_alive() for t in threads)
+            persisted = wait_until(lambda: len(_db_orders(db, deals)) >= len(accepted), 60, 0.2)
+            assert persisted, procs.started[0].text()[-3000:]
+            # The deal list reads every deal's live stock across the shards (one round trip per node).
+            page = requests.get(f"{lb.url}/api/deals", params={"per_page": 100}, timeout=10).json()
+            listed = {i["id"]: i for i in page["items"]}
+            assert set(deals) <= set(listed)
+            assert all(listed[d]["remaining_stock"] == 0 and listed[d]["status"] == "sold_out" for d in deals)
+            active = requests.get(f"{lb.url}/api/deals", params={"status": "active"}, timeout=10).json()
+            assert not set(deals) & {i["id"] for i in active["items"]}  # sold out: none is open any more
+            detail = requests.get(f"{lb.url}/api/deals/{deals[0]}", timeout=10).json()
+            assert detail["remaining_stock"] == 0
+            mine = sessions[0].get(f"{lb.url}/api/orders", timeout=10)
+            assert mine.status_code == 200
+        finally:
+            lb.stop()
+    rows = _db_orders(db, deals)
+    assert rows == {oid: qty for oid, (_deal, qty) in accepted.items()}  # every 202 once, nothing else
+    sold = Counter()
+    for _oid, (deal_id, qty) in accepted.items():
+        sold[deal_id] += qty
+    assert all(sold[d] == stock for d in deals), sold  # each deal sold exactly: no oversell, none left
+    for d in deals:
+        stats = deal_stats(db, gate, d)  # one MULTI on the deal's slot, its server clock included
+        assert (stats.remaining_stock, stats.accepted, stats.confirmed, stats.pending) == (0, stock, stock, 0)
+    assert set(statuses) <= {200, 202, 409}, statuses  # no 500 (a refused cross-slot call), no 503
+    # The sessions live on the cluster (Flask-Session's own Redis interface would have used localhost).
+    assert len(list(gate.redis.scan_iter(match=f"{gate.keys.session_prefix}*"))) == n_buyers
+    assert cross_slot_errors(setup.topology) == {}
+
+
+def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster_setup, web_server) -> None:  # noqa: F811
+    setup = cluster_setup
+    gate = Gate.from_settings(text_client(setup.settings), setup.settings)
+    deal = make_deal(db, gate, stock=100, limit=100)
+    (buyer,) = make_users(db, 1)
+    email = email_of(db, buyer)
+    env = {**setup.env, "RATELIMIT_ENABLED": "true", "RATELIMIT_LOGIN": "3/minute", "RATELIMIT_ORDER": "4/minute"}
+    a, b = web_server(env), web_server(env)
+    # Logged in on node A, known on node B: the session is on the cluster, not in either process.
+    s = _login(a.url, email)
+    assert s.get(f"{b.url}/api/me", timeout=10).json()["id"] == buyer
+    # The order limit (4 a minute, counted by the fast path) is one window for both nodes.
+    placed = [s.post(f"{(a, b)[i % 2].url}/api/deals/{deal.id}/orders", json={"quantity": 1}, timeout=10)
+              for i in range(6)]  # fmt: skip
+    assert [r.status_code for r in placed] == [202, 202, 202, 202, 429, 429], [r.text for r in placed]
+    # Logged out on B: A no longer knows the session either.
+    assert s.post(f"{b.url}/api/auth/logout", headers={"X-Requested-With": "fetch"}, timeout=10).status_code in (
+        200,
+        204,
+    )
+    assert s.get(f"{a.url}/api/me", timeout=10).status_code == 401
+    # The login limit of one account (3 a minute) counts attempts on both nodes together; one login above
+    # already counted.
+    tries = [requests.post(f"{(b, a)[i % 2].url}/api/auth/login", json={"email": email, "password": "wrong-password-1"},
+                           timeout=10).status_code for i in range(3)]  # fmt: skip
+    assert tries == [401, 401, 429], tries
+    counters = list(gate.redis.scan_iter(match="LIMITS*"))
+    assert counters and all(gate.keys.ratelimit_prefix in k for k in counters)  # the counters live on the cluster
+    assert cross_slot_errors(setup.topology) == {}
+
+
+def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db, cluster_setup) -> None:  # noqa: F811
+    """Drain, expiry sweep, reconcile, stats, metrics, cache and retire for deals on every shard: no CROSSSLOT."""
+    setup = cluster_setup
+    rds = text_client(setup.settings)
+    gate = Gate.from_settings(rds, setup.settings)
+    deals = [make_deal(db, gate, stock=5, limit=5, payment_window=60).id for _ in range(9)]
+    assert len(shards_of(setup, gate, deals)) == 3
+    users = make_users(db, 3)
+    for d in deals:
+        set_payment_window_ms(gate, d, 1)  # every order is due for payment at once
+        for u in users:
+            assert gate.admit(d, u, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
+    assert {e.order.deal_id for e in gate.inflight_of(users[0], deals)} == set(deals)
+    opts = DrainOptions(batch_size=100, budget_s=10.0)
+    for d in deals:
+        drain_deal(db, rds, gate.keys, d, "t-cluster", opts)
+    time.sleep(0.01)
+    assert sweep(gate).expired == dict.fromkeys(deals, len(users))  # every shard's due orders expire
+    for d in deals:
+        drain_deal(db, rds, gate.keys, d, "t-cluster", opts)
+        assert prune_consumers(rds, gate.keys, d, idle_ms=0) == 1
+    assert all(r.drift == 0 and not r.buyers_mismatched for r in reconcile(db, rds, gate.keys, repair=True).deals)
+    assert [(b, s) for b, _oldest, s in LiveCollector._read(rds, gate.keys, deals)] == [(0, 5)] * len(deals)
+    stats = deal_stats(db, gate, deals[0])
+    assert (stats.remaining_stock, stats.accepted, stats.expired, stats.pending) == (5, 3, 3, 0)
+    key = gate.keys.deal_cache(deals[0])
+    assert read_through(rds, gate.keys, key, 5, lambda: {"built": 1}) == {"built": 1}
+    invalidate_deal(rds, gate.keys, deals[0])
+    assert rds.get(key) is None
+    for d in deals:
+        close_now(db, gate, d)
+    assert sorted(retire_ended(db, gate, after_seconds=0).retired) == sorted(deals)
+    assert gate.live_deal_ids() == []
+    assert cross_slot_errors(setup.topology) == {}
+    # The check sees a cross-slot command: two deals' stocks on one primary in one MGET are refused.
+    stocks = [gate.keys.deal(d).stock for d in deals[:2]]
+    assert key_slot(stocks[0].encode()) != key_slot(stocks[1].encode())
+    port = setup.topology.primaries()[0]
+    with pytest.raises(redis.ResponseError, match="same slot"):
+        node_client(port).mget(*stocks)
+    assert cross_slot_errors(setup.topology) == {port: 1}
