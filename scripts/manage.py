@@ -162,7 +162,7 @@ def run() -> None:
     finally:
         URLS_FILE.unlink(missing_ok=True)
         if topology is not None:
-            print(f"[manage] stopping the {topology.__class__.__name__} under var/", flush=True)
+            print("[manage] stopping the Redis nodes started under var/", flush=True)
             topology.stop(graceful=True)
     sys.exit(rc)
 
