@@ -268,8 +268,8 @@ def main() -> None:
     extra = {"sentinel": ensure_sentinel, "cluster": ensure_cluster}.get(topology, list)()
     # With Sentinel, REDIS_URL gives only the database (and credentials) of the primary the sentinels name;
     # with a cluster only the credentials of its nodes.
-    found = topology in ("sentinel", "cluster")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0") if found else ensure_redis()
+    credentials_only = topology in ("sentinel", "cluster")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0") if credentials_only else ensure_redis()
     db_url = ensure_postgres()
     if len(sys.argv) > 1:  # an explicit database name (the test suite uses its own)
         u = urlparse(_libpq(db_url))
