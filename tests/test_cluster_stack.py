@@ -26,7 +26,7 @@ from sqlalchemy import text
 from scripts.cluster_topology import ClusterTopology, node_client
 from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats
-from shared.gate import Admission, Gate
+from shared.gate import Admission, Gate, Settlement
 from shared.redis_client import text_client
 from shared.retire import retire_ended
 from tests.celery_procs import CeleryProcs, wait_until
@@ -210,6 +210,13 @@ def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db,
         for u in users:
             assert gate.admit(d, u, 1, str(uuid.uuid4())).outcome is Admission.ACCEPTED
     assert {e.order.deal_id for e in gate.inflight_of(users[0], deals)} == set(deals)
+    # A payment on one deal: the provider's record kept once (a MULTI on the deal's slot), then the decision.
+    set_payment_window_ms(gate, deals[0], 60_000)  # this one is paid in time
+    paid = gate.admit(deals[0], users[0], 1, str(uuid.uuid4())).order_id
+    assert gate.record_payment(deals[0], paid, "dev|pi_1|") == "dev|pi_1|"
+    assert gate.record_payment(deals[0], paid, "dev|pi_2|") == "dev|pi_1|"
+    assert gate.settle(deals[0], "pay", paid, "evt_1", "pi_1").outcome is Settlement.PAID
+    assert gate.payment_of(deals[0], paid)[0] == "dev|pi_1|"
     opts = DrainOptions(batch_size=100, budget_s=10.0)
     for d in deals:
         drain_deal(db, rds, gate.keys, d, "t-cluster", opts)
@@ -219,9 +226,9 @@ def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db,
         drain_deal(db, rds, gate.keys, d, "t-cluster", opts)
         assert prune_consumers(rds, gate.keys, d, idle_ms=0) == 1
     assert all(r.drift == 0 and not r.buyers_mismatched for r in reconcile(db, rds, gate.keys, repair=True).deals)
-    assert [(b, s) for b, _oldest, s in LiveCollector._read(rds, gate.keys, deals)] == [(0, 5)] * len(deals)
+    assert [(b, s) for b, _oldest, s in LiveCollector._read(rds, gate.keys, deals)] == [(0, 4)] + [(0, 5)] * 8
     stats = deal_stats(db, gate, deals[0])
-    assert (stats.remaining_stock, stats.accepted, stats.expired, stats.pending) == (5, 3, 3, 0)
+    assert (stats.remaining_stock, stats.accepted, stats.expired, stats.paid, stats.pending) == (4, 4, 3, 1, 0)
     key = gate.keys.deal_cache(deals[0])
     assert read_through(rds, gate.keys, key, 5, lambda: {"built": 1}) == {"built": 1}
     invalidate_deal(rds, gate.keys, deals[0])
