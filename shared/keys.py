@@ -1,8 +1,9 @@
 """Redis key builders: the only place key names are spelled.
 
 Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script touches one
-Redis Cluster slot. (The cluster topology itself is not built yet: cross-deal reads such as
-``Gate.remaining``'s MGET still assume one Redis.)
+Redis Cluster slot (only the tag is hashed: the prefix does not move a deal to another slot).
+Keys of different deals are in different slots: a read across deals is one command per deal,
+which ``DirectCalls`` and RedisCluster's pipeline send to each node in one round trip.
 """
 
 from __future__ import annotations
