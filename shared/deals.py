@@ -18,7 +18,6 @@ from shared.db import Database
 from shared.gate import DealRules, Gate, LiveOrder, Loaded, buyer_status, dt_to_ms, now_ms
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.readable import UnreadableDeal, readable_deals
-from shared.server_clock import server_ms
 
 log = logging.getLogger(__name__)
 
@@ -337,16 +336,16 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         sold = sold_quantity(s, deal_id)
     k = gate.keys.deal(deal_id)
     # One MULTI (all keys in the deal's slot): rules, stock, outbox and order records are one snapshot,
-    # so the status, the remaining stock and the counts never mix two moments of a running sale.
+    # so the status, the remaining stock and the counts never mix two moments of a running sale. The
+    # clock is ours, as for the deal list: TIME has no key, and a cluster's MULTI must keep to one slot.
     pipe = gate.redis.pipeline(transaction=True)
     pipe.hmget(k.state, "status", "open_ms", "close_ms")
     pipe.get(k.stock)
     pipe.xlen(k.outbox)
     pipe.hlen(k.orders)
-    server_ms(pipe, k.stock)
-    (gate_status, open_ms, close_ms), stock, pending, admitted, now = pipe.execute()
+    (gate_status, open_ms, close_ms), stock, pending, admitted = pipe.execute()
     if gate_status is not None:
-        status = buyer_status(gate_status, int(open_ms), int(close_ms), int(stock or 0), int(now))
+        status = buyer_status(gate_status, int(open_ms), int(close_ms), int(stock or 0), now_ms())
     else:
         status = deal.status
     remaining = int(stock) if stock is not None else deal.total_stock - sold

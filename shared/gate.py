@@ -349,10 +349,9 @@ class Gate:
         """Remaining stock of several deals in one round trip (None where not loaded)."""
         if not deal_ids:
             return {}
-        # One MGET rather than a GET per deal: a list page is up to 100 deals, and each reply
-        # parsed is CPU on the web node. The keys span cluster slots; DirectCalls is a
-        # standalone-Redis connection anyway (a cluster client would split it per slot).
-        replies = self.direct.call("MGET", *(self.keys.deal(d).stock for d in deal_ids))
+        # One MGET on one Redis (a list page is up to 100 deals, and each reply parsed is CPU on the
+        # web node); on a cluster one GET per deal, each node's share in one round trip, all at once.
+        replies = self.direct.get_many([self.keys.deal(d).stock for d in deal_ids])
         return {d: (int(v) if v is not None else None) for d, v in zip(deal_ids, replies, strict=True)}
 
     def live_deal_ids(self) -> list[int]:

@@ -1,8 +1,10 @@
 """Redis key builders: the only place key names are spelled.
 
 Every key of one deal carries the hash tag ``{deal:N}`` so that one Lua script (or one MULTI)
-touches one Redis Cluster slot. Keys of no deal (sessions, rate-limit counters, the deal list's
-cache) spread over the slots by their own names; reads across deals go per node.
+touches one Redis Cluster slot (only the tag is hashed: the prefix does not move a deal to another slot).
+Keys of different deals are in different slots: a read across deals is one command per deal,
+which ``DirectCalls`` and RedisCluster's pipeline send to each node in one round trip. Keys of no
+deal (sessions, rate-limit counters, the deal list's cache) spread over the slots by their own names.
 """
 
 from __future__ import annotations

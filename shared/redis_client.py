@@ -88,6 +88,7 @@ def _connect(settings: Settings, **options: Any) -> Client:
     if settings.redis_topology == "cluster":
         url = urlparse(settings.redis_url)
         retry = options.pop("retry")
+        options.pop("retry_on_timeout", None)  # deprecated for cluster nodes: their retry covers timeouts already
         # REDIS_URL gives the credentials only (a cluster has database 0 alone). RedisCluster refuses a
         # ``retry`` for its nodes' connections (it retries itself, on a refreshed slot map): ours goes there.
         return RedisCluster(
@@ -255,6 +256,18 @@ class DirectCalls:
         goes to the node of the command before it.
         """
         return self._exchange(list(commands), raw=False, retry=retry, errors_as_values=True)
+
+    def get_many(self, keys: list[str]) -> list[Any]:
+        """The values of many keys (None where missing) in one round trip: one per node on a cluster.
+
+        One MGET on one Redis (one reply to parse rather than one per key); on a cluster an MGET
+        may not cross slots, and keys of different deals never share one, so each key is a GET.
+        """
+        if not keys:
+            return []
+        if self._cluster is None:
+            return list(self.call("MGET", *keys))
+        return self._exchange([("GET", key) for key in keys], raw=False, retry=True)
 
     def _exchange(
         self, commands: list[tuple[Any, ...]], *, raw: bool, retry: bool, errors_as_values: bool = False

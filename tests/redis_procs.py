@@ -74,9 +74,13 @@ class ClusterSetup:
     env: dict[str, str]  # what a web node or worker process needs on top of base_env()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def cluster_setup(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
-    """Start a six-node cluster from the local redis-server; every node it started is killed at the end."""
+    """A six-node cluster from the local redis-server, one per test module (forming it takes seconds).
+
+    Every node it started is killed at the end. A test that kills or moves things leaves the cluster
+    whole again (the killed node restarted), but roles and slots may have moved: ask the topology.
+    """
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.fail("redis-server and redis-cli are not installed (apt-get install redis-server)")
     root: Path = tmp_path_factory.mktemp("cluster")
