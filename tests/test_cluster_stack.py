@@ -52,6 +52,16 @@ def cross_slot_errors(topology: ClusterTopology) -> dict[int, int]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def clean_cluster(cluster_setup: ClusterSetup) -> None:  # noqa: F811
+    """Each test starts on an empty cluster with its error counters at zero (the cluster is the module's)."""
+    topology = cluster_setup.topology
+    for port in topology.primaries():
+        node_client(port).flushall()  # replicated: the replicas empty too
+    for port in topology.ports.nodes:
+        node_client(port).config_resetstat()
+
+
 def shards_of(setup: ClusterSetup, gate: Gate, deal_ids: list[int]) -> Counter[int]:
     """How many of the deals each primary serves (by the slot of the deal's hash tag)."""
     topology = setup.topology
