@@ -159,6 +159,8 @@ def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and
             assert detail["remaining_stock"] == 0
             mine = sessions[0].get(f"{lb.url}/api/orders", timeout=10)
             assert mine.status_code == 200
+            worker_log = procs.started[0].text()
+            assert "drain_deal" in worker_log and "raised unexpected" not in worker_log, worker_log[-3000:]
         finally:
             lb.stop()
     rows = _db_orders(db, deals)
@@ -235,7 +237,9 @@ def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db,
     for d in deals:
         drain_deal(db, rds, gate.keys, d, "t-cluster", opts)
         assert prune_consumers(rds, gate.keys, d, idle_ms=0) == 1
-    assert all(r.drift == 0 and not r.buyers_mismatched for r in reconcile(db, rds, gate.keys, repair=True).deals)
+    for repair in (False, True):  # a MULTI snapshot, then WATCH and MULTI
+        report = reconcile(db, rds, gate.keys, repair=repair).deals
+        assert len(report) == len(deals) and all(r.drift == 0 and not r.buyers_mismatched for r in report), report
     assert [(b, s) for b, _oldest, s in LiveCollector._read(rds, gate.keys, deals)] == [(0, 4)] + [(0, 5)] * 8
     stats = deal_stats(db, gate, deals[0])
     assert (stats.remaining_stock, stats.accepted, stats.expired, stats.paid, stats.pending) == (4, 4, 3, 1, 0)

@@ -146,6 +146,11 @@ def reconcile_deal(
                     pipe.hgetall(k.buyers)
                     pipe.hgetall(k.loaded)
                     stock, entries, now, buyers, loaded = pipe.execute()
+                    # Why by hand: redis-py 7.4's cluster MULTI hands back EXEC's replies unparsed (it applies
+                    # only its cluster callbacks, not redis.Redis's): HGETALL as a flat list, XRANGE as
+                    # nested lists. Parsed here as one Redis's pipeline parses them; a no-op there.
+                    entries = [(entry_id, _pairs(fields)) for entry_id, fields in entries]
+                    buyers, loaded = _pairs(buyers), _pairs(loaded)
                 if stock is None and _retired(db, deal_id):
                     return None  # retired since the check above (marked in PostgreSQL before its keys went)
                 snap_ms = int(now)
@@ -181,6 +186,14 @@ def reconcile_deal(
             except redis.WatchError:
                 continue
     raise ReconcileBusy(f"deal {deal_id}: the stock kept changing during {tries} repair attempts")
+
+
+def _pairs(reply: dict[str, str] | list[str] | None) -> dict[str, str]:
+    """A hash's fields as a dict, from redis-py's parsed dict or the flat ``[field, value, ...]`` reply."""
+    if reply is None or isinstance(reply, dict):
+        return reply or {}
+    it = iter(reply)
+    return dict(zip(it, it, strict=True))
 
 
 def _retired(db: Database, deal_id: int) -> bool:
