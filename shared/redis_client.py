@@ -54,8 +54,9 @@ def is_unavailable_reply(exc: BaseException) -> bool:
     """True for an error reply that a failover or a missing replica explains (see UNAVAILABLE_REPLIES)."""
     # redis-py strips the code of the replies it has a class for (READONLY, LOADING, TRYAGAIN, ...) from
     # the message and keeps it in status_code; NOREPLICAS has no class and keeps it in the message.
-    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
-    return isinstance(exc, redis.ResponseError) and code in UNAVAILABLE_REPLIES
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    return (exc.status_code or str(exc).partition(" ")[0]) in UNAVAILABLE_REPLIES
 
 
 def _connect(settings: Settings, **options: Any) -> Client:
@@ -328,11 +329,17 @@ class DirectCalls:
     def _cluster_exchange(
         self, cluster: RedisCluster, commands: list[tuple[Any, ...]], raw: bool, retry: bool
     ) -> list[Any]:
+        retried = False
+        if commands and all(_name(c) in KEYLESS_COMMANDS for c in commands[1:]):
+            # The hot path (a script and its WAIT, one command): one node, no plan to make.
+            fast, dropped = self._one_node(cluster, commands, raw, retry)
+            if fast is not None:
+                return fast
+            retried = dropped  # a dropped connection was the first try; the long way below is the second
         anchors = _anchors(commands)
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         asked: dict[int, ClusterNode] = {}  # command index -> the node an ASK sent it to (for this round)
-        retried = False
         for _ in range(CLUSTER_ROUNDS):
             plan = self._plan(cluster, commands, anchors, todo, asked)
             failed = self._send_and_read(cluster, plan, commands, anchors, asked, replies, raw)
@@ -377,6 +384,34 @@ class DirectCalls:
                 time.sleep(TRYAGAIN_PAUSE_S)
         # Still redirected after every round: the slot is moving right now. Nothing ran; the caller retries.
         raise PrimaryUnavailable("TRYAGAIN the slot is being moved between nodes")
+
+    def _one_node(
+        self, cluster: RedisCluster, commands: list[tuple[Any, ...]], raw: bool, retry: bool
+    ) -> tuple[list[Any] | None, bool]:
+        """Commands that all go to the node of the first one's slot: (replies, False); (None, dropped) when
+        a redirect or a dropped connection (the map is refreshed then) must be handled the long way."""
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(_command_slot(cluster, commands[0]))
+        except SlotNotCoveredError:
+            return None, False
+        conn = self._node_conn(cluster, node)
+        try:
+            conn.connect()
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies = [_read_reply(conn, raw) for _ in commands]
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            cluster.nodes_manager.initialize()
+            if not retry:
+                raise
+            return None, True
+        except BaseException:
+            conn.disconnect()
+            raise
+        # Only the keyed command can be redirected: if it was, it did not run (its WAIT, if any, is harmless).
+        if isinstance(replies[0], (AskError, TryAgainError, ClusterDownError)):
+            return None, False
+        return replies, False
 
     def _plan(
         self,
