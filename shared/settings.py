@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     def _sentinel_ports(cls, value: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
         for host, port in value:
             if not host or not 1 <= port <= 65535:
-                raise ValueError(f"{host}:{port} is not host:port with a port in 1..65535")
+                raise ValueError("must be host:port,host:port with ports in 1..65535")
         return value
 
     @field_validator(*_RATE_LIMITS)
@@ -193,7 +193,7 @@ class Settings(BaseSettings):
             if not parse_many(value):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{value!r} is not a rate limit such as '10/minute' or '30/second;600/minute'") from None
+            raise ValueError("must be a rate limit such as '10/minute' or '30/second;600/minute'") from None
         return value
 
     @field_validator("payment_currency")
@@ -249,15 +249,38 @@ def env_name(field: str) -> str:
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
-    """One ConfigError naming each variable that is wrong, with pydantic's reason."""
+    """One ConfigError naming each variable that is wrong: ``NAME must be ..., got 'value'``."""
     problems = []
     for err in exc.errors(include_url=False):
-        reason = str(err["msg"]).removeprefix("Value error, ")
-        if err["loc"]:
-            problems.append(f"{str(err['loc'][0]).upper()}: {reason} (got {err['input']!r})")
-        else:
-            problems.append(reason)
+        if not err["loc"]:  # a rule across settings (model validator): its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        problems.append(f"{str(err['loc'][0]).upper()} {_reason(err)}, got {err['input']!r}")
     return ConfigError("; ".join(problems))
+
+
+def _reason(err: Any) -> str:
+    """pydantic's reason for one error, as the rest of flashdeal's messages say it."""
+    ctx = err.get("ctx") or {}
+    match err["type"]:
+        case "int_parsing" | "int_type" | "int_from_float":
+            return "must be an integer"
+        case "float_parsing" | "float_type":
+            return "must be a number"
+        case "bool_parsing" | "bool_type":
+            return "must be true or false (1/0, yes/no, on/off)"
+        case "greater_than_equal":
+            return f"must be at least {ctx['ge']}"
+        case "greater_than":
+            return f"must be greater than {ctx['gt']}"
+        case "less_than_equal":
+            return f"must be at most {ctx['le']}"
+        case "literal_error":
+            return f"must be one of {ctx['expected'].replace(' or ', ', ')}".replace("'", "")
+        case "value_error":
+            return str(ctx.get("error", err["msg"]))
+        case _:
+            return str(err["msg"]).lower()
 
 
 def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
