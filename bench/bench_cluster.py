@@ -214,10 +214,12 @@ def main() -> None:
     try:
         cluster.start()
         single.start()
+        # From these variables alone (not the caller's environment): the two differ only in their topology.
         on = {
-            "cluster": Settings(redis_topology="cluster", key_prefix=prefix,
-                                redis_cluster_nodes=tuple(("127.0.0.1", p) for p in cluster.ports.nodes)),
-            "one Redis": Settings(redis_url=f"redis://127.0.0.1:{single.ports[0]}/0", key_prefix=prefix),
+            "cluster": Settings.from_env({"FLASHDEAL_REDIS_TOPOLOGY": "cluster", "FLASHDEAL_KEY_PREFIX": prefix,
+                                          "REDIS_CLUSTER_NODES": cluster.ports.nodes_setting}),
+            "one Redis": Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{single.ports[0]}/0",
+                                            "FLASHDEAL_KEY_PREFIX": prefix}),
         }  # fmt: skip
         deal_ids = list(range(1, args.deals + 1))
         hot = [args.deals + 1]

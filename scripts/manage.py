@@ -28,8 +28,8 @@ from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 from shared.models import Deal  # noqa: E402
-from shared.redis_client import text_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.wiring import build  # noqa: E402
 
 DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
 DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
@@ -45,9 +45,8 @@ def migrate() -> None:
 
 def seed() -> None:
     """Create the demo admin, buyer and an open demo deal with a payment window (idempotent)."""
-    settings = Settings.from_env()
-    db = Database(settings)
-    gate = Gate.from_settings(text_client(settings), settings)
+    stores = build(Settings.from_env())
+    db, gate = stores.db, stores.gate
     for email, password, name in (DEMO_ADMIN, DEMO_BUYER):
         try:
             with db.transaction() as s:

@@ -18,7 +18,6 @@ from shared.gate import Admission, Cancellation, LiveOrder, ms_to_dt
 from shared.models import DeadLetter, Order
 from shared.order_ids import deal_of, new_order_id
 from web.errors import ApiError
-from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_admission, record_unreplicated
 from web.openapi import doc
@@ -89,7 +88,7 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     record_admission(outcome.value)
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
-            kick_drain(deal_id)
+            svc.kicks.send(deal_id)
         if not result.replicated:
             # The order is on the primary and admitted: refusing it now would be a lie, and a retry with
             # the same Idempotency-Key finds it. The buyer gets the 202, marked, and we count it.
@@ -298,7 +297,7 @@ def cancel_order(order_id: str) -> Any:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
     _refuse_decided(result.outcome.value)  # paid or expired in the gate since we looked
     if result.kick:
-        kick_drain(live.deal_id)
+        svc.kicks.send(live.deal_id)
     _sold_out_until.pop(live.deal_id, None)
     view["status"] = "canceled"
     if not result.replicated:
