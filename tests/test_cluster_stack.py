@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +32,7 @@ from shared.gate import Admission, Gate, Settlement
 from shared.redis_client import text_client
 from shared.retire import retire_ended
 from tests.celery_procs import CeleryProcs, wait_until
-from tests.conftest import PASSWORD, web_server  # noqa: F401  (fixture)
+from tests.conftest import PASSWORD, ROOT, base_env, web_server  # noqa: F401  (fixture)
 from tests.helpers import email_of, make_deal, make_users, set_payment_window_ms
 from tests.lb import LoadBalancer
 from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
@@ -259,3 +261,21 @@ def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db,
     with pytest.raises(redis.ResponseError, match="same slot"):
         node_client(port).mget(*stocks)
     assert cross_slot_errors(setup.topology) == {port: 1}
+
+
+def test_ensure_services_uses_the_cluster_it_is_given_and_names_one_that_does_not_answer(
+    settings,
+    cluster_setup,  # noqa: F811
+) -> None:
+    """``make up``'s service check with REDIS_CLUSTER_NODES set: that cluster, RabbitMQ, no node of its own started."""
+    script = [sys.executable, str(ROOT / "scripts" / "ensure_services.py"), settings.database_url.rsplit("/", 1)[-1]]
+    env = {**base_env(), **cluster_setup.env}
+    env.pop("CELERY_BROKER_URL")
+    r = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"Redis Cluster at {cluster_setup.topology.ports.nodes_setting}" in r.stderr
+    assert "export CELERY_BROKER_URL=amqp://" in r.stdout  # kombu has no Redis Cluster transport
+    assert "REDIS_CLUSTER_NODES" not in r.stdout  # given: used as it is, nothing started under var/
+    env["REDIS_CLUSTER_NODES"] = "127.0.0.1:1"
+    r = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "REDIS_CLUSTER_NODES: nothing answers at 127.0.0.1:1" in r.stderr
