@@ -186,7 +186,8 @@ def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster
     deal = make_deal(db, gate, stock=100, limit=100)
     (buyer,) = make_users(db, 1)
     email = email_of(db, buyer)
-    env = {**setup.env, "RATELIMIT_ENABLED": "true", "RATELIMIT_LOGIN": "3/minute", "RATELIMIT_ORDER": "4/minute"}
+    env = {**setup.env, "RATELIMIT_ENABLED": "true", "RATELIMIT_LOGIN": "3/minute", "RATELIMIT_ORDER": "4/minute",
+           "RATELIMIT_SIGNUP_IP": "2/minute"}  # fmt: skip
     a, b = web_server(env), web_server(env)
     # Logged in on node A, known on node B: the session is on the cluster, not in either process.
     s = _login(a.url, email)
@@ -206,6 +207,11 @@ def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster
     tries = [requests.post(f"{(b, a)[i % 2].url}/api/auth/login", json={"email": email, "password": "wrong-password-1"},
                            timeout=10).status_code for i in range(3)]  # fmt: skip
     assert tries == [401, 401, 429], tries
+    # Signups per IP (2 a minute): one window for both nodes too.
+    signups = [requests.post(f"{(a, b, a)[i].url}/api/auth/signup", timeout=10,
+                             json={"email": f"s{i}-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD,
+                                   "name": "S"}).status_code for i in range(3)]  # fmt: skip
+    assert signups == [201, 201, 429], signups
     counters = list(gate.redis.scan_iter(match="LIMITS*"))
     assert counters and all(gate.keys.ratelimit_prefix in k for k in counters)  # the counters live on the cluster
     assert cross_slot_errors(setup.topology) == {}
