@@ -409,6 +409,8 @@ class DirectCalls:
             conn.disconnect()
             raise
         # Only the keyed command can be redirected: if it was, it did not run (its WAIT, if any, is harmless).
+        if isinstance(replies[0], MovedError):
+            cluster.nodes_manager.move_slot(replies[0])  # the long way then goes straight to the new owner
         if isinstance(replies[0], (AskError, TryAgainError, ClusterDownError)):
             return None, False
         return replies, False

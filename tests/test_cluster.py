@@ -12,6 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from redis.cluster import RedisCluster
 from redis.connection import Connection
 from redis.crc import key_slot
@@ -21,7 +24,13 @@ from scripts.cluster_topology import node_client
 from shared.db import Database
 from shared.deals import deal_stats
 from shared.gate import Admission, Cancellation, Gate
-from shared.redis_client import PrimaryUnavailable, text_client
+from shared.redis_client import (
+    PrimaryUnavailable,
+    bytes_client,
+    limits_storage_options,
+    limits_storage_uri,
+    text_client,
+)
 from tests.helpers import make_deal, make_users
 from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import Drainer, DrainOptions
@@ -351,3 +360,14 @@ def test_moving_a_live_deal_slot_while_it_sells_loses_nothing_and_oversells_noth
     assert int(gate.redis.get(gate.keys.deal(deal).stock)) + len(held) == stock  # no unit sold twice
     _persist(db, gate, deal)
     assert sorted(_db_orders(db, deal)) == sorted(held)
+
+
+def test_the_rate_limit_storage_uri_and_the_bytes_client_reach_the_cluster(cluster_setup) -> None:  # noqa: F811
+    s = cluster_setup.settings
+    storage = storage_from_string(limits_storage_uri(s), **limits_storage_options(s))  # limits' RedisClusterStorage
+    limiter = MovingWindowRateLimiter(storage)
+    key = f"{s.key_prefix}rl-test-{uuid.uuid4()}"
+    assert [limiter.hit(parse("3/minute"), key) for _ in range(4)] == [True, True, True, False]
+    raw = bytes_client(s)  # Flask-Session's client: bytes in, bytes out
+    raw.set(f"{s.key_prefix}blob", b"\x00\xff")
+    assert raw.get(f"{s.key_prefix}blob") == b"\x00\xff"
