@@ -86,7 +86,7 @@ def test_every_gate_operation_runs_on_the_cluster_without_a_cross_slot_error(db,
         assert gate.admit(d, user, 2, str(uuid.uuid4()), idem_key=f"k{d}").outcome == Admission.REPLAY
     assert gate.remaining(ids) == dict.fromkeys(ids, 3)
     assert gate.remaining([*ids, 10**9])[10**9] is None
-    for d in ids:  # the deal page's read: its cache key (no tag, another slot) beside its live state, one pipeline
+    for d in ids:  # the deal page's read: its cache key (in the deal's slot) beside its live state, one pipeline
         k = gate.keys.deal(d)
         cached, state, stock = gate.direct.pipeline(("GET", gate.keys.deal_cache(d)), ("HMGET", k.state, "status"),
                                                     ("GET", k.stock))  # fmt: skip
