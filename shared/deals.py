@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 
 from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
+from shared.clock import dt_to_ms, now_ms
 from shared.db import Database
-from shared.gate import DealRules, Gate, LiveOrder, Loaded, buyer_status, dt_to_ms, now_ms
+from shared.gate import DealRules, Gate, Loaded, buyer_status
 from shared.models import DeadLetter, Deal, Order, Product
+from shared.order_record import LiveOrder
 from shared.readable import UnreadableDeal, readable_deals
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from shared.accounts import create_user
 from shared.db import Database
 from shared.keys import Keys
 from shared.models import DeadLetter, Order, User
+from shared.order_record import order_record
 from shared.settings import Settings
 from tests.conftest import ROOT, base_env, unique_email
 from worker.cli import flashdeal
@@ -249,7 +250,7 @@ def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(sett
     late = gate.admit(deal["id"], b, 1, str(uuid.uuid4())).order_id
     gate.settle(deal["id"], "pay", paid, "evt-cli", "pi_cli")
     gate.redis.zadd(gate.keys.deal(deal["id"]).due, {late: 0})  # as if its deadline had passed
-    gate.redis.hset(gate.keys.deal(deal["id"]).orders, late, f"{b}|1|5.00|0|accepted|1")
+    gate.redis.hset(gate.keys.deal(deal["id"]).orders, late, order_record(b, 1, "5.00", 0, "accepted", 1))
     assert sweep(gate, [deal["id"]]).expired == {deal["id"]: 1}
     drain_deal(db, gate.redis, gate.keys, deal["id"], "cli", DrainOptions(budget_s=5.0))
     stats = json.loads(cli("deal", "stats", str(deal["id"]), "--json").stdout)

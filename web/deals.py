@@ -9,8 +9,9 @@ from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from shared.cache import CacheBusy, read_through
+from shared.clock import dt_to_ms, now_ms
 from shared.deals import sold_quantities, sold_quantity
-from shared.gate import buyer_status, dt_to_ms, now_ms
+from shared.gate import buyer_status
 from shared.models import Deal
 from shared.readable import UnreadableDeal, get_readable, readable_deals
 from web.errors import UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError

@@ -14,9 +14,11 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.gate import Admission, Cancellation, LiveOrder, ms_to_dt
+from shared.clock import ms_to_dt
+from shared.gate import Admission, Cancellation
 from shared.models import DeadLetter, Order
 from shared.order_ids import deal_of, new_order_id
+from shared.order_record import LiveOrder
 from web.errors import ApiError
 from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from shared.accounts import EmailTaken, authenticate, create_user
+from shared.clock import now_ms
 from shared.deals import DealNotFound, deal_stats
-from shared.gate import now_ms
 from web.csrf import FIELD as CSRF_FIELD
 from web.csrf import check_csrf, csrf_token
 from web.deals import deal_detail

@@ -14,9 +14,11 @@ from typing import Any
 import requests
 from flask import Blueprint, current_app, jsonify, request
 
-from shared.gate import LiveOrder, Settlement, now_ms
+from shared.clock import now_ms
+from shared.gate import Settlement
 from shared.models import Order
 from shared.order_ids import deal_of
+from shared.order_record import LiveOrder
 from shared.payments import (
     BadEvent,
     Payment,

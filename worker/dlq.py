@@ -12,8 +12,9 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from shared.clock import now_ms
 from shared.db import Database
-from shared.gate import Cancellation, Gate, now_ms
+from shared.gate import Cancellation, Gate
 from shared.models import DeadLetter
 from worker.outbox import (
     CANCEL,

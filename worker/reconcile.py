@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 import redis
 from sqlalchemy import select, text
 
+from shared.clock import ms_to_dt
 from shared.db import Database
-from shared.gate import ms_to_dt
 from shared.keys import Keys
 from shared.models import Deal
 from worker.outbox import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry
