@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 from shared.db import Database
 from shared.keys import Keys
 from shared.order_record import parse_order_record
+from shared.outbox_entry import OutboxRow, Unparsable, parse_entry
 from shared.settings import Settings
 from worker.dlq import dead_letter_entry
-from worker.outbox import OutboxRow, Unparsable, is_transient, parse_entry, reason_of, write_rows
+from worker.outbox import is_transient, reason_of, write_rows
 
 log = logging.getLogger(__name__)
 
