@@ -33,11 +33,11 @@ from flask import Flask
 from pydantic import ValidationError
 
 from shared.bounds import ID_PATTERN, parse_id
+from web.admission import admit_order
 from web.deals import deal_detail, deal_page
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
-from web.orders import admit_order
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state

@@ -34,10 +34,10 @@ from shared.payments.dev import CARD_DECLINED, CARD_PAYS, DevProvider, dev_webho
 from shared.payments.refunds import record_refund
 from shared.settings import ConfigError
 from web.errors import ApiError
+from web.ids import parse_order_id
 from web.kick import kick_drain
 from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
-from web.orders import parse_order_id
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
 from web.services import Services, services
 from web.sessions import login_required, require_user
