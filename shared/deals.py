@@ -174,8 +174,8 @@ def unpaid_orders(session: Session, deal_id: int) -> list[LiveOrder]:
     ]
 
 
-def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
-    """Fetch a deal or raise DealNotFound."""
+def deal_row(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
+    """The deal's row (locked FOR UPDATE with ``lock``), or DealNotFound."""
     stmt = select(Deal).where(Deal.id == deal_id)
     if lock:
         stmt = stmt.with_for_update(of=Deal)
@@ -192,7 +192,7 @@ def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
 def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     """Open a deal early: the gate admits at once on every web node."""
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         if deal.status == "ended":
             raise DealStateError(f"deal {deal_id} has ended and cannot be reopened")
         now = datetime.now(UTC)
@@ -208,7 +208,7 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     # close_now takes the same lock, so it lands either before this read (we see it ended and
     # leave the gate closed) or after the load (and closes it again).
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         if deal.status != "ended":
             load_deal(s, gate, deal)
     invalidate_deal(gate.redis, gate.keys, deal.id)
@@ -218,7 +218,7 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
 def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     """Close a deal early: the gate refuses at once on every web node."""
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         now = datetime.now(UTC)
         if deal.ends_at > now:
             deal.ends_at = max(now, deal.starts_at + timedelta(milliseconds=1))
@@ -330,7 +330,7 @@ class DealStats:
 def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
     """Count a deal's orders by state (PostgreSQL) and read its live stock and outbox (Redis)."""
     with db.read() as s:
-        deal = get_deal(s, deal_id)
+        deal = deal_row(s, deal_id)
         counts = dict(
             s.execute(select(Order.status, func.count()).where(Order.deal_id == deal_id).group_by(Order.status)).all()
         )

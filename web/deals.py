@@ -114,7 +114,7 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
         return [static_view(d, sold.get(d.id, 0)) for d in deals]
 
 
-def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
+def deal_list(svc: Services, q: DealListQuery) -> dict[str, Any]:
     """One page of the deal list with live stock; shared by the Flask view and the fast path (web/fastpath.py)."""
     version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
@@ -143,7 +143,7 @@ def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
 @doc("List deals (filter by status, paged)", query=DealListQuery, responses={200: DealPage, 422: None})
 def list_deals() -> Any:
     """List deals with live stock and status; ``status=active`` means scheduled or open."""
-    return jsonify(deal_page(services(), parse_query(DealListQuery)))
+    return jsonify(deal_list(services(), parse_query(DealListQuery)))
 
 
 @bp.get("/deals/<int:deal_id>")

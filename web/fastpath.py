@@ -11,7 +11,7 @@ of those three directly, with the same functions as the Flask views:
   for its idle refresh, any body the fast path does not accept as is, a request over a rate
   limit, an unexpected error before the gate) is handed to Flask unchanged.
 - ``GET /api/deals/{id}`` and ``GET /api/deals``: public reads that never use the session
-  (``deal_detail`` and ``deal_page``); a query string that does not validate, or an unexpected
+  (``deal_detail`` and ``deal_list``); a query string that does not validate, or an unexpected
   error, is handed to Flask (a read has no effect, so running it again there is safe).
 
 So the fast path can only answer what the views would answer, faster.
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from shared.bounds import ID_PATTERN, parse_id
 from web.admission import admit_order
-from web.deals import deal_detail, deal_page
+from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
@@ -172,7 +172,7 @@ class FastPath:
 
         def build() -> Answer:
             q = DealListQuery.model_validate(_query_args(query)) if query else DealListQuery()
-            return 200, orjson.dumps(deal_page(self.svc, q))
+            return 200, orjson.dumps(deal_list(self.svc, q))
 
         return _read(build, "the deal list")
 

@@ -207,10 +207,10 @@ def deal() -> None:
 
 def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
     """Stats plus the deal's rules: what `deal create/open/close --json` print."""
-    from shared.deals import deal_stats, get_deal
+    from shared.deals import deal_row, deal_stats
 
     with o.db.read() as s:
-        d = get_deal(s, deal_id)
+        d = deal_row(s, deal_id)
         rules = {
             "price": str(d.price),
             "per_user_limit": d.per_user_limit,
