@@ -1,4 +1,4 @@
-"""Deal lifecycle: create, load into the gate, open and close early, and the scheduled tick."""
+"""Deal lifecycle: create and publish, load into the gate, open and close early, and the scheduled tick."""
 
 from __future__ import annotations
 
@@ -87,6 +87,29 @@ def create_deal(session: Session, spec: NewDeal) -> Deal:
     session.add(deal)
     session.flush()
     deal.product = product
+    return deal
+
+
+def publish_deal(db: Database, gate: Gate, spec: NewDeal, load_ahead_seconds: int, *, open_now: bool = False) -> Deal:
+    """Create a deal, load it into the gate if it starts within ``load_ahead_seconds``, and drop the deal caches.
+
+    The one way a deal comes into being (admin API, ``deal create``, the demo seed). ``open_now``: the deal
+    is open from its creation (its start is not in the future), without waiting for the scheduler's tick.
+    """
+    now = datetime.now(UTC)
+    if open_now and spec.starts_at > now:
+        raise DealStateError("a deal that opens now cannot start in the future")
+    with db.transaction() as s:
+        deal = create_deal(s, spec)
+        if open_now:
+            deal.status = "open"
+    # Loaded after the commit, never inside the transaction: the gate must never admit orders for a deal
+    # that was rolled back (their rows could never be written). A deal starting later is the tick's to load,
+    # so its first second does not wait for the tick either way.
+    if deal.starts_at <= now + timedelta(seconds=load_ahead_seconds):
+        with db.read() as s:
+            load_deal(s, gate, deal)
+    invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
 

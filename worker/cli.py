@@ -260,8 +260,7 @@ def deal_create(
     as_json: bool,
 ) -> None:
     """Create a deal, either open now or scheduled between --starts-at and --ends-at."""
-    from shared.deals import NewDeal, create_deal, load_deal
-    from shared.deals import open_now as open_deal
+    from shared.deals import NewDeal, publish_deal
 
     title = title.strip()
     if not 1 <= len(title) <= 200:
@@ -294,18 +293,8 @@ def deal_create(
         product_name=product_name,
         payment_window_seconds=payment_window,
     )
-    with o.db.transaction() as s:
-        created = create_deal(s, spec)
-    deal_id = created.id
-    # Like the admin API: a deal starting soon goes into the gate at once, so its first second
-    # does not wait for the beat tick (later ones are loaded by the tick). Only after the commit:
-    # the gate must never admit orders for a deal that was rolled back.
-    if not open_now and created.starts_at <= now + timedelta(seconds=o.settings.deal_load_ahead_seconds):
-        with o.db.read() as s:
-            load_deal(s, o.gate, created)
-    if open_now:
-        open_deal(o.db, o.gate, deal_id)
-    o.invalidate(deal_id)
+    # As the admin API creates one: loaded into the gate at once when it starts soon, caches dropped.
+    deal_id = publish_deal(o.db, o.gate, spec, o.settings.deal_load_ahead_seconds, open_now=open_now).id
     view = _deal_view(o, deal_id)
     emit(view, as_json, lambda: "created " + _human(view))
 
