@@ -57,6 +57,11 @@ def check_text(value: str, *, multiline: bool = False) -> str:
 
 
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
+# The rule of a new account's password in words (signup's OpenAPI description, the CLI's --help);
+# password_problem below is the check itself, and web/schemas.py spells it as a JSON Schema pattern too.
+PASSWORD_RULE = (
+    f"{PASSWORD_MIN} to {PASSWORD_MAX} characters, letters mixed with digits or symbols, no control characters"
+)
 
 
 def password_problem(password: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from shared.bounds import password_problem, text_problem, utc_in_range
+from shared.bounds import PASSWORD_RULE, password_problem, text_problem, utc_in_range
 from shared.settings import ConfigError, Settings
 
 # With --open-now and no --ends-at, the sale runs this long.
@@ -166,7 +166,7 @@ def admin() -> None:
 
 @admin.command("create")
 @click.option("--email", required=True, help="Login email of the new admin.")
-@click.option("--password", required=True, help="At least 8 characters, letters mixed with digits or symbols.")
+@click.option("--password", required=True, help=f"{PASSWORD_RULE}.")
 @click.option("--name", default="Admin", show_default=True, help="Display name.")
 def admin_create(email: str, password: str, name: str) -> None:
     """Create an admin account (the admin API and role need one)."""
