@@ -27,8 +27,8 @@ from shared.deals import NewDeal, load_deal, publish_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 from shared.models import Deal  # noqa: E402
-from shared.redis_client import text_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.wiring import build  # noqa: E402
 
 DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
 DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
@@ -44,16 +44,15 @@ def migrate() -> None:
 
 def seed() -> None:
     """Create the demo admin, buyer and an open demo deal with a payment window (idempotent)."""
-    settings = Settings.from_env()
-    db = Database(settings)
-    gate = Gate.from_settings(text_client(settings), settings)
+    stores = build(Settings.from_env())
+    db, gate = stores.db, stores.gate
     for email, password, name in (DEMO_ADMIN, DEMO_BUYER):
         try:
             with db.transaction() as s:
                 create_user(s, email, password, name, role="admin" if email == DEMO_ADMIN[0] else "buyer")
         except EmailTaken:
             pass
-    print(f"[manage] demo deal {seed_demo_deal(db, gate, settings.deal_load_ahead_seconds)} seeded")
+    print(f"[manage] demo deal {seed_demo_deal(db, gate, stores.settings.deal_load_ahead_seconds)} seeded")
 
 
 def seed_demo_deal(db: Database, gate: Gate, load_ahead_seconds: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
@@ -11,8 +13,15 @@ from sqlalchemy.orm import Session
 from shared.models import User
 
 _hasher = PasswordHasher()
-# A hash to verify against when the email is unknown, so a login takes the same time either way.
-_DUMMY_HASH = _hasher.hash("flashdeal-timing-equaliser")
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the email is unknown, so a login takes the same time either way.
+
+    Made at the first login, not at import: an argon2id hash costs 64 MiB and tens of milliseconds.
+    """
+    return _hasher.hash("flashdeal-timing-equaliser")
 
 
 class EmailTaken(Exception):
@@ -39,7 +48,7 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
     """Return the user if the password matches, else None."""
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     return user

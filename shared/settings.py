@@ -1,28 +1,286 @@
-"""Settings: one frozen object built from the environment, no I/O at import."""
+"""Settings: one validated, frozen object built from the environment (pydantic-settings), no I/O at import."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlparse
 
+from limits import parse_many
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
 DEV_SECRET = "dev-insecure-secret-change-me"
-PAYMENT_PROVIDERS = ("dev", "stripe")
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ: the broker of the Sentinel topology
+
+# The one list of Redis topologies; a "cluster" topology is added here and in shared/redis_client.py: _connect.
+Topology = Literal["single", "sentinel"]
+TOPOLOGIES: tuple[str, ...] = get_args(Topology)
+PaymentProvider = Literal["dev", "stripe"]
+PAYMENT_PROVIDERS: tuple[str, ...] = get_args(PaymentProvider)
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Sentinels = Annotated[tuple[tuple[str, int], ...], NoDecode]  # NoDecode: "host:port,host:port", not JSON
 
 
 class ConfigError(RuntimeError):
-    """A setting is missing or unsafe for the chosen environment."""
+    """A setting is missing, malformed, out of range or unsafe for the chosen environment."""
 
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+def _env(name: str, default: Any) -> Any:
+    """A field read from the environment variable ``name`` instead of the field's own name in capitals."""
+    return Field(default, validation_alias=AliasChoices(name))
 
 
-TOPOLOGIES = ("single", "sentinel")  # a "cluster" topology is added here and in shared/redis_client.py: _connect
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source reading a given mapping instead of ``os.environ``.
+
+    Why a subclass: the library reads only ``os.environ``; ``Settings.from_env(mapping)`` (tests, benchmarks,
+    processes started with their own environment) must see that mapping and nothing else.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._given.items()}
+
+
+class Settings(BaseSettings):
+    """Everything configurable about flashdeal; see the README's configuration table.
+
+    Field ``x`` is read from the environment variable ``X`` unless it names another one (``_env``).
+    An empty variable counts as unset, except for ``FLASHDEAL_ENV`` and ``FLASHDEAL_KEY_PREFIX``.
+    """
+
+    # Not validate_by_name: the environment must never fill FLASHDEAL_ENV from a variable called ENV.
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    env: str = _env("FLASHDEAL_ENV", "development")
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = ""  # unset: default_broker_url(topology, REDIS_URL)
+    celery_queue: str = "flashdeal"  # one queue for every flashdeal task; tests and benchmarks pick their own
+    redis_topology: Topology = _env("FLASHDEAL_REDIS_TOPOLOGY", "single")
+    redis_sentinels: Sentinels = ()
+    redis_sentinel_master: str = "flashdeal"
+    # WAIT for this many replicas after an admission or cancel (0: no WAIT); unset: 1 with sentinel, else 0.
+    order_ack_replicas: NonNegative | None = None
+    order_ack_timeout_ms: Positive = 250  # WAIT with 0 would block for ever
+    secret_key: str = Field(DEV_SECRET, repr=False)
+    key_prefix: str = _env("FLASHDEAL_KEY_PREFIX", "fd:")
+    session_idle_seconds: Positive = 1800
+    session_absolute_seconds: Positive = 86400
+    session_refresh_seconds: NonNegative = 60
+    session_cookie_secure: bool = False
+    ratelimit_enabled: bool = True
+    fast_path: bool = True
+    ratelimit_order: str = "30/second;600/minute"
+    ratelimit_order_ip: str = "2000/second"
+    ratelimit_login: str = "10/minute"
+    ratelimit_login_ip: str = "100/minute"
+    ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
+    trusted_proxies: NonNegative = 0
+    deal_cache_ttl: Positive = 5
+    deal_load_ahead_seconds: NonNegative = 60
+    deal_retire_after_seconds: NonNegative = 60
+    drain_batch_size: Positive = 1000
+    drain_claim_idle_ms: Positive = 10000
+    drain_kick_ms: Positive = 100
+    drain_budget_seconds: float = Field(2.0, gt=0)  # time one drain task runs before it re-queues itself
+    dlq_max_attempts: Positive = 3
+    expiry_sweep_batch: Positive = 500  # unpaid orders expired per script call of the sweep
+    worker_metrics_port: Port = 0  # a worker node's Prometheus port; 0: no server
+    worker_metrics_addr: str = "127.0.0.1"
+    # prometheus_client reads this variable from os.environ itself (at import); our code reads it from here.
+    prometheus_multiproc_dir: str = ""
+    debug: bool = _env("FLASHDEAL_DEBUG", False)
+    # Unset: the dev provider in development and test, Stripe anywhere else (dev is refused there).
+    payment_provider: PaymentProvider | None = None
+    payment_currency: str = "eur"  # ISO 4217, lower case as Stripe writes it
+    stripe_secret_key: str = Field("", repr=False)
+    stripe_webhook_secret: str = Field("", repr=False)
+    stripe_api_base: str = ""  # empty: the stripe package's own default; tests point it at a local server
+    dev_webhook_url: str = ""  # dev provider: where its events go (default: this web node's own port)
+
+    _KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset({"env", "key_prefix"})
+    _RATE_LIMITS: ClassVar[tuple[str, ...]] = (
+        "ratelimit_order",
+        "ratelimit_order_ip",
+        "ratelimit_login",
+        "ratelimit_login_ip",
+        "ratelimit_signup_ip",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment; no .env file, no secrets directory."""
+        return init_settings, env_settings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (``os.environ`` by default); ConfigError when invalid."""
+        try:
+            if env is None:
+                return cls()
+            return cls(_build_sources=((_MappingSource(cls, env),), {}))
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    def with_(self, **changes: Any) -> Settings:
+        """A validated copy with some fields changed (tests, benchmarks); ConfigError when invalid."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise ConfigError(f"no such setting: {', '.join(sorted(unknown))}")
+        try:
+            # By each field's validation name: FLASHDEAL_ENV for env, the field's own name for the others.
+            values = {_validation_name(k): v for k, v in {**self.model_dump(), **changes}.items()}
+            return type(self).model_validate(values)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @property
+    def is_development(self) -> bool:
+        """True for the development and test environments."""
+        return self.env in {"development", "test"}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: Any) -> Any:
+        """An empty variable means the default (as ``VAR= cmd`` does in a shell)."""
+        if value == "" and info.field_name not in cls._KEEP_EMPTY:
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator("redis_topology", "payment_provider", "payment_currency", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        return _sqlalchemy_url(value)
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinels(cls, value: Any) -> Any:
+        return parse_sentinels(value) if isinstance(value, str) else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_ports(cls, value: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+        for host, port in value:
+            if not host or not 1 <= port <= 65535:
+                raise ValueError("must be host:port,host:port with ports in 1..65535")
+        return value
+
+    @field_validator(*_RATE_LIMITS)
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            if not parse_many(value):
+                raise ValueError
+        except ValueError:
+            raise ValueError("must be a rate limit such as '10/minute' or '30/second;600/minute'") from None
+        return value
+
+    @field_validator("payment_currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not (len(value) == 3 and value.isalpha()):
+            raise ValueError("must be a 3-letter ISO 4217 code")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_and_topology(self) -> Settings:
+        """Fill the defaults that depend on other settings; a Sentinel topology needs its sentinels."""
+        if self.redis_topology == "sentinel" and not self.redis_sentinels:
+            raise ValueError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
+        # Why object.__setattr__: the model is frozen, and these defaults are known only once the fields they
+        # follow are validated. This runs during validation, before anyone can see the object.
+        if not self.celery_broker_url:
+            object.__setattr__(self, "celery_broker_url", default_broker_url(self.redis_topology, self.redis_url))
+        if self.order_ack_replicas is None:
+            # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
+            object.__setattr__(self, "order_ack_replicas", 1 if self.redis_topology == "sentinel" else 0)
+        if self.payment_provider is None:
+            object.__setattr__(self, "payment_provider", "dev" if self.is_development else "stripe")
+        return self
+
+    def check(self) -> Settings:
+        """Refuse settings that are unsafe outside development; returns self for chaining."""
+        if not self.is_development and (not self.secret_key or self.secret_key == DEV_SECRET):
+            raise ConfigError(
+                f"SECRET_KEY must be set to a long random value when FLASHDEAL_ENV={self.env!r} "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if not self.is_development and len(self.secret_key) < 24:
+            raise ConfigError("SECRET_KEY must be at least 24 characters outside development")
+        if self.payment_provider == "dev" and not self.is_development:
+            # The dev provider pays with a public test card number: outside development that is free goods.
+            raise ConfigError(
+                f"PAYMENT_PROVIDER=dev accepts test cards; set PAYMENT_PROVIDER=stripe when FLASHDEAL_ENV={self.env!r}"
+            )
+        return self
+
+
+def _validation_name(field: str) -> str:
+    """The key a field is validated under: the variable ``_env`` gave it, else the field's own name."""
+    info: FieldInfo | None = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else field
+
+
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    return _validation_name(field).upper()
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """One ConfigError naming each variable that is wrong: ``NAME must be ..., got 'value'``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        if not err["loc"]:  # a rule across settings (model validator): its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        problems.append(f"{str(err['loc'][0]).upper()} {_reason(err)}, got {err['input']!r}")
+    return ConfigError("; ".join(problems))
+
+
+def _reason(err: Any) -> str:
+    """pydantic's reason for one error, as the rest of flashdeal's messages say it."""
+    ctx = err.get("ctx") or {}
+    match err["type"]:
+        case "int_parsing" | "int_type" | "int_from_float":
+            return "must be an integer"
+        case "float_parsing" | "float_type":
+            return "must be a number"
+        case "bool_parsing" | "bool_type":
+            return "must be true or false (1/0, yes/no, on/off)"
+        case "greater_than_equal":
+            return f"must be at least {ctx['ge']}"
+        case "greater_than":
+            return f"must be greater than {ctx['gt']}"
+        case "less_than_equal":
+            return f"must be at most {ctx['le']}"
+        case "literal_error":
+            return f"must be one of {ctx['expected'].replace(' or ', ', ')}".replace("'", "")
+        case "value_error":
+            return str(ctx.get("error", err["msg"]))
+        case _:
+            return str(err["msg"]).lower()
 
 
 def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
@@ -34,151 +292,6 @@ def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
             raise ConfigError(f"REDIS_SENTINELS: {part!r} is not host:port")
         out.append((host, int(port)))
     return tuple(out)
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything configurable about flashdeal; see the README's configuration table."""
-
-    env: str = "development"
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    celery_broker_url: str = "redis://127.0.0.1:6379/0"
-    redis_topology: str = "single"
-    redis_sentinels: tuple[tuple[str, int], ...] = ()
-    redis_sentinel_master: str = "flashdeal"
-    order_ack_replicas: int = 0  # WAIT for this many replicas after an admission or cancel (0: no WAIT)
-    order_ack_timeout_ms: int = 250
-    secret_key: str = DEV_SECRET
-    key_prefix: str = "fd:"
-    session_idle_seconds: int = 1800
-    session_absolute_seconds: int = 86400
-    session_refresh_seconds: int = 60
-    session_cookie_secure: bool = False
-    ratelimit_enabled: bool = True
-    fast_path: bool = True
-    ratelimit_order: str = "30/second;600/minute"
-    ratelimit_order_ip: str = "2000/second"
-    ratelimit_login: str = "10/minute"
-    ratelimit_login_ip: str = "100/minute"
-    ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
-    trusted_proxies: int = 0
-    deal_cache_ttl: int = 5
-    deal_load_ahead_seconds: int = 60
-    deal_retire_after_seconds: int = 60
-    drain_batch_size: int = 1000
-    drain_claim_idle_ms: int = 10000
-    drain_kick_ms: int = 100
-    dlq_max_attempts: int = 3
-    expiry_sweep_batch: int = 500  # unpaid orders expired per script call of the sweep
-    payment_provider: str = "dev"  # dev (built-in test provider) | stripe
-    payment_currency: str = "eur"  # ISO 4217, lower case as Stripe writes it
-    stripe_secret_key: str = field(default="", repr=False)
-    stripe_webhook_secret: str = field(default="", repr=False)
-    stripe_api_base: str = ""  # empty: the stripe package's own default; tests point it at a local server
-    dev_webhook_url: str = ""  # dev provider: where its events go (default: this web node's own port)
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from environment variables (``os.environ`` by default)."""
-        e = os.environ if env is None else env
-        redis_url = e.get("REDIS_URL") or cls.redis_url
-        topology = (e.get("FLASHDEAL_REDIS_TOPOLOGY") or cls.redis_topology).strip().lower()
-        if topology not in TOPOLOGIES:
-            raise ConfigError(f"FLASHDEAL_REDIS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
-        sentinels = parse_sentinels(e.get("REDIS_SENTINELS", ""))
-        if topology == "sentinel" and not sentinels:
-            raise ConfigError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
-        master = e.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master
-        return cls(
-            env=e.get("FLASHDEAL_ENV", cls.env),
-            database_url=_sqlalchemy_url(e.get("DATABASE_URL") or cls.database_url),
-            redis_url=redis_url,
-            celery_broker_url=e.get("CELERY_BROKER_URL") or default_broker_url(topology, redis_url),
-            redis_topology=topology,
-            redis_sentinels=sentinels,
-            redis_sentinel_master=master,
-            # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
-            order_ack_replicas=_int(e, "ORDER_ACK_REPLICAS", 1 if topology == "sentinel" else 0),
-            order_ack_timeout_ms=_int(e, "ORDER_ACK_TIMEOUT_MS", cls.order_ack_timeout_ms),
-            secret_key=e.get("SECRET_KEY") or DEV_SECRET,
-            key_prefix=e.get("FLASHDEAL_KEY_PREFIX", cls.key_prefix),
-            session_idle_seconds=_int(e, "SESSION_IDLE_SECONDS", cls.session_idle_seconds),
-            session_absolute_seconds=_int(e, "SESSION_ABSOLUTE_SECONDS", cls.session_absolute_seconds),
-            session_refresh_seconds=_int(e, "SESSION_REFRESH_SECONDS", cls.session_refresh_seconds),
-            session_cookie_secure=_bool(e.get("SESSION_COOKIE_SECURE"), False),
-            ratelimit_enabled=_bool(e.get("RATELIMIT_ENABLED"), True),
-            fast_path=_bool(e.get("FAST_PATH"), True),
-            ratelimit_order=e.get("RATELIMIT_ORDER", cls.ratelimit_order),
-            ratelimit_order_ip=e.get("RATELIMIT_ORDER_IP", cls.ratelimit_order_ip),
-            ratelimit_login=e.get("RATELIMIT_LOGIN", cls.ratelimit_login),
-            ratelimit_login_ip=e.get("RATELIMIT_LOGIN_IP", cls.ratelimit_login_ip),
-            ratelimit_signup_ip=e.get("RATELIMIT_SIGNUP_IP", cls.ratelimit_signup_ip),
-            trusted_proxies=_int(e, "TRUSTED_PROXIES", cls.trusted_proxies),
-            deal_cache_ttl=_int(e, "DEAL_CACHE_TTL", cls.deal_cache_ttl),
-            deal_load_ahead_seconds=_int(e, "DEAL_LOAD_AHEAD_SECONDS", cls.deal_load_ahead_seconds),
-            deal_retire_after_seconds=_int(e, "DEAL_RETIRE_AFTER_SECONDS", cls.deal_retire_after_seconds),
-            drain_batch_size=_int(e, "DRAIN_BATCH_SIZE", cls.drain_batch_size),
-            drain_claim_idle_ms=_int(e, "DRAIN_CLAIM_IDLE_MS", cls.drain_claim_idle_ms),
-            drain_kick_ms=_int(e, "DRAIN_KICK_MS", cls.drain_kick_ms),
-            dlq_max_attempts=_int(e, "DLQ_MAX_ATTEMPTS", cls.dlq_max_attempts),
-            expiry_sweep_batch=_int(e, "EXPIRY_SWEEP_BATCH", cls.expiry_sweep_batch),
-            # Unset: the dev provider in development and test, Stripe anywhere else (dev is refused there).
-            payment_provider=(e.get("PAYMENT_PROVIDER") or _default_provider(e.get("FLASHDEAL_ENV", cls.env)))
-            .strip()
-            .lower(),
-            payment_currency=(e.get("PAYMENT_CURRENCY") or cls.payment_currency).strip().lower(),
-            stripe_secret_key=e.get("STRIPE_SECRET_KEY", ""),
-            stripe_webhook_secret=e.get("STRIPE_WEBHOOK_SECRET", ""),
-            stripe_api_base=e.get("STRIPE_API_BASE", ""),
-            dev_webhook_url=e.get("DEV_WEBHOOK_URL", ""),
-        )
-
-    def with_(self, **changes: object) -> Settings:
-        """Return a copy with some fields changed (tests, benchmarks)."""
-        return replace(self, **changes)
-
-    @property
-    def is_development(self) -> bool:
-        """True for the development and test environments."""
-        return self.env in {"development", "test"}
-
-    def check(self) -> Settings:
-        """Refuse unsafe settings outside development; returns self for chaining."""
-        if not self.is_development and (not self.secret_key or self.secret_key == DEV_SECRET):
-            raise ConfigError(
-                f"SECRET_KEY must be set to a long random value when FLASHDEAL_ENV={self.env!r} "
-                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-            )
-        if not self.is_development and len(self.secret_key) < 24:
-            raise ConfigError("SECRET_KEY must be at least 24 characters outside development")
-        if self.payment_provider not in PAYMENT_PROVIDERS:
-            raise ConfigError(
-                f"PAYMENT_PROVIDER must be one of {', '.join(PAYMENT_PROVIDERS)}, got {self.payment_provider!r}"
-            )
-        if self.payment_provider == "dev" and not self.is_development:
-            # The dev provider pays with a public test card number: outside development that is free goods.
-            raise ConfigError(
-                f"PAYMENT_PROVIDER=dev accepts test cards; set PAYMENT_PROVIDER=stripe when FLASHDEAL_ENV={self.env!r}"
-            )
-        if not (len(self.payment_currency) == 3 and self.payment_currency.isalpha()):
-            raise ConfigError(f"PAYMENT_CURRENCY must be a 3-letter ISO 4217 code, got {self.payment_currency!r}")
-        return self
-
-
-def _default_provider(env: str) -> str:
-    return "dev" if env in {"development", "test"} else "stripe"
 
 
 def default_broker_url(topology: str, redis_url: str) -> str:

@@ -388,9 +388,11 @@ def test_killed_web_instance_is_routed_around(stack: Stack) -> None:
         while time.monotonic() < stop_at:
             phase = "after" if killed.is_set() else "before"
             for method, path, body, want in (
-                ("GET", "/api/me", None, 200),
-                ("GET", f"/api/deals/{deal_id}", None, 200),
-                ("POST", f"/api/deals/{deal_id}/orders", {"quantity": 1}, 202),
+                ("GET", "/api/me", None, (200,)),
+                ("GET", f"/api/deals/{deal_id}", None, (200,)),
+                # 200 too: nginx resends a keyed order whose node died mid-request, and if that node had
+                # already admitted it, the next node answers the replay (the same order, not a second one).
+                ("POST", f"/api/deals/{deal_id}/orders", {"quantity": 1}, (202, 200)),
             ):
                 headers = {"Idempotency-Key": uuid.uuid4().hex} if method == "POST" else {}
                 try:
@@ -398,7 +400,7 @@ def test_killed_web_instance_is_routed_around(stack: Stack) -> None:
                 except requests.RequestException as exc:
                     failures.append(f"{method} {path}: {type(exc).__name__}")
                     continue
-                if r.status_code != want:
+                if r.status_code not in want:
                     failures.append(f"{method} {path}: {r.status_code} {r.text[:120]}")
                 else:
                     served[phase] += 1

@@ -14,7 +14,6 @@ from shared.gate import Admission
 from shared.order_ids import new_order_id
 from web.deals import deal_detail
 from web.errors import ApiError
-from web.kick import kick_drain
 from web.metrics import record_admission, record_unreplicated
 from web.order_reads import GATE_DECIDED, read_order
 from web.services import Services
@@ -78,7 +77,7 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     record_admission(outcome.value)
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
-            kick_drain(deal_id)
+            svc.kicks.send(deal_id)
         if not result.replicated:
             # The order is on the primary and admitted: refusing it now would be a lie, and a retry with
             # the same Idempotency-Key finds it. The buyer gets the 202, marked, and we count it.

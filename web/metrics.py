@@ -10,7 +10,6 @@ Without the variable (tests, ``flask run``) the process's own registry is served
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared.gate import Admission
+from web.services import services
 
 # Buckets sized for a path that answers in about a millisecond and must never take a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -122,12 +122,12 @@ def _after(response: Response) -> Response:
     return response
 
 
-def registry() -> CollectorRegistry:
-    """The registry to expose: all processes' files in multiprocess mode, else this process's."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def registry(multiproc_dir: str) -> CollectorRegistry:
+    """The registry to expose: all processes' files in multiprocess mode (PROMETHEUS_MULTIPROC_DIR), else this one's."""
+    if multiproc_dir:
         # A fresh registry per scrape, as prometheus-client's multiprocess docs prescribe.
         reg = CollectorRegistry()
-        MultiProcessCollector(reg)
+        MultiProcessCollector(reg, path=multiproc_dir)
         return reg
     return REGISTRY
 
@@ -135,7 +135,8 @@ def registry() -> CollectorRegistry:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text exposition of this instance (all its server processes)."""
-    return Response(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+    reg = registry(services().settings.prometheus_multiproc_dir)
+    return Response(generate_latest(reg), content_type=CONTENT_TYPE_LATEST)
 
 
 def init_metrics(app: Flask) -> None:

@@ -11,7 +11,6 @@ from shared.gate import Cancellation
 from web.admission import REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
 from web.errors import ApiError
 from web.ids import parse_order_id
-from web.kick import kick_drain
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_unreplicated
 from web.openapi import doc
@@ -108,7 +107,7 @@ def cancel_order(order_id: str) -> Any:
         raise ApiError(409, "deal_not_open", "This deal is no longer open; the order cannot be canceled.")
     _refuse_decided(result.outcome.value)  # paid or expired in the gate since we looked
     if result.kick:
-        kick_drain(live.deal_id)
+        svc.kicks.send(live.deal_id)
     forget_sold_out(live.deal_id)
     view["status"] = "canceled"
     if not result.replicated:

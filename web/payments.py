@@ -35,7 +35,6 @@ from shared.payments.refunds import record_refund
 from shared.settings import ConfigError
 from web.errors import ApiError
 from web.ids import parse_order_id
-from web.kick import kick_drain
 from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
@@ -162,7 +161,7 @@ def apply_event(svc: Services, prov: PaymentProvider, ev: PaymentEvent) -> str:
             return "refund"
     r = svc.gate.settle(ev.deal_id, "pay", ev.order_id, ev.event_id, ev.payment_id)
     if r.kick:
-        kick_drain(ev.deal_id)
+        svc.kicks.send(ev.deal_id)
     if not r.replicated:
         # Decided on the primary, but no replica confirmed it in time: a failover now could lose it. A 503
         # makes the provider send the event again; the resend is a duplicate if the decision survived and

@@ -1,29 +1,23 @@
-"""The per-process services a web node holds: settings, database, Redis, gate."""
+"""The per-process services a web node holds: the stores (settings, database, Redis, gate) and its kicks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import redis
 from flask import current_app
 
 from shared.cache import LocalCopies
-from shared.db import Database
-from shared.gate import Gate
-from shared.keys import Keys
-from shared.redis_client import DirectCalls, text_client
+from shared.redis_client import DirectCalls
 from shared.settings import Settings
+from shared.wiring import Stores, build
+from web.kick import DrainKicks
 
 
-@dataclass
-class Services:
+@dataclass(frozen=True)
+class Services(Stores):
     """Everything a request handler needs, built once in create_app."""
 
-    settings: Settings
-    db: Database
-    redis: redis.Redis
-    keys: Keys
-    gate: Gate
+    kicks: DrainKicks
     # Parsed deal lists by versioned cache key; a second at most, so a TTL rebuild shows within it.
     local: LocalCopies = field(default_factory=lambda: LocalCopies(seconds=1.0))
 
@@ -35,9 +29,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         """Create clients; nothing connects until first use."""
-        client = text_client(settings)
-        keys = Keys(settings.key_prefix)
-        return cls(settings, Database(settings), client, keys, Gate.from_settings(client, settings))
+        return cls(**vars(build(settings)), kicks=DrainKicks(settings))
 
 
 def services() -> Services:

@@ -1,4 +1,4 @@
-"""The Celery application, configured from ``celeryconfig.py``; no Flask here."""
+"""The Celery application, configured from the worker's settings by ``celeryconfig.celery_config``; no Flask here."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, beat_init, celeryd_init, worker_process_init
 
+from celeryconfig import celery_config
 from shared.redis_client import refuse_evicting_redis
-from shared.settings import Settings
-from worker.context import after_fork
+from worker.context import after_fork, worker_settings
 from worker.logs import quiet_routine_tasks
 
 app = Celery("flashdeal", include=["worker.tasks"])
-app.config_from_object("celeryconfig")
+# Why a promise (Celery calls it when it first needs its configuration): `celery -A worker ...` imports this
+# module before any command runs, and no module reads settings at import.
+app.add_defaults(lambda: celery_config(worker_settings()))
 
 
 @celeryd_init.connect
 @beat_init.connect
 def _refuse_evicting_redis(**_: Any) -> None:
     """Workers and beat refuse to start on a Redis that may evict gate keys, as web nodes do."""
-    refuse_evicting_redis(Settings.from_env())
+    refuse_evicting_redis(worker_settings())
 
 
 @worker_process_init.connect

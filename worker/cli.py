@@ -9,17 +9,19 @@ never a traceback.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from shared.bounds import PASSWORD_RULE, password_problem, text_problem, utc_in_range
 from shared.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from shared.wiring import Stores
 
 # With --open-now and no --ends-at, the sale runs this long.
 DEFAULT_OPEN_DURATION = timedelta(hours=1)
@@ -34,39 +36,36 @@ class Ops:
         return Settings.from_env()
 
     @cached_property
+    def stores(self) -> Stores:
+        """Database, Redis, keys and gate, wired as in every other process (small pools: one command)."""
+        from shared.wiring import build
+
+        return build(self.settings, db_options={"pool_size": 1, "max_overflow": 2})
+
+    @property
     def db(self) -> Any:
         """The database."""
-        from shared.db import Database
+        return self.stores.db
 
-        return Database(self.settings, pool_size=1, max_overflow=2)
-
-    @cached_property
+    @property
     def redis(self) -> Any:
         """Text Redis client."""
-        from shared.redis_client import text_client
+        return self.stores.redis
 
-        return text_client(self.settings)
-
-    @cached_property
+    @property
     def keys(self) -> Any:
         """Key builder with the configured prefix."""
-        from shared.keys import Keys
+        return self.stores.keys
 
-        return Keys(self.settings.key_prefix)
-
-    @cached_property
+    @property
     def gate(self) -> Any:
         """The stock gate."""
-        from shared.gate import Gate
-
-        return Gate.from_settings(self.redis, self.settings)
+        return self.stores.gate
 
     def close(self) -> None:
         """Release the connections this command opened."""
-        if "db" in self.__dict__:
-            self.db.engine.dispose()
-        if "redis" in self.__dict__:
-            self.redis.close()
+        if "stores" in self.__dict__:
+            self.stores.close()
 
     def invalidate(self, deal_id: int) -> None:
         """Drop the deal's cached JSON and bump the list version: web nodes show the change at once."""
@@ -108,9 +107,17 @@ class FlashdealGroup(click.Group):
         except Exception as exc:
             # Anything else is a bug or an outage we did not foresee: one line, exit 1; the
             # traceback only on request, for whoever debugs it.
-            if os.environ.get("FLASHDEAL_DEBUG"):
+            if _debug(ctx):
                 raise
             raise click.ClickException(f"{type(exc).__name__}: {exc} (FLASHDEAL_DEBUG=1 shows the traceback)") from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    """FLASHDEAL_DEBUG: show tracebacks (False when the settings themselves are what failed)."""
+    try:
+        return (ctx.find_root().meta.get("flashdeal.ops") or Ops()).settings.debug
+    except ConfigError:
+        return False
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], str]) -> None:

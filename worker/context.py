@@ -1,51 +1,33 @@
-"""Per-process resources of a worker: settings, database, Redis and the gate, built lazily."""
+"""Per-process resources of a worker: its settings, read once, and its stores, built lazily."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from functools import cache
 
-import redis
-
-from shared.db import Database
-from shared.gate import Gate
-from shared.keys import Keys
-from shared.redis_client import text_client
 from shared.settings import Settings
+from shared.wiring import Stores, build
 
 
-@dataclass(frozen=True)
-class WorkerContext:
-    """Everything a task needs, one per worker process."""
+@cache
+def worker_settings() -> Settings:
+    """This worker's (or beat's, or Flower's) settings: read from the environment once, when first needed.
 
-    settings: Settings
-    db: Database
-    redis: redis.Redis
-    keys: Keys
-    gate: Gate
-    drain_budget_s: float
+    The first use is in the main process as Celery configures itself (before the pool forks), so every
+    pool process inherits the same object.
+    """
+    return Settings.from_env()
 
 
-_ctx: WorkerContext | None = None
+_ctx: Stores | None = None
 
 
-def get_context() -> WorkerContext:
-    """The process's context, built on first use (after the pool forked, never in the parent)."""
+def get_context() -> Stores:
+    """Everything a task needs, one per worker process, built on first use (after the pool forked)."""
     global _ctx
     if _ctx is None:
-        settings = Settings.from_env()
         # Bytes that are not UTF-8 (a hand-written outbox entry) are replaced instead of raising: one bad
         # entry must not make every read of the stream fail.
-        client = text_client(settings, encoding_errors="replace")
-        keys = Keys(settings.key_prefix)
-        _ctx = WorkerContext(
-            settings=settings,
-            db=Database(settings),
-            redis=client,
-            keys=keys,
-            gate=Gate.from_settings(client, settings),
-            drain_budget_s=float(os.environ.get("DRAIN_BUDGET_SECONDS", "2.0")),
-        )
+        _ctx = build(worker_settings(), encoding_errors="replace")
     return _ctx
 
 

@@ -18,7 +18,6 @@ it only connects Celery signals, so the tasks themselves stay free of metrics co
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -28,6 +27,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from shared.settings import Settings
+from shared.wiring import Stores, build
+from worker.context import worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -178,24 +181,15 @@ def _on_postrun(
 class LiveCollector(Collector):
     """State read at scrape time: outbox backlog and age, stock remaining, dead letters."""
 
-    def __init__(self, settings: Any = None) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings
-        self._ctx: Any = None
+        self._stores: Stores | None = None
 
-    def _context(self) -> Any:
-        if self._ctx is None:
-            from shared.db import Database
-            from shared.gate import Gate
-            from shared.keys import Keys
-            from shared.redis_client import text_client
-            from shared.settings import Settings
-
-            settings = self._settings or Settings.from_env()
-            client = text_client(settings)
-            keys = Keys(settings.key_prefix)
-            gate = Gate.from_settings(client, settings)
-            self._ctx = (Database(settings, pool_size=1, max_overflow=0), client, keys, gate)
-        return self._ctx
+    def _context(self) -> tuple[Any, Any, Any, Any]:
+        if self._stores is None:
+            self._stores = build(self._settings or worker_settings(), db_options={"pool_size": 1, "max_overflow": 0})
+        s = self._stores
+        return s.db, s.redis, s.keys, s.gate
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the live gauges; a dependency that is down yields flashdeal_metrics_source_up 0."""
@@ -271,11 +265,12 @@ class LiveCollector(Collector):
         return out
 
 
-def registry(settings: Any = None) -> CollectorRegistry:
+def registry(settings: Settings | None = None) -> CollectorRegistry:
     """Registry of the node's HTTP server: all pool processes' files (or this process) plus the live gauges."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    settings = settings or worker_settings()
+    if settings.prometheus_multiproc_dir:
         reg = CollectorRegistry()
-        MultiProcessCollector(reg)
+        MultiProcessCollector(reg, path=settings.prometheus_multiproc_dir)
     else:
         reg = REGISTRY
     reg.register(LiveCollector(settings))
@@ -285,12 +280,12 @@ def registry(settings: Any = None) -> CollectorRegistry:
 @signals.worker_init.connect
 def _start_server(**_: Any) -> None:
     """Start the metrics HTTP server in the node's main process, once."""
-    port = int(os.environ.get("WORKER_METRICS_PORT") or 0)
-    if port <= 0:
+    settings = worker_settings()
+    port, addr = settings.worker_metrics_port, settings.worker_metrics_addr
+    if port == 0:
         return
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not settings.prometheus_multiproc_dir:
         # Pool processes would count in their own memory, which this server cannot see.
         log.warning("worker metrics: PROMETHEUS_MULTIPROC_DIR is not set; task counters will read 0 (use scripts/proc)")
-    addr = os.environ.get("WORKER_METRICS_ADDR", "127.0.0.1")
-    start_http_server(port, addr=addr, registry=registry())
+    start_http_server(port, addr=addr, registry=registry(settings))
     log.info("worker metrics on http://%s:%d/metrics", addr, port)

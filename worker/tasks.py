@@ -73,7 +73,7 @@ def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[s
     # Hold the kick flag while this task runs, so admissions do not queue tasks for what it is about to
     # drain anyway (on a busy machine a task outlives the flag's 100 ms). The drain deletes the flag
     # before its last look at the stream, as it always did.
-    ctx.redis.set(dk.kick, "draining", px=int(ctx.drain_budget_s * 1000) + SAFETY_NET_MS)
+    ctx.redis.set(dk.kick, "draining", px=int(ctx.settings.drain_budget_seconds * 1000) + SAFETY_NET_MS)
     try:
         result = drain_deal(
             ctx.db,
@@ -81,7 +81,7 @@ def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[s
             ctx.keys,
             deal_id,
             _consumer(self),
-            DrainOptions.from_settings(ctx.settings, ctx.drain_budget_s, follow_up=True),
+            DrainOptions.from_settings(ctx.settings, ctx.settings.drain_budget_seconds, follow_up=True),
             on_backlog=fan_out,
         )
     except TRANSIENT:
@@ -113,7 +113,7 @@ def _hold_kick(deal_id: int, retries: int) -> None:
 def drain_active_task(self: Task) -> dict[str, Any]:
     """Safety net run by beat every second: drain every live deal a little."""
     ctx = get_context()
-    opts = DrainOptions.from_settings(ctx.settings, min(ctx.drain_budget_s, 1.0))
+    opts = DrainOptions.from_settings(ctx.settings, min(ctx.settings.drain_budget_seconds, 1.0))
     done: dict[str, Any] = {}
     try:
         for deal_id in ctx.gate.live_deal_ids():

@@ -22,7 +22,7 @@ from shared.settings import Settings
 def _process(key: str, env: dict[str, str], deal_id: int, user_ids: list[int], seconds: float, threads: int,
              out: Any) -> None:  # fmt: skip
     """One client process: ``threads`` threads calling order() in a loop until the deadline."""
-    os.environ.update(env)  # celeryconfig (the Celery producer of (3) and (4)) reads the bench queue from here
+    os.environ.update(env)  # the Celery producers of (3) and (4) read the bench broker and queue from here
     settings = Settings.from_env(env)
     deps = Deps(Database(settings, pool_size=threads, max_overflow=0),
                 Gate(text_client(settings), Keys(settings.key_prefix)))  # fmt: skip

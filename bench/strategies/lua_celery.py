@@ -9,8 +9,10 @@ from celery import Celery
 from sqlalchemy import text
 
 from bench.strategies.base import Deps, Strategy, order_id
+from celeryconfig import celery_config
 from shared.db import Database
 from shared.gate import Admission
+from shared.settings import Settings
 
 PERSIST_TASK = "bench.persist_one"
 _INSERT_ONE = text(
@@ -32,11 +34,11 @@ def persist_order(db: Database, deal_id: int, order: dict[str, Any]) -> None:
 
 
 def send_task(deal_id: int, order: dict[str, Any]) -> None:
-    """Publish one Celery task for one order (the broker and queue of celeryconfig)."""
+    """Publish one Celery task for one order (the broker and queue of the workers' Celery configuration)."""
     global _producer
     if _producer is None:
         _producer = Celery("flashdeal-bench")
-        _producer.config_from_object("celeryconfig")
+        _producer.config_from_object(celery_config(Settings.from_env()))
     _producer.send_task(PERSIST_TASK, args=[deal_id, order])
 
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 from bench.strategies.base import Deps, Strategy, order_id
 from shared.gate import Admission
+from shared.settings import Settings
+from web.kick import DrainKicks
 
 Kick = Callable[[int], None]
 
 
+@cache
+def _kicks() -> DrainKicks:
+    """The web node's kick sender, for the settings of this client process's environment."""
+    return DrainKicks(Settings.from_env())
+
+
 def kick_drain(deal_id: int) -> None:
     """The web node's kick: one drain task per kick interval per deal (the product's own code)."""
-    from web.kick import kick_drain as product_kick
-
-    product_kick(deal_id)
+    _kicks().send(deal_id)
 
 
 class LuaOutbox(Strategy):
