@@ -115,7 +115,7 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
 
 
 def deal_list(svc: Services, q: DealListQuery) -> dict[str, Any]:
-    """One page of the deal list with live stock; shared by the Flask view and the fast path (web/fastpath.py)."""
+    """One page of the deal list with live stock: the API view, the fast path (web/fastpath.py) and the list page."""
     version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
     views = svc.local.get(key)
