@@ -74,6 +74,16 @@ def test_help_lists_every_command() -> None:
     assert {"list", "retry", "drop"} <= set(cli("dlq", "--help").stdout.split())
 
 
+def test_the_cli_and_the_api_state_the_one_password_rule(client) -> None:
+    """``admin create --help`` and signup's OpenAPI description both say shared/bounds.py's PASSWORD_RULE."""
+    from shared.bounds import PASSWORD_MAX, PASSWORD_MIN, PASSWORD_RULE
+
+    assert " ".join(cli("admin", "create", "--help").stdout.split()).count(PASSWORD_RULE) == 1
+    field = client.get("/openapi.json").json["components"]["schemas"]["SignupIn"]["properties"]["password"]
+    assert field["description"].startswith(PASSWORD_RULE)
+    assert (field["minLength"], field["maxLength"]) == (PASSWORD_MIN, PASSWORD_MAX)
+
+
 def test_admin_create(db: Database) -> None:
     email = unique_email("admin")
     r = cli("admin", "create", "--email", email, "--password", "s3cret-admin-pw", "--name", "Ops")
