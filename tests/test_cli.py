@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from shared.accounts import create_user
+from shared.bounds import NAME_MAX
 from shared.db import Database
 from shared.keys import Keys
 from shared.models import DeadLetter, Order, User
@@ -97,6 +98,10 @@ def test_admin_create(db: Database) -> None:
     assert bad.returncode == 2 and "--email" in bad.stderr
     weak = cli("admin", "create", "--email", unique_email(), "--password", "short", ok=False)
     assert weak.returncode == 2 and "--password" in weak.stderr
+    # The display name follows signup's rule (shared/bounds.py name_problem): within users.name, no control characters.
+    for name in ("x" * (NAME_MAX + 1), "   ", "bad\x07name"):
+        r = cli("admin", "create", "--email", unique_email(), "--password", "s3cret-admin-pw", "--name", name, ok=False)
+        assert r.returncode == 2 and "--name" in r.stderr, (name, r.stderr)
 
 
 def test_deal_create_open_now_and_stats(settings: Settings) -> None:

@@ -21,6 +21,7 @@ from pydantic import (
 from shared.bounds import (
     MAX_ID,
     MAX_PRICE,
+    NAME_MAX,
     PASSWORD_MAX,
     PASSWORD_MIN,
     PASSWORD_RULE,
@@ -79,7 +80,7 @@ class SignupIn(Strict):
         description=f"{PASSWORD_RULE}; taken as typed",
         json_schema_extra={"pattern": PASSWORD_PATTERN},
     )
-    name: Line = Field(min_length=1, max_length=100, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
+    name: Line = Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
 
     @field_validator("password")
     @classmethod

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shared.bounds import PASSWORD_RULE, password_problem, text_problem, utc_in_range
+from shared.bounds import PASSWORD_RULE, name_problem, password_problem, text_problem, utc_in_range
 from shared.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -189,9 +189,7 @@ def admin_create(email: str, password: str, name: str) -> None:
     problem = password_problem(password)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--password")
-    if not 1 <= len(name.strip()) <= 100:
-        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
-    problem = text_problem(name)
+    problem = name_problem(name)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--name")
     o = ops()
