@@ -21,7 +21,8 @@ import redis
 
 from bench.common import ROOT, save
 from bench.private_redis import private_redis
-from shared.gate import DealRules, Gate, now_ms
+from shared.clock import now_ms
+from shared.gate import DealRules, Gate
 from shared.keys import Keys
 from shared.order_ids import new_order_id
 

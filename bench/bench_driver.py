@@ -26,7 +26,8 @@ from bench.bench_drain import make_deal, make_users
 from bench.common import Context, save
 from shared.db import Database
 from shared.models import Order
-from worker.outbox import ORDER, OutboxRow, write_rows
+from shared.outbox_entry import ORDER, OutboxRow
+from worker.outbox import write_rows
 
 DRIVERS = ("psycopg", "psycopg2")
 

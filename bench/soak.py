@@ -187,7 +187,7 @@ def main() -> None:
         os.environ.update(ctx.env)
         from shared.deals import NewDeal, close_now, create_deal, load_deal
         from shared.models import Deal
-        from worker.tasks import drain_active, reconcile
+        from worker.tasks import drain_active_task, reconcile_task
 
         rds = redis.Redis.from_url(url, decode_responses=True)
         with Stack(ctx.env) as stack:
@@ -222,8 +222,8 @@ def main() -> None:
                     row = {
                         "deal": deal.id,
                         "live_deals": len(ctx.gate.live_deal_ids()),
-                        "drain_active_cpu_ms": _cpu_ms(drain_active),
-                        "reconcile_cpu_ms": _cpu_ms(reconcile, 3),
+                        "drain_active_cpu_ms": _cpu_ms(drain_active_task),
+                        "reconcile_cpu_ms": _cpu_ms(reconcile_task, 3),
                         "orders_ms": orders_ms,
                         "healthz_ms": healthz_ms,
                     }

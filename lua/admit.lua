@@ -5,6 +5,11 @@
 -- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by)
 -- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
 -- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
+--
+-- ORDER RECORD (the value of KEYS[5] per order id; cancel.lua, settle.lua and load_deal.lua write
+-- and read the same): user|qty|price|admitted_ms|status[|pay_by_ms], status one of accepted,
+-- canceled, paid, expired; pay_by_ms only on deals with a payment window. Python builds and parses
+-- it in shared/order_record.py alone (tests/test_gate.py checks the two agree).
 
 local user = ARGV[1]
 local qty = tonumber(ARGV[2])

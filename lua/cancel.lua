@@ -11,7 +11,7 @@ local rec = redis.call('HGET', KEYS[5], order_id)
 if not rec then
   return {'not_found', -1, 0}
 end
--- rest: '' or '|pay_by' (orders of a deal with a payment window)
+-- The order record (ORDER RECORD in admit.lua); rest: '' or '|pay_by_ms', kept as it is.
 local owner, qty, price, ts, status, rest = string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)(.*)$')
 if ARGV[3] ~= '1' and owner ~= ARGV[2] then
   return {'not_found', -1, 0}

@@ -35,7 +35,7 @@ for i = 11, pairs_end, 2 do
 end
 -- Unpaid orders hold their units (they are in the buyers' totals and not in the stock): without
 -- their records and due entries they could neither be paid nor expire, and their units would be
--- stranded. The record format is admit.lua's.
+-- stranded. Their records: ORDER RECORD in admit.lua.
 for i = pairs_end + 1, #ARGV, 6 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' ..
     ARGV[i + 4] .. '|accepted|' .. ARGV[i + 5])

@@ -17,7 +17,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function parse(rec)
-  -- user|qty|price|admitted_ms|status[|pay_by]
+  -- The order record (ORDER RECORD in admit.lua).
   local owner, qty, price, ts, status, rest = string.match(rec, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)(.*)$')
   local pay_by = 0
   if rest ~= '' then pay_by = tonumber(string.sub(rest, 2)) or 0 end

@@ -24,7 +24,7 @@ from scripts.ensure_services import redact  # noqa: E402
 from scripts.sentinel_topology import SentinelPorts, SentinelTopology  # noqa: E402
 from shared.accounts import EmailTaken, create_user  # noqa: E402
 from shared.db import Database  # noqa: E402
-from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
+from shared.deals import NewDeal, load_deal, publish_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 from shared.models import Deal  # noqa: E402
@@ -53,31 +53,21 @@ def seed() -> None:
                 create_user(s, email, password, name, role="admin" if email == DEMO_ADMIN[0] else "buyer")
         except EmailTaken:
             pass
-    print(f"[manage] demo deal {seed_demo_deal(db, gate)} seeded")
+    print(f"[manage] demo deal {seed_demo_deal(db, gate, stores.settings.deal_load_ahead_seconds)} seeded")
 
 
-def seed_demo_deal(db: Database, gate: Gate) -> int:
+def seed_demo_deal(db: Database, gate: Gate, load_ahead_seconds: int) -> int:
     """The open demo deal (created unless one is running), loaded into the gate; returns its id."""
-    with db.transaction() as s:
-        deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
-        if deal is None:
-            now = datetime.now(UTC)
-            spec = NewDeal(
-                DEMO_TITLE,
-                Decimal("49.00"),
-                100,
-                2,
-                now,
-                now + timedelta(days=1),
-                payment_window_seconds=DEMO_PAYMENT_WINDOW_S,
-            )
-            deal = create_deal(s, spec)
-            deal.status = "open"
-    # After the commit, never inside the transaction: if the commit fails, the gate must not admit
-    # orders for a deal PostgreSQL does not have (their rows could never be written).
     with db.read() as s:
-        load_deal(s, gate, deal)
-    return deal.id
+        deal = s.scalar(select(Deal).where(Deal.title == DEMO_TITLE, Deal.status != "ended"))
+        if deal is not None:
+            load_deal(s, gate, deal)  # a no-op while it is live; rebuilt if Redis lost it
+            return deal.id
+    now = datetime.now(UTC)
+    spec = NewDeal(
+        DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1), payment_window_seconds=DEMO_PAYMENT_WINDOW_S
+    )
+    return publish_deal(db, gate, spec, load_ahead_seconds, open_now=True).id
 
 
 URLS_FILE = ROOT / "var" / "run" / "urls.txt"  # the banner of the running stack, for `make urls` (mode 0600)

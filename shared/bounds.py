@@ -56,7 +56,22 @@ def check_text(value: str, *, multiline: bool = False) -> str:
     return value
 
 
+NAME_MAX = 100  # a user's display name: users.name is VARCHAR(100) (shared/models.py)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (stripped) is not acceptable as a display name, or None (signup and the CLI)."""
+    if not 1 <= len(name.strip()) <= NAME_MAX:
+        return f"must be 1 to {NAME_MAX} characters"
+    return text_problem(name)
+
+
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
+# The rule of a new account's password in words (signup's OpenAPI description, the CLI's --help);
+# password_problem below is the check itself, and web/schemas.py spells it as a JSON Schema pattern too.
+PASSWORD_RULE = (
+    f"{PASSWORD_MIN} to {PASSWORD_MAX} characters, letters mixed with digits or symbols, no control characters"
+)
 
 
 def password_problem(password: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Deal lifecycle: create, load into the gate, open and close early, and the scheduled tick."""
+"""Deal lifecycle: create and publish, load into the gate, open and close early, and the scheduled tick."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 
 from shared.bounds import check_text, utc_in_range
 from shared.cache import invalidate_deal
+from shared.clock import dt_to_ms, now_ms
 from shared.db import Database
-from shared.gate import DealRules, Gate, LiveOrder, Loaded, buyer_status, dt_to_ms, now_ms
+from shared.gate import DealRules, Gate, Loaded, buyer_status
 from shared.models import DeadLetter, Deal, Order, Product
+from shared.order_record import LiveOrder
 from shared.readable import UnreadableDeal, readable_deals
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,29 @@ def create_deal(session: Session, spec: NewDeal) -> Deal:
     session.add(deal)
     session.flush()
     deal.product = product
+    return deal
+
+
+def publish_deal(db: Database, gate: Gate, spec: NewDeal, load_ahead_seconds: int, *, open_now: bool = False) -> Deal:
+    """Create a deal, load it into the gate if it starts within ``load_ahead_seconds``, and drop the deal caches.
+
+    The one way a deal comes into being (admin API, ``deal create``, the demo seed). ``open_now``: the deal
+    is open from its creation (its start is not in the future), without waiting for the scheduler's tick.
+    """
+    now = datetime.now(UTC)
+    if open_now and spec.starts_at > now:
+        raise DealStateError("a deal that opens now cannot start in the future")
+    with db.transaction() as s:
+        deal = create_deal(s, spec)
+        if open_now:
+            deal.status = "open"
+    # Loaded after the commit, never inside the transaction: the gate must never admit orders for a deal
+    # that was rolled back (their rows could never be written). A deal starting later is the tick's to load,
+    # so its first second does not wait for the tick either way.
+    if deal.starts_at <= now + timedelta(seconds=load_ahead_seconds):
+        with db.read() as s:
+            load_deal(s, gate, deal)
+    invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
 
 
@@ -172,8 +197,8 @@ def unpaid_orders(session: Session, deal_id: int) -> list[LiveOrder]:
     ]
 
 
-def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
-    """Fetch a deal or raise DealNotFound."""
+def deal_row(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
+    """The deal's row (locked FOR UPDATE with ``lock``), or DealNotFound."""
     stmt = select(Deal).where(Deal.id == deal_id)
     if lock:
         stmt = stmt.with_for_update(of=Deal)
@@ -190,7 +215,7 @@ def get_deal(session: Session, deal_id: int, *, lock: bool = False) -> Deal:
 def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     """Open a deal early: the gate admits at once on every web node."""
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         if deal.status == "ended":
             raise DealStateError(f"deal {deal_id} has ended and cannot be reopened")
         now = datetime.now(UTC)
@@ -206,7 +231,7 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     # close_now takes the same lock, so it lands either before this read (we see it ended and
     # leave the gate closed) or after the load (and closes it again).
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         if deal.status != "ended":
             load_deal(s, gate, deal)
     invalidate_deal(gate.redis, gate.keys, deal.id)
@@ -216,7 +241,7 @@ def open_now(db: Database, gate: Gate, deal_id: int) -> Deal:
 def close_now(db: Database, gate: Gate, deal_id: int) -> Deal:
     """Close a deal early: the gate refuses at once on every web node."""
     with db.transaction() as s:
-        deal = get_deal(s, deal_id, lock=True)
+        deal = deal_row(s, deal_id, lock=True)
         now = datetime.now(UTC)
         if deal.ends_at > now:
             deal.ends_at = max(now, deal.starts_at + timedelta(milliseconds=1))
@@ -328,7 +353,7 @@ class DealStats:
 def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
     """Count a deal's orders by state (PostgreSQL) and read its live stock and outbox (Redis)."""
     with db.read() as s:
-        deal = get_deal(s, deal_id)
+        deal = deal_row(s, deal_id)
         counts = dict(
             s.execute(select(Order.status, func.count()).where(Order.deal_id == deal_id).group_by(Order.status)).all()
         )

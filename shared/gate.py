@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import redis
 
+from shared.clock import dt_to_ms
 from shared.keys import Keys
+from shared.order_record import LiveOrder, parse_order_record
 from shared.redis_client import DirectCalls
 from shared.settings import Settings
 
@@ -112,21 +112,6 @@ class SweepResult:
 
 
 @dataclass(frozen=True)
-class LiveOrder:
-    """An order as the gate remembers it (before or after it is persisted)."""
-
-    order_id: str
-    deal_id: int
-    user_id: int
-    quantity: int
-    unit_price: Decimal
-    admitted_at: datetime
-    canceled: bool
-    state: str = "accepted"  # accepted | canceled | paid | expired (the gate's record)
-    pay_by: datetime | None = None  # deals with a payment window only
-
-
-@dataclass(frozen=True)
 class InflightEntry:
     """One of a buyer's outbox entries not yet persisted: the order's record, and whether the entry is its cancel."""
 
@@ -181,21 +166,6 @@ def buyer_status(gate_status: str, open_ms: int, close_ms: int, remaining: int, 
     if now_ms < open_ms:
         return "scheduled"
     return "sold_out" if remaining <= 0 else "open"
-
-
-def now_ms() -> int:
-    """Wall clock in milliseconds."""
-    return int(time.time() * 1000)
-
-
-def ms_to_dt(ms: int) -> datetime:
-    """Milliseconds since the epoch to an aware datetime."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def dt_to_ms(dt: datetime) -> int:
-    """Aware datetime to milliseconds since the epoch."""
-    return int(dt.timestamp() * 1000)
 
 
 class Gate:
@@ -400,22 +370,6 @@ class Gate:
         k = self.keys.deal(deal_id)
         self.redis.delete(*k.all_keys())
         self.redis.srem(self.keys.live_deals, deal_id)
-
-
-def parse_order_record(order_id: str, deal_id: int, rec: str) -> LiveOrder:
-    """Parse ``user|qty|price|admitted_ms|status[|pay_by]`` as written by ``admit.lua``."""
-    user, qty, price, ts, status, *rest = rec.split("|")
-    return LiveOrder(
-        order_id=order_id,
-        deal_id=deal_id,
-        user_id=int(user),
-        quantity=int(qty),
-        unit_price=Decimal(price),
-        admitted_at=ms_to_dt(int(ts)),
-        canceled=status == "canceled",
-        state=status,
-        pay_by=ms_to_dt(int(rest[0])) if rest else None,
-    )
 
 
 def _rules(deal_id: int, state: dict[str, str]) -> DealRules:

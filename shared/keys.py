@@ -21,7 +21,7 @@ class DealKeys:
     stock: str  # integer: remaining stock (the gate)
     buyers: str  # hash: user id -> quantity bought
     idem: str  # hash: "user:key" -> "order_id:quantity"
-    orders: str  # hash: order id -> "user|qty|price|admitted_ms|status"
+    orders: str  # hash: order id -> its order record (shared/order_record.py)
     outbox: str  # stream: orders and cancels waiting to be persisted
     kick: str  # short-lived flag: a drain task is already on its way
     inflight: str  # sorted set: "order_id|t" of each outbox entry not yet persisted, scored by the buyer's id

@@ -70,9 +70,9 @@ def make_deal(
         elif starts_in <= 0:
             deal.status = "open"
     if gate is not None:
-        with db.read() as s:  # after the commit, as the admin API, the CLI and the seed do
+        with db.read() as s:  # after the commit, as shared/deals.py: publish_deal does
             load_deal(s, gate, deal)
-        invalidate_deal(gate.redis, gate.keys, deal.id)  # as the admin API and the CLI do after creating one
+        invalidate_deal(gate.redis, gate.keys, deal.id)  # and the caches dropped, as publish_deal does
     return deal
 
 

@@ -16,9 +16,11 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from shared.accounts import create_user
+from shared.bounds import NAME_MAX
 from shared.db import Database
 from shared.keys import Keys
 from shared.models import DeadLetter, Order, User
+from shared.order_record import order_record
 from shared.settings import Settings
 from tests.conftest import ROOT, base_env, unique_email
 from worker.cli import flashdeal
@@ -73,6 +75,16 @@ def test_help_lists_every_command() -> None:
     assert {"list", "retry", "drop"} <= set(cli("dlq", "--help").stdout.split())
 
 
+def test_the_cli_and_the_api_state_the_one_password_rule(client) -> None:
+    """``admin create --help`` and signup's OpenAPI description both say shared/bounds.py's PASSWORD_RULE."""
+    from shared.bounds import PASSWORD_MAX, PASSWORD_MIN, PASSWORD_RULE
+
+    assert " ".join(cli("admin", "create", "--help").stdout.split()).count(PASSWORD_RULE) == 1
+    field = client.get("/openapi.json").json["components"]["schemas"]["SignupIn"]["properties"]["password"]
+    assert field["description"].startswith(PASSWORD_RULE)
+    assert (field["minLength"], field["maxLength"]) == (PASSWORD_MIN, PASSWORD_MAX)
+
+
 def test_admin_create(db: Database) -> None:
     email = unique_email("admin")
     r = cli("admin", "create", "--email", email, "--password", "s3cret-admin-pw", "--name", "Ops")
@@ -86,6 +98,10 @@ def test_admin_create(db: Database) -> None:
     assert bad.returncode == 2 and "--email" in bad.stderr
     weak = cli("admin", "create", "--email", unique_email(), "--password", "short", ok=False)
     assert weak.returncode == 2 and "--password" in weak.stderr
+    # The display name follows signup's rule (shared/bounds.py name_problem): within users.name, no control characters.
+    for name in ("x" * (NAME_MAX + 1), "   ", "bad\x07name"):
+        r = cli("admin", "create", "--email", unique_email(), "--password", "s3cret-admin-pw", "--name", name, ok=False)
+        assert r.returncode == 2 and "--name" in r.stderr, (name, r.stderr)
 
 
 def test_deal_create_open_now_and_stats(settings: Settings) -> None:
@@ -249,7 +265,7 @@ def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(sett
     late = gate.admit(deal["id"], b, 1, str(uuid.uuid4())).order_id
     gate.settle(deal["id"], "pay", paid, "evt-cli", "pi_cli")
     gate.redis.zadd(gate.keys.deal(deal["id"]).due, {late: 0})  # as if its deadline had passed
-    gate.redis.hset(gate.keys.deal(deal["id"]).orders, late, f"{b}|1|5.00|0|accepted|1")
+    gate.redis.hset(gate.keys.deal(deal["id"]).orders, late, order_record(b, 1, "5.00", 0, "accepted", 1))
     assert sweep(gate, [deal["id"]]).expired == {deal["id"]: 1}
     drain_deal(db, gate.redis, gate.keys, deal["id"], "cli", DrainOptions(budget_s=5.0))
     stats = json.loads(cli("deal", "stats", str(deal["id"]), "--json").stdout)

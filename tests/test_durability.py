@@ -17,9 +17,8 @@ from tests.helpers import ORIGIN, make_deal, make_users
 from tests.redis_procs import private_redis  # noqa: F401  (fixture)
 from tests.test_fastpath import _login, _views_forbidden
 from web import create_app
+from web.admission import REPLICATION_HEADER, UNCONFIRMED
 from web.metrics import UNREPLICATED
-from web.orders import REPLICATION_HEADER
-from web.orders import UNREPLICATED as UNCONFIRMED
 from worker.drain import DrainOptions, drain_deal
 from worker.reconcile import reconcile_deal
 

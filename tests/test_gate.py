@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 from shared.gate import Admission, Cancellation, Gate
 from shared.keys import Keys
+from shared.order_record import order_record, parse_order_record
 from shared.redis_client import text_client
 from tests.helpers import make_deal, make_users
 
@@ -196,3 +197,23 @@ def test_unknown_deal_is_told_apart_from_a_closed_one(db, gate) -> None:
     later = make_deal(db, gate, stock=5, limit=1, starts_in=60)
     early = gate.admit(later.id, user, 1, str(uuid.uuid4()))
     assert early.outcome is Admission.DEAL_NOT_OPEN and not early.deal_unknown
+
+
+@pytest.mark.parametrize("payment_window", [0, 300], ids=["plain", "payment-window"])
+def test_records_the_scripts_write_parse_with_the_one_parser(db, gate, payment_window: int) -> None:
+    """admit.lua and cancel.lua write the order record that shared/order_record.py builds and parses."""
+    deal = make_deal(db, gate, stock=5, limit=2, price="12.50", payment_window=payment_window)
+    (user,) = make_users(db, 1)
+    oid = gate.admit(deal.id, user, 2, str(uuid.uuid4())).order_id
+    orders = gate.keys.deal(deal.id).orders
+    for state in ("accepted", "canceled"):
+        rec = gate.redis.hget(orders, oid)
+        live = parse_order_record(oid, deal.id, rec)
+        assert (live.user_id, live.quantity, str(live.unit_price), live.state) == (user, 2, "12.50", state)
+        assert live.canceled == (state == "canceled")
+        assert (live.pay_by is not None) == bool(payment_window)
+        fields = rec.split("|")  # the times as written (a datetime round trip may be off by a millisecond)
+        admitted_ms, pay_by_ms = int(fields[3]), (int(fields[5]) if payment_window else None)
+        assert order_record(user, 2, "12.50", admitted_ms, state, pay_by_ms) == rec
+        if state == "accepted":
+            assert gate.cancel(deal.id, oid, user).outcome is Cancellation.CANCELED

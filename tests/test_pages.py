@@ -21,6 +21,7 @@ from sqlalchemy import text
 from shared.cache import invalidate_deal
 from shared.gate import Gate
 from shared.keys import Keys
+from shared.order_ids import new_order_id
 from tests.conftest import ROOT
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 from web.pages import countdown_text
@@ -154,6 +155,29 @@ def test_page_guards_and_headers(client, db, settings) -> None:
     assert client.get(f"/admin/deals/{deal.id}").status_code == 403
     # The JSON API still refuses form posts (its own CSRF defence) and is untouched by the page token.
     assert client.post(f"/api/deals/{deal.id}/orders", data={"quantity": "1"}).status_code == 415
+
+
+def test_pages_render_from_the_data_functions_never_the_api_views(client, db, settings, monkeypatch) -> None:
+    """The deal list and my orders are built from deal_list and buyer_orders, not by calling a view and parsing JSON."""
+    import web.deals
+    import web.orders
+
+    def boom(*_a: Any, **_kw: Any) -> Any:
+        raise AssertionError("a page called an API view")
+
+    monkeypatch.setattr(web.deals, "list_deals", boom)
+    monkeypatch.setattr(web.orders, "my_orders", boom)
+    gate = _gate(settings)
+    deal = make_deal(db, gate, stock=3, title=f"Page data {uuid.uuid4().hex[:6]}")
+    (uid,) = make_users(db, 1)
+    oid = gate.admit(deal.id, uid, 1, new_order_id(deal.id)).order_id
+    listed = client.get("/?status=open&per_page=100")
+    assert listed.status_code == 200 and deal.title in listed.get_data(as_text=True)
+    token = _token(client.get("/login").get_data(as_text=True))
+    client.post("/login", data={"email": email_of(db, uid), "password": PASSWORD, "csrf_token": token})
+    mine = client.get("/orders")
+    assert mine.status_code == 200 and deal.title in mine.get_data(as_text=True)
+    assert client.get(f"/api/orders/{oid}").json["status"] == "accepted"  # the order the page listed
 
 
 def test_deal_list_and_countdowns(client) -> None:

@@ -113,6 +113,21 @@ def test_seed_never_loads_the_gate_for_a_deal_whose_commit_failed(db, settings, 
     assert svc.gate.live(demo.id) is not None
 
 
+def test_a_seeded_deal_is_listed_at_once_not_after_the_cache_ttl(app, db, settings, monkeypatch) -> None:
+    """The seed publishes its deal as the admin API does (shared/deals.py: publish_deal): the caches are dropped."""
+    manage = _manage()
+    monkeypatch.setenv("FLASHDEAL_KEY_PREFIX", settings.key_prefix)
+    with db.transaction() as s:
+        s.execute(update(Deal).where(Deal.title == manage.DEMO_TITLE).values(status="ended"))
+    c = app.test_client()
+    assert c.get("/api/deals?status=open&per_page=100").status_code == 200  # the list is cached now
+    manage.seed()
+    with db.read() as s:
+        demo = s.query(Deal).filter(Deal.title == manage.DEMO_TITLE, Deal.status == "open").one()
+    listed = c.get("/api/deals?status=open&per_page=100").json["items"]
+    assert demo.id in {d["id"] for d in listed}
+
+
 @contextmanager
 def short_locks(monkeypatch, ms: int = 300) -> Iterator[None]:
     """Cache rebuild locks of ``ms`` milliseconds, so a slow build outlives one quickly."""

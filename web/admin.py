@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify
 
-from shared.cache import invalidate_deal
-from shared.deals import DealNotFound, DealStateError, NewDeal, close_now, create_deal, deal_stats, load_deal, open_now
+from shared.deals import DealNotFound, DealStateError, NewDeal, close_now, deal_stats, open_now, publish_deal
 from web.deals import deal_detail
 from web.errors import ApiError
 from web.openapi import doc
@@ -31,15 +30,9 @@ def create() -> Any:
         raise ApiError(422, "invalid", "ends_at: must be in the future")
     spec = NewDeal(**data.model_dump())  # same field names by design
     try:
-        with svc.db.transaction() as s:
-            deal = create_deal(s, spec)
+        deal = publish_deal(svc.db, svc.gate, spec, svc.settings.deal_load_ahead_seconds)
     except DealNotFound as exc:
         raise ApiError(422, "invalid", f"product_id: {exc}") from None
-    if deal.starts_at <= datetime.now(UTC) + timedelta(seconds=svc.settings.deal_load_ahead_seconds):
-        # Loaded after the commit: the gate must never admit orders for a deal that was rolled back.
-        with svc.db.read() as s:
-            load_deal(s, svc.gate, deal)
-    invalidate_deal(svc.redis, svc.keys, deal.id)
     return jsonify(deal_detail(svc, deal.id)), 201
 
 

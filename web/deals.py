@@ -9,8 +9,9 @@ from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from shared.cache import CacheBusy, read_through
+from shared.clock import dt_to_ms, now_ms
 from shared.deals import sold_quantities, sold_quantity
-from shared.gate import buyer_status, dt_to_ms, now_ms
+from shared.gate import buyer_status
 from shared.models import Deal
 from shared.readable import UnreadableDeal, get_readable, readable_deals
 from web.errors import UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError
@@ -113,8 +114,8 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
         return [static_view(d, sold.get(d.id, 0)) for d in deals]
 
 
-def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
-    """One page of the deal list with live stock; shared by the Flask view and the fast path (web/fastpath.py)."""
+def deal_list(svc: Services, q: DealListQuery) -> dict[str, Any]:
+    """One page of the deal list with live stock: the API view, the fast path (web/fastpath.py) and the list page."""
     version = int(svc.direct.call("GET", svc.keys.deal_list_version) or 0)
     key = svc.keys.deal_list_cache(version)
     views = svc.local.get(key)
@@ -142,7 +143,7 @@ def deal_page(svc: Services, q: DealListQuery) -> dict[str, Any]:
 @doc("List deals (filter by status, paged)", query=DealListQuery, responses={200: DealPage, 422: None})
 def list_deals() -> Any:
     """List deals with live stock and status; ``status=active`` means scheduled or open."""
-    return jsonify(deal_page(services(), parse_query(DealListQuery)))
+    return jsonify(deal_list(services(), parse_query(DealListQuery)))
 
 
 @bp.get("/deals/<int:deal_id>")

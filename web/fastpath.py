@@ -11,7 +11,7 @@ of those three directly, with the same functions as the Flask views:
   for its idle refresh, any body the fast path does not accept as is, a request over a rate
   limit, an unexpected error before the gate) is handed to Flask unchanged.
 - ``GET /api/deals/{id}`` and ``GET /api/deals``: public reads that never use the session
-  (``deal_detail`` and ``deal_page``); a query string that does not validate, or an unexpected
+  (``deal_detail`` and ``deal_list``); a query string that does not validate, or an unexpected
   error, is handed to Flask (a read has no effect, so running it again there is safe).
 
 So the fast path can only answer what the views would answer, faster.
@@ -33,11 +33,11 @@ from flask import Flask
 from pydantic import ValidationError
 
 from shared.bounds import ID_PATTERN, parse_id
-from web.deals import deal_detail, deal_page
+from web.admission import admit_order
+from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
-from web.orders import admit_order
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
@@ -86,6 +86,26 @@ def _error(exc: ApiError) -> Answer:
 
 
 _UNAVAILABLE = 503, orjson.dumps(error_body("unavailable", UNAVAILABLE))
+
+
+def _answer(build: Callable[[], Answer]) -> Answer:
+    """``build()``'s answer; an ApiError as its JSON error, Redis unreachable as the 503 (as Flask's handlers)."""
+    try:
+        return build()
+    except ApiError as exc:
+        return _error(exc)
+    except REDIS_DOWN as exc:
+        log.warning("Redis unavailable: %s", exc)
+        return _UNAVAILABLE
+
+
+def _read(build: Callable[[], Answer], what: str) -> Answer | None:
+    """``_answer`` for a public read; any other error hands the request to Flask (a read is safe to run again)."""
+    try:
+        return _answer(build)
+    except Exception:
+        log.debug("fast path: handing %s over to Flask", what, exc_info=True)
+        return None
 
 
 class FastPath:
@@ -145,30 +165,16 @@ class FastPath:
 
     def _detail(self, deal_id: int) -> Answer | None:
         """GET /api/deals/{id}, as the ``get_deal`` view answers it."""
-        try:
-            return 200, orjson.dumps(deal_detail(self.svc, deal_id))
-        except ApiError as exc:
-            return _error(exc)
-        except REDIS_DOWN as exc:
-            log.warning("Redis unavailable: %s", exc)
-            return _UNAVAILABLE
-        except Exception:
-            log.debug("fast path: handing a deal read over to Flask", exc_info=True)
-            return None
+        return _read(lambda: (200, orjson.dumps(deal_detail(self.svc, deal_id))), "a deal read")
 
     def _list(self, query: str) -> Answer | None:
         """GET /api/deals, as the ``list_deals`` view answers it; a query Flask must word a 422 for is handed over."""
-        try:
+
+        def build() -> Answer:
             q = DealListQuery.model_validate(_query_args(query)) if query else DealListQuery()
-            return 200, orjson.dumps(deal_page(self.svc, q))
-        except ApiError as exc:
-            return _error(exc)
-        except REDIS_DOWN as exc:
-            log.warning("Redis unavailable: %s", exc)
-            return _UNAVAILABLE
-        except Exception:
-            log.debug("fast path: handing the deal list over to Flask", exc_info=True)
-            return None
+            return 200, orjson.dumps(deal_list(self.svc, q))
+
+        return _read(build, "the deal list")
 
     def _order(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
         """POST /api/deals/{id}/orders, as the ``place_order`` view answers it."""
@@ -181,18 +187,17 @@ class FastPath:
             return None
         user_id, quantity = found
         idem = environ.get("HTTP_IDEMPOTENCY_KEY", "")
-        try:
+
+        def build() -> Answer:
             admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)
-        except ApiError as exc:
-            return _error(exc)
-        except REDIS_DOWN as exc:
-            log.warning("Redis unavailable: %s", exc)
-            return _UNAVAILABLE
+            return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
+
+        try:
+            return _answer(build)
         except Exception:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")
             return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
-        return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
 
     def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
         """The buyer and quantity when the request is a plain one, else None (Flask answers it)."""

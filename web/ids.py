@@ -1,12 +1,14 @@
-"""The URL converter of every ``<int:…>`` route: an id within PostgreSQL's bigint, else 404."""
+"""Ids in URLs: the converter of every ``<int:…>`` route (within PostgreSQL's bigint) and order ids; else 404."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from werkzeug.routing import BaseConverter, Map, ValidationError
 
 from shared.bounds import ID_PATTERN, MAX_ID, parse_id
+from web.errors import ApiError
 
 
 class BoundedId(BaseConverter):
@@ -33,3 +35,11 @@ def install(url_map: Map) -> None:
 
 
 OPENAPI_ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def parse_order_id(raw: str) -> str:
+    """The canonical order id of a URL's segment; anything else is a 404 (no such order)."""
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, "not_found", "No such order.") from None

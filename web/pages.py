@@ -1,7 +1,8 @@
 """Server-rendered pages for buyers and admins (Jinja); page scripts call the JSON API for live state.
 
-Pages reuse the API's own functions for their data, so a page and the JSON it polls never
-disagree. Nothing here is on the order path: buying is a fetch() to POST /api/deals/{id}/orders.
+Pages take their data from the functions the API views use (web/deals.py, web/order_reads.py,
+shared/deals.py), never from the views' JSON, so a page and the JSON it polls never disagree.
+Nothing here is on the order path: buying is a fetch() to POST /api/deals/{id}/orders.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from shared.accounts import EmailTaken, authenticate, create_user
+from shared.clock import now_ms
 from shared.deals import DealNotFound, deal_stats
-from shared.gate import now_ms
 from web.csrf import FIELD as CSRF_FIELD
 from web.csrf import check_csrf, csrf_token
-from web.deals import deal_detail
+from web.deals import deal_detail, deal_list
 from web.errors import ApiError
 from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
+from web.order_reads import buyer_orders
 from web.roles import is_admin
-from web.schemas import LoginIn, SignupIn
+from web.schemas import DealListQuery, LoginIn, SignupIn
 from web.services import services
 from web.sessions import current_role, current_user_id, login_session, logout_session
+from web.validation import parse_query
 
 bp = Blueprint("pages", __name__)
 
@@ -89,7 +92,7 @@ def _safe_next(target: str | None) -> str:
     """A local path to go to after login; anything else (other sites) falls back to the deal list."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
-    return url_for("pages.deal_list")
+    return url_for("pages.deals_page")
 
 
 def _login_redirect() -> Response:
@@ -121,15 +124,14 @@ LIST_ARGS = ("status", "page", "per_page")
 
 
 @bp.get("/")
-def deal_list() -> Any:
+def deals_page() -> Any:
     """The deal list with countdowns and live remaining stock; same filters as GET /api/deals."""
-    from web.deals import list_deals
-
     known = {k: v for k, v in request.args.items() if k in LIST_ARGS}
     if len(known) != len(request.args):
         # Links carrying tracking parameters still land on the list (the API refuses unknown ones).
-        return redirect(url_for("pages.deal_list", **known))
-    data = list_deals().get_json()  # the API view itself: one source of truth for the list
+        return redirect(url_for("pages.deals_page", **known))
+    # The API's own data function and query rules (a bad filter is the API's 422, shown as an error page).
+    data = deal_list(services(), parse_query(DealListQuery))
     return render_template("pages/deals.html", page_data=data, countdown=countdown_text)
 
 
@@ -143,12 +145,11 @@ def deal_page(deal_id: int) -> str:
 @bp.get("/orders")
 def my_orders_page() -> Any:
     """The buyer's orders, with cancel buttons."""
-    if current_user_id() is None:
+    user_id = current_user_id()
+    if user_id is None:
         return _login_redirect()
-    from web.orders import my_orders
-
-    items = my_orders().get_json()["items"]
     svc = services()
+    items = buyer_orders(svc, user_id)
     titles: dict[int, str] = {}
     for deal_id in {o["deal_id"] for o in items}:
         try:
@@ -224,7 +225,7 @@ def login_submit() -> Any:
 def signup_form() -> Any:
     """The signup form."""
     if current_user_id() is not None:
-        return redirect(url_for("pages.deal_list"))
+        return redirect(url_for("pages.deals_page"))
     return render_template("pages/signup.html", form={}, errors={}, next=request.args.get("next", ""))
 
 
@@ -260,4 +261,4 @@ def signup_submit() -> Any:
 def logout_submit() -> Any:
     """End the session (the server-side record is deleted)."""
     logout_session()
-    return redirect(url_for("pages.deal_list"), code=303)
+    return redirect(url_for("pages.deals_page"), code=303)

@@ -14,9 +14,11 @@ from typing import Any
 import requests
 from flask import Blueprint, current_app, jsonify, request
 
-from shared.gate import LiveOrder, Settlement, now_ms
+from shared.clock import now_ms
+from shared.gate import Settlement
 from shared.models import Order
 from shared.order_ids import deal_of
+from shared.order_record import LiveOrder
 from shared.payments import (
     BadEvent,
     Payment,
@@ -32,9 +34,9 @@ from shared.payments.dev import CARD_DECLINED, CARD_PAYS, DevProvider, dev_webho
 from shared.payments.refunds import record_refund
 from shared.settings import ConfigError
 from web.errors import ApiError
+from web.ids import parse_order_id
 from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
-from web.orders import parse_order_id
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
 from web.services import Services, services
 from web.sessions import login_required, require_user

@@ -18,7 +18,17 @@ from pydantic import (
     model_validator,
 )
 
-from shared.bounds import MAX_ID, MAX_PRICE, check_text, password_problem, utc_in_range
+from shared.bounds import (
+    MAX_ID,
+    MAX_PRICE,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    PASSWORD_RULE,
+    check_text,
+    password_problem,
+    utc_in_range,
+)
 from shared.models import MAX_PAYMENT_WINDOW_SECONDS
 
 # JSON Schema patterns of the text rules in shared/bounds.py (what the validators below enforce),
@@ -65,12 +75,12 @@ class SignupIn(Strict):
 
     email: EmailStr = Field(max_length=254, json_schema_extra={"pattern": EMAIL_PATTERN})
     password: Password = Field(
-        min_length=8,
-        max_length=128,
-        description="8 to 128 characters, letters mixed with digits or symbols, no control characters; taken as typed",
+        min_length=PASSWORD_MIN,
+        max_length=PASSWORD_MAX,
+        description=f"{PASSWORD_RULE}; taken as typed",
         json_schema_extra={"pattern": PASSWORD_PATTERN},
     )
-    name: Line = Field(min_length=1, max_length=100, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
+    name: Line = Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
 
     @field_validator("password")
     @classmethod
@@ -86,7 +96,7 @@ class LoginIn(Strict):
 
     # Any bounded text: an address that could never have signed up is just wrong credentials (401).
     email: Line = Field(min_length=1, max_length=254, json_schema_extra={"pattern": NONBLANK_LINE_PATTERN})
-    password: Password = Field(min_length=1, max_length=128, json_schema_extra={"pattern": LINE_PATTERN})
+    password: Password = Field(min_length=1, max_length=PASSWORD_MAX, json_schema_extra={"pattern": LINE_PATTERN})
 
 
 class UserOut(BaseModel):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shared.bounds import password_problem, text_problem, utc_in_range
+from shared.bounds import PASSWORD_RULE, name_problem, password_problem, text_problem, utc_in_range
 from shared.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def admin() -> None:
 
 @admin.command("create")
 @click.option("--email", required=True, help="Login email of the new admin.")
-@click.option("--password", required=True, help="At least 8 characters, letters mixed with digits or symbols.")
+@click.option("--password", required=True, help=f"{PASSWORD_RULE}.")
 @click.option("--name", default="Admin", show_default=True, help="Display name.")
 def admin_create(email: str, password: str, name: str) -> None:
     """Create an admin account (the admin API and role need one)."""
@@ -189,9 +189,7 @@ def admin_create(email: str, password: str, name: str) -> None:
     problem = password_problem(password)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--password")
-    if not 1 <= len(name.strip()) <= 100:
-        raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
-    problem = text_problem(name)
+    problem = name_problem(name)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--name")
     o = ops()
@@ -214,10 +212,10 @@ def deal() -> None:
 
 def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
     """Stats plus the deal's rules: what `deal create/open/close --json` print."""
-    from shared.deals import deal_stats, get_deal
+    from shared.deals import deal_row, deal_stats
 
     with o.db.read() as s:
-        d = get_deal(s, deal_id)
+        d = deal_row(s, deal_id)
         rules = {
             "price": str(d.price),
             "per_user_limit": d.per_user_limit,
@@ -267,8 +265,7 @@ def deal_create(
     as_json: bool,
 ) -> None:
     """Create a deal, either open now or scheduled between --starts-at and --ends-at."""
-    from shared.deals import NewDeal, create_deal, load_deal
-    from shared.deals import open_now as open_deal
+    from shared.deals import NewDeal, publish_deal
 
     title = title.strip()
     if not 1 <= len(title) <= 200:
@@ -301,18 +298,8 @@ def deal_create(
         product_name=product_name,
         payment_window_seconds=payment_window,
     )
-    with o.db.transaction() as s:
-        created = create_deal(s, spec)
-    deal_id = created.id
-    # Like the admin API: a deal starting soon goes into the gate at once, so its first second
-    # does not wait for the beat tick (later ones are loaded by the tick). Only after the commit:
-    # the gate must never admit orders for a deal that was rolled back.
-    if not open_now and created.starts_at <= now + timedelta(seconds=o.settings.deal_load_ahead_seconds):
-        with o.db.read() as s:
-            load_deal(s, o.gate, created)
-    if open_now:
-        open_deal(o.db, o.gate, deal_id)
-    o.invalidate(deal_id)
+    # As the admin API creates one: loaded into the gate at once when it starts soon, caches dropped.
+    deal_id = publish_deal(o.db, o.gate, spec, o.settings.deal_load_ahead_seconds, open_now=open_now).id
     view = _deal_view(o, deal_id)
     emit(view, as_json, lambda: "created " + _human(view))
 

@@ -12,19 +12,12 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from shared.clock import now_ms
 from shared.db import Database
-from shared.gate import Cancellation, Gate, now_ms
+from shared.gate import Cancellation, Gate
 from shared.models import DeadLetter
-from worker.outbox import (
-    CANCEL,
-    OutboxRow,
-    Unparsable,
-    is_transient,
-    parse_entry,
-    reason_of,
-    synthetic_order_id,
-    write_rows,
-)
+from shared.outbox_entry import CANCEL, OutboxRow, Unparsable, parse_payload, synthetic_order_id
+from worker.outbox import is_transient, reason_of, write_rows
 
 # One dead letter per order. A cancel that fails too is merged into its order's letter (and the other way
 # round when the cancel got there first): the merged payload keeps t=c, so the letter says "canceled".
@@ -200,7 +193,7 @@ def retry_dead_letters(db: Database, deal_id: int | None = None, limit: int = 10
     with db.transaction() as s:
         letters = list(s.scalars(stmt))
         for letter in letters:
-            row = parse_entry(letter.entry_id, {k: str(v) for k, v in letter.payload.items()})
+            row = parse_payload(letter.entry_id, letter.payload)
             if isinstance(row, Unparsable):
                 failing[str(letter.order_id)] = row.reason
                 continue

@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from shared.db import Database
 from shared.keys import Keys
+from shared.order_record import parse_order_record
+from shared.outbox_entry import OutboxRow, Unparsable, parse_entry
 from shared.settings import Settings
 from worker.dlq import dead_letter_entry
-from worker.outbox import OutboxRow, Unparsable, is_transient, parse_entry, reason_of, write_rows
+from worker.outbox import is_transient, reason_of, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +257,7 @@ class Drainer:
 
     def _canceled_in_gate(self, order_id: str) -> bool:
         rec = self.rds.hget(self.dk.orders, order_id)
-        return bool(rec) and str(rec).endswith("|canceled")
+        return bool(rec) and parse_order_record(order_id, self.deal_id, str(rec)).canceled
 
 
 def drain_deal(

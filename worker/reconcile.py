@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass, field
 import redis
 from sqlalchemy import select, text
 
+from shared.clock import ms_to_dt
 from shared.db import Database
-from shared.gate import ms_to_dt
 from shared.keys import Keys
 from shared.models import Deal
+from shared.outbox_entry import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry, parse_payload
 from shared.server_clock import server_ms
-from worker.outbox import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry
 
 # Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
 # out (the snapshot's stock does not include them yet), and a row canceled after it still held its stock.
@@ -231,7 +231,7 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
     letter_qty = 0
     for letter_id, payload in letters:
         order_id = str(letter_id)
-        row = parse_entry("", {k: str(v) for k, v in payload.items()})
+        row = parse_payload("", payload)
         if order_id in in_outbox or order_id in canceled or not isinstance(row, OutboxRow):
             continue
         if row.kind == CANCEL or row.admitted_ms >= snap_ms:

@@ -1,4 +1,7 @@
-"""Celery tasks: thin wrappers that call the plain functions in ``worker/`` and ``shared/``."""
+"""Celery tasks: thin wrappers that call the plain functions in ``worker/`` and ``shared/``.
+
+Each is ``<name>_task`` here and ``flashdeal.<name>`` to Celery; ``<name>`` is the plain function it wraps.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +17,13 @@ import redis
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.deals import tick as deals_tick
+from shared.deals import tick
 from shared.retire import retire_ended
 from worker.celery_app import app
 from worker.context import get_context
-from worker.drain import DrainOptions, prune_consumers
-from worker.drain import drain_deal as run_drain
+from worker.drain import DrainOptions, drain_deal, prune_consumers
 from worker.expiry import SweepReport, sweep, sweep_deal
-from worker.reconcile import reconcile as run_reconcile
+from worker.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def _consumer(task: Task) -> str:
     retry_jitter=True,
     max_retries=12,
 )
-def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, Any]:
+def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, Any]:
     """Persist one deal's outbox (sent by web nodes at most once per kick interval per deal)."""
     ctx = get_context()
     deal_id = int(deal_id)
@@ -61,7 +63,7 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
         # A full batch means a backlog: bring one more node in, at most once per kick interval. A flag of
         # its own, because the kick flag is held by this very task while it drains.
         if ctx.redis.set(dk.fanout, "1", nx=True, px=ctx.settings.drain_kick_ms):
-            drain_deal.apply_async((deal_id,))
+            drain_deal_task.apply_async((deal_id,))
 
     if follow_up:
         ctx.redis.delete(dk.follow_up)  # this is the scheduled look: the next one may be booked from now on
@@ -73,7 +75,7 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
     # before its last look at the stream, as it always did.
     ctx.redis.set(dk.kick, "draining", px=int(ctx.settings.drain_budget_seconds * 1000) + SAFETY_NET_MS)
     try:
-        result = run_drain(
+        result = drain_deal(
             ctx.db,
             ctx.redis,
             ctx.keys,
@@ -86,7 +88,7 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
         _hold_kick(deal_id, self.request.retries)
         raise
     if result.more:
-        drain_deal.apply_async((deal_id,))  # budget spent: yield the process, carry on in a fresh task
+        drain_deal_task.apply_async((deal_id,))  # budget spent: yield the process, carry on in a fresh task
     elif result.follow_up:
         # A trickle: one look per kick interval persists what came in meanwhile, so batches grow with the
         # rate instead of one transaction per few orders. At most one look is booked per deal (the
@@ -96,7 +98,7 @@ def drain_deal(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, A
         ctx.redis.set(dk.kick, "follow-up", px=SAFETY_NET_MS)
         if ctx.redis.set(dk.follow_up, "1", nx=True, px=SAFETY_NET_MS):
             countdown = max(ctx.settings.drain_kick_ms / 1000, MIN_COUNTDOWN_S)
-            drain_deal.apply_async((deal_id, True), countdown=countdown)
+            drain_deal_task.apply_async((deal_id, True), countdown=countdown)
     return result.as_dict()
 
 
@@ -108,18 +110,18 @@ def _hold_kick(deal_id: int, retries: int) -> None:
 
 
 @app.task(name="flashdeal.drain_active", bind=True)
-def drain_active(self: Task) -> dict[str, Any]:
+def drain_active_task(self: Task) -> dict[str, Any]:
     """Safety net run by beat every second: drain every live deal a little."""
     ctx = get_context()
     opts = DrainOptions.from_settings(ctx.settings, min(ctx.settings.drain_budget_seconds, 1.0))
     done: dict[str, Any] = {}
     try:
         for deal_id in ctx.gate.live_deal_ids():
-            res = run_drain(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts)
+            res = drain_deal(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts)
             if res.entries:
                 done[str(deal_id)] = res.as_dict()
             if res.more:
-                drain_deal.apply_async((deal_id,))
+                drain_deal_task.apply_async((deal_id,))
             if random.random() < 1 / 60:  # about once a minute per deal
                 prune_consumers(ctx.redis, ctx.keys, deal_id)
     except TRANSIENT as exc:
@@ -130,34 +132,34 @@ def drain_active(self: Task) -> dict[str, Any]:
 
 
 @app.task(name="flashdeal.expire_due")
-def expire_due() -> dict[str, Any]:
+def expire_due_task() -> dict[str, Any]:
     """Beat runs this every second: every live deal's unpaid orders past pay_by give their units back."""
     ctx = get_context()
     report = sweep(ctx.gate, batch=ctx.settings.expiry_sweep_batch)
     for deal_id in report.kicked:
-        drain_deal.apply_async((deal_id,))  # the expiries wait in the outbox: PostgreSQL follows at once
+        drain_deal_task.apply_async((deal_id,))  # the expiries wait in the outbox: PostgreSQL follows at once
     for deal_id in report.more:
-        expire_due_deal.apply_async((deal_id,))  # a storm: carry on in a task of its own
+        expire_due_deal_task.apply_async((deal_id,))  # a storm: carry on in a task of its own
     return {"expired": {str(k): v for k, v in report.expired.items()}}
 
 
 @app.task(name="flashdeal.expire_due_deal")
-def expire_due_deal(deal_id: int) -> dict[str, Any]:
+def expire_due_deal_task(deal_id: int) -> dict[str, Any]:
     """Sweep one deal (sent when a sweep of every deal ran out of time on it)."""
     ctx = get_context()
     report = sweep(ctx.gate, [int(deal_id)], budget_s=2.0, batch=ctx.settings.expiry_sweep_batch)
     for d in report.kicked:
-        drain_deal.apply_async((d,))
+        drain_deal_task.apply_async((d,))
     for d in report.more:
-        expire_due_deal.apply_async((d,))
+        expire_due_deal_task.apply_async((d,))
     return {"expired": {str(k): v for k, v in report.expired.items()}}
 
 
 @app.task(name="flashdeal.tick")
-def tick() -> dict[str, Any]:
+def tick_task() -> dict[str, Any]:
     """Move deals along their lifecycle (load ahead, open, sold out, ended, retired); beat runs it every second."""
     ctx = get_context()
-    report = deals_tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds)
+    report = tick(ctx.db, ctx.gate, ctx.settings.deal_load_ahead_seconds)
     # Ended deals leave Redis once settled, so every cost that walks the live deals (drain_active, reconcile,
     # metrics, "my orders") follows today's sales, not the shop's history.
     retired = retire_ended(ctx.db, ctx.gate, ctx.settings.deal_retire_after_seconds)
@@ -172,11 +174,11 @@ def tick() -> dict[str, Any]:
 
 
 @app.task(name="flashdeal.reconcile", ignore_result=False)
-def reconcile(deal_id: int | None = None, repair: bool = False) -> dict[str, Any]:
+def reconcile_task(deal_id: int | None = None, repair: bool = False) -> dict[str, Any]:
     """Compare Redis stock with PostgreSQL plus the outbox; report drift, repair on request."""
     ctx = get_context()
     ids = None if deal_id is None else [int(deal_id)]
-    report = run_reconcile(ctx.db, ctx.redis, ctx.keys, ids, repair=repair)
+    report = reconcile(ctx.db, ctx.redis, ctx.keys, ids, repair=repair)
     for d in report.drifted:
         log.warning(
             "reconcile: deal %s drift %s (redis %s, expected %s, %s buyers' totals off)%s%s",
