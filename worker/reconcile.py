@@ -9,12 +9,11 @@ from dataclasses import asdict, dataclass, field
 import redis
 from sqlalchemy import select, text
 
-from shared.clock import ms_to_dt
+from shared.clock import ms_to_dt, server_ms
 from shared.db import Database
 from shared.keys import Keys
 from shared.models import Deal
 from shared.outbox_entry import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry, parse_payload
-from shared.server_clock import server_ms
 
 # Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
 # out (the snapshot's stock does not include them yet), and a row canceled after it still held its stock.
