@@ -161,16 +161,17 @@ def celery_result_backend_options(settings: Settings) -> dict[str, Any]:
     return {"master_name": settings.redis_sentinel_master} if settings.redis_topology == "sentinel" else {}
 
 
-def server_policy(client: Client) -> dict[str, str]:
+def server_policy(client: Client, node: ClusterNode | None = None) -> dict[str, str]:
     """The server's persistence and eviction settings (``CONFIG GET``; empty where CONFIG is not allowed).
 
-    On a cluster, RedisCluster sends CONFIG GET to one node (its default): every node of ours is
-    started with the same settings (scripts/cluster_topology.py).
+    On a cluster: those of ``node``, or of the client's default node when None (``eviction_problem``
+    asks every node).
     """
+    target = {} if node is None else {"target_nodes": node}
     try:
-        got = client.config_get("maxmemory-policy")
-        got |= client.config_get("appendonly")
-        got |= client.config_get("save")
+        got = client.config_get("maxmemory-policy", **target)
+        got |= client.config_get("appendonly", **target)
+        got |= client.config_get("save", **target)
     except redis.ResponseError:  # CONFIG disabled or renamed (managed Redis): nothing to report
         return {}
     return {_text(k): _text(v) for k, v in got.items()}
@@ -181,10 +182,20 @@ def _text(v: Any) -> str:
 
 
 def eviction_problem(client: Client) -> str | None:
-    """Why this Redis could lose gate keys on its own (``maxmemory-policy`` not ``noeviction``), or None."""
-    policy = server_policy(client).get("maxmemory-policy")
-    if policy is not None and policy != "noeviction":
-        return f"Redis maxmemory-policy is {policy!r}: it may evict stock and order keys; set it to 'noeviction'"
+    """Why this Redis could lose gate keys on its own (``maxmemory-policy`` not ``noeviction``), or None.
+
+    On a cluster every node is asked, replicas too (a replica becomes a primary in a failover): one
+    evicting shard loses its deals' orders as surely as one evicting Redis.
+    """
+    nodes: list[ClusterNode | None] = client.get_nodes() if isinstance(client, RedisCluster) else [None]
+    for node in nodes:
+        policy = server_policy(client, node).get("maxmemory-policy")
+        if policy is not None and policy != "noeviction":
+            where = f" on {node.name}" if node is not None else ""
+            return (
+                f"Redis maxmemory-policy is {policy!r}{where}: it may evict stock and order keys; "
+                "set it to 'noeviction'"
+            )
     return None
 
 

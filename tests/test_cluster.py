@@ -28,6 +28,7 @@ from shared.gate import Admission, Cancellation, Gate
 from shared.redis_client import (
     PrimaryUnavailable,
     bytes_client,
+    eviction_problem,
     limits_storage_options,
     limits_storage_uri,
     text_client,
@@ -376,3 +377,13 @@ def test_the_rate_limit_storage_uri_and_the_bytes_client_reach_the_cluster(clust
     raw = bytes_client(s)  # Flask-Session's client: bytes in, bytes out
     raw.set(f"{s.key_prefix}blob", b"\x00\xff")
     assert raw.get(f"{s.key_prefix}blob") == b"\x00\xff"
+
+
+def test_an_evicting_node_anywhere_in_the_cluster_is_reported(gate, cluster_setup) -> None:  # noqa: F811
+    assert eviction_problem(gate.redis) is None
+    replica = cluster_setup.topology.replica_of(cluster_setup.topology.primaries()[-1])
+    node_client(replica).config_set("maxmemory-policy", "allkeys-lru")  # a replica: CONFIG GET's default never asks it
+    try:
+        assert f"'allkeys-lru' on 127.0.0.1:{replica}" in (eviction_problem(gate.redis) or "")
+    finally:
+        node_client(replica).config_set("maxmemory-policy", "noeviction")
