@@ -12,6 +12,7 @@ import redis
 from shared.clock import dt_to_ms
 from shared.keys import Keys
 from shared.order_record import LiveOrder, parse_order_record
+from shared.outbox_entry import CANCEL, parse_inflight_member
 from shared.redis_client import DirectCalls
 from shared.settings import Settings
 
@@ -345,18 +346,18 @@ class Gate:
         pipe = self.redis.pipeline(transaction=False)
         for deal_id in deal_ids:
             pipe.zrangebyscore(self.keys.deal(deal_id).inflight, user_id, user_id)
-        found = [(d, [m.rpartition("|") for m in members]) for d, members in zip(deal_ids, pipe.execute(), strict=True)]
+        found = [(d, [parse_inflight_member(m) for m in ms]) for d, ms in zip(deal_ids, pipe.execute(), strict=True)]
         found = [(d, parts) for d, parts in found if parts]
         if not found:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for deal_id, parts in found:
-            pipe.hmget(self.keys.deal(deal_id).orders, [oid for oid, _, _ in parts])
+            pipe.hmget(self.keys.deal(deal_id).orders, [oid for oid, _ in parts])
         out: list[InflightEntry] = []
         for (deal_id, parts), recs in zip(found, pipe.execute(), strict=True):
-            for (oid, _, kind), rec in zip(parts, recs, strict=True):
+            for (oid, kind), rec in zip(parts, recs, strict=True):
                 if rec:
-                    out.append(InflightEntry(parse_order_record(oid, deal_id, rec), kind == "c"))
+                    out.append(InflightEntry(parse_order_record(oid, deal_id, rec), kind == CANCEL))
         return out
 
     def retire(self, deal_id: int, *, delete: bool) -> RetireVerdict:

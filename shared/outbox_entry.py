@@ -92,3 +92,18 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> OutboxRow | Unparsable
 def parse_payload(entry_id: str, payload: dict[str, Any]) -> OutboxRow | Unparsable:
     """Rebuild a row from a dead letter's stored payload (JSON: its values may have been stored as numbers)."""
     return parse_entry(entry_id, {k: str(v) for k, v in payload.items()})
+
+
+def inflight_member(fields: dict[str, str]) -> str:
+    """The member of the deal's in-flight index that stands for this outbox entry: ``order_id|kind``.
+
+    The scripts that XADD an entry ZADD this member beside it (admit.lua, cancel.lua, settle.lua spell
+    it ``order_id .. '|' .. kind``); the drain removes it in the step that acknowledges the entry.
+    """
+    return f"{fields.get('id', '')}|{fields.get('t', '')}"
+
+
+def parse_inflight_member(member: str) -> tuple[str, str]:
+    """``(order_id, kind)`` of an in-flight index member (see ``inflight_member``)."""
+    order_id, _, kind = member.rpartition("|")
+    return order_id, kind

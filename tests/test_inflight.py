@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from shared.order_ids import deal_of
+from shared.outbox_entry import inflight_member, parse_inflight_member
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 from worker.drain import DrainOptions, drain_deal
 
@@ -103,6 +104,10 @@ def test_the_index_follows_the_outbox_through_cancel_and_drain(app, db, svc) -> 
     assert ca.post(f"/api/orders/{first}/cancel", headers=ORIGIN).json["status"] == "canceled"
     k = svc.keys.deal(deal.id)
     assert svc.redis.zcard(k.inflight) == 4  # three orders and one cancel in flight
+    # The members the scripts spell are the ones the drain removes and the reader parses (shared/outbox_entry.py).
+    entries = svc.redis.xrange(k.outbox)
+    assert set(svc.redis.zrange(k.inflight, 0, -1)) == {inflight_member(f) for _, f in entries}
+    assert {parse_inflight_member(inflight_member(f)) for _, f in entries} == {(f["id"], f["t"]) for _, f in entries}
     want = {first: "canceled", second: "accepted"}
     assert {o["order_id"]: o["status"] for o in ca.get("/api/orders").json["items"]} == want
     assert len(cb.get("/api/orders").json["items"]) == 1  # only the buyer's own

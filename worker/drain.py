@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from shared.db import Database
 from shared.keys import Keys
 from shared.order_record import parse_order_record
-from shared.outbox_entry import OutboxRow, Unparsable, parse_entry
+from shared.outbox_entry import OutboxRow, Unparsable, inflight_member, parse_entry
 from shared.settings import Settings
 from worker.dlq import dead_letter_entry
 from worker.outbox import is_transient, reason_of, write_rows
@@ -206,7 +206,7 @@ class Drainer:
         pipe = self.rds.pipeline(transaction=True)
         pipe.xack(self.stream, self.group, *ids)
         pipe.xdel(self.stream, *ids)
-        members = [f"{f.get('id', '')}|{f.get('t', '')}" for _, f in entries if f]
+        members = [inflight_member(f) for _, f in entries if f]
         if members:
             pipe.zrem(self.dk.inflight, *members)
         pipe.execute()
