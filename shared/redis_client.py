@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import PRIMARY, ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Connection
 from redis.crc import key_slot
@@ -189,7 +189,13 @@ def eviction_problem(client: Client) -> str | None:
     """
     nodes: list[ClusterNode | None] = client.get_nodes() if isinstance(client, RedisCluster) else [None]
     for node in nodes:
-        policy = server_policy(client, node).get("maxmemory-policy")
+        try:
+            policy = server_policy(client, node).get("maxmemory-policy")
+        except redis.ConnectionError:
+            if node is None:
+                raise
+            continue  # a cluster node that is down (a shard failing over): asked again at the next check
+
         if policy is not None and policy != "noeviction":
             where = f" on {node.name}" if node is not None else ""
             return (
@@ -197,6 +203,33 @@ def eviction_problem(client: Client) -> str | None:
                 "set it to 'noeviction'"
             )
     return None
+
+
+def readiness(client: Client) -> str:
+    """The Redis check of ``/readyz``: ``ok``, ``degraded: …`` (still ready) or ``error: …``.
+
+    On a cluster, nodes that do not answer make it ``degraded`` as long as one primary answers. Why not
+    an error: every web node sees the same cluster, so failing the probe would take all of them out of
+    rotation for one shard's failover and stop the other shards' sales too (the shard's own requests
+    get 503 + Retry-After meanwhile, as on one Redis). An evicting node is an error anywhere.
+    """
+    down: list[str] = []
+    if isinstance(client, RedisCluster):
+        primaries_up = 0
+        for node in client.get_nodes():
+            try:
+                client.ping(target_nodes=node)
+                primaries_up += node.server_type == PRIMARY
+            except redis.RedisError:
+                down.append(f"{node.name} ({node.server_type})")
+        if not primaries_up:
+            return "error: no cluster primary answers"
+    else:
+        client.ping()
+    problem = eviction_problem(client)
+    if problem:
+        return f"error: {problem}"
+    return f"degraded: {', '.join(down)} not answering" if down else "ok"
 
 
 def refuse_evicting_redis(settings: Settings) -> None:

@@ -33,6 +33,7 @@ from shared.redis_client import (
     limits_storage_uri,
     text_client,
 )
+from tests.celery_procs import wait_until
 from tests.helpers import make_deal, make_users
 from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import Drainer, DrainOptions
@@ -387,3 +388,23 @@ def test_an_evicting_node_anywhere_in_the_cluster_is_reported(gate, cluster_setu
         assert f"'allkeys-lru' on 127.0.0.1:{replica}" in (eviction_problem(gate.redis) or "")
     finally:
         node_client(replica).config_set("maxmemory-policy", "noeviction")
+
+
+def test_readiness_stays_up_while_one_shard_fails_over(cluster_setup) -> None:  # noqa: F811
+    """A dead primary makes /readyz 'degraded', not 503: failing it would pull every web node for one shard."""
+    from web import create_app
+
+    topo = cluster_setup.topology
+    client = create_app(cluster_setup.settings).test_client()
+    r = client.get("/readyz")
+    assert (r.status_code, r.json["status"], r.json["checks"]["redis"]) == (200, "ok", "ok"), r.json
+    victim = topo.primaries()[0]
+    topo.kill(victim)
+    try:
+        r = client.get("/readyz")  # before the promotion: that shard's slots have no primary at all
+        assert r.status_code == 200 and r.json["status"] == "degraded", r.json
+        assert f"127.0.0.1:{victim}" in r.json["checks"]["redis"], r.json
+    finally:
+        topo.restart(victim)
+        topo.wait_healthy()
+    assert wait_until(lambda: client.get("/readyz").json["status"] == "ok", 10, 0.2)
