@@ -10,7 +10,6 @@ daemonized with a pid file under its own directory, so ``stop`` ends exactly the
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import redis
 
-from scripts.sentinel_topology import HOST, _alive, _ping, _wait
+from scripts.redis_nodes import HOST, RedisNodes, ping, wait_for
 
-# Why 1.5 s: a primary's death is noticed and its replica promoted within a few seconds (issue 16);
+# Why 1.5 s: a primary's death is noticed and its replica promoted within a few seconds;
 # lower makes a busy machine's pauses look like deaths.
 NODE_TIMEOUT_MS = 1500
 SLOTS = 16384
@@ -51,20 +50,13 @@ def node_client(port: int) -> redis.Redis:
     return redis.Redis(HOST, port, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
 
 
-class ClusterTopology:
+class ClusterTopology(RedisNodes):
     """The nodes of one cluster under ``root``: start, kill one node, restart it, stop all."""
 
     def __init__(self, root: Path, ports: ClusterPorts, binary: str | None = None) -> None:
-        self.root = root
+        super().__init__(root, binary)
         self.ports = ports
-        self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.cli = shutil.which("redis-cli") or "redis-cli"
-
-    def _dir(self, port: int) -> Path:
-        return self.root / str(port)
-
-    def _pidfile(self, port: int) -> Path:
-        return self._dir(port) / "redis.pid"
 
     def node_args(self, port: int) -> list[str]:
         """Command line of one node (cluster mode, AOF, no eviction; its nodes.conf in its own directory)."""
@@ -83,7 +75,7 @@ class ClusterTopology:
 
     def running(self) -> bool:
         """True when every node answers PING."""
-        return all(_ping(p) for p in self.ports.nodes)
+        return all(ping(p) for p in self.ports.nodes)
 
     def start(self, timeout: float = 30.0) -> ClusterTopology:
         """Start every node (fresh data), form the cluster and wait until every node reports it whole."""
@@ -91,7 +83,7 @@ class ClusterTopology:
             shutil.rmtree(self._dir(port), ignore_errors=True)
             self._dir(port).mkdir(parents=True)
             subprocess.run(self.node_args(port), check=True)
-        _wait(self.running, timeout, "the Redis nodes did not answer")
+        wait_for(self.running, timeout, "the Redis nodes did not answer")
         subprocess.run(
             [self.cli, "--cluster", "create", *(f"{HOST}:{p}" for p in self.ports.nodes),
              "--cluster-replicas", "1", "--cluster-yes"],
@@ -108,14 +100,14 @@ class ClusterTopology:
             self.start(timeout)
             return "started"
         for port in self.ports.nodes:
-            if not _ping(port):
+            if not ping(port):
                 self.restart(port)
         self.wait_healthy(timeout)
         return "revived"
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every node says ``cluster_state:ok``, all slots are served and each primary has a replica."""
-        _wait(self._healthy, timeout, "the cluster did not become whole (cluster_state ok, every slot, replicas)")
+        wait_for(self._healthy, timeout, "the cluster did not become whole (cluster_state ok, every slot, replicas)")
 
     def _healthy(self) -> bool:
         try:
@@ -163,32 +155,11 @@ class ClusterTopology:
         links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         return sum(1 for v in links if v.get("state") == "online")
 
-    def pid(self, port: int) -> int | None:
-        """Pid of the node on ``port`` from its pid file (None when not running)."""
-        try:
-            return int(self._pidfile(port).read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
-        """SIGKILL the node on ``port`` (a crash: no final write); SIGTERM shuts it down cleanly."""
-        pid = self.pid(port)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            try:
-                _wait(lambda: not _alive(pid), 10, f"process {pid} did not stop")
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                _wait(lambda: not _alive(pid), 10, f"process {pid} did not die")
-            self._pidfile(port).unlink(missing_ok=True)
-
     def restart(self, port: int) -> None:
         """Start a killed node again on its data (its nodes.conf): it rejoins, as a replica if it was replaced."""
         self._dir(port).mkdir(parents=True, exist_ok=True)
         subprocess.run(self.node_args(port), check=True)
-        _wait(lambda: _ping(port), 10, f"redis on {port} did not come back")
+        wait_for(lambda: ping(port), 10, f"redis on {port} did not come back")
 
     def stop(self, graceful: bool = False) -> None:
         """Stop every node this topology started (by pid file); ``graceful``: SIGTERM, each writes its AOF out."""

@@ -9,19 +9,18 @@ directory, so ``stop`` ends exactly the processes ``start`` began.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from scripts.redis_nodes import HOST, RedisNodes, ping, wait_for
+
 MASTER_NAME = "flashdeal"
-HOST = "127.0.0.1"
-# Why 1 s: a failover within a few seconds (issue 14); lower makes a busy machine's pauses look like deaths.
+# Why 1 s: a failover within a few seconds; lower makes a busy machine's pauses look like deaths.
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 # A primary that has had no replica acknowledging for this long refuses writes (bounds a split brain).
@@ -46,35 +45,12 @@ class SentinelPorts:
         return ",".join(f"{HOST}:{p}" for p in self.sentinels)
 
 
-def _ping(port: int) -> bool:
-    try:
-        return bool(redis.Redis(HOST, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} within {timeout:.0f} s")
-
-
-class SentinelTopology:
+class SentinelTopology(RedisNodes):
     """The processes of one topology under ``root``: start, kill one node, restart it, stop all."""
 
     def __init__(self, root: Path, ports: SentinelPorts, binary: str | None = None) -> None:
-        self.root = root
+        super().__init__(root, binary)
         self.ports = ports
-        self.binary = binary or shutil.which("redis-server") or "redis-server"
-
-    def _dir(self, port: int) -> Path:
-        return self.root / str(port)
-
-    def _pidfile(self, port: int) -> Path:
-        return self._dir(port) / "redis.pid"
 
     def data_args(self, port: int, replica_of: int | None) -> list[str]:
         """Command line of one data node (AOF, no eviction, min-replicas-to-write 1)."""
@@ -117,7 +93,7 @@ class SentinelTopology:
 
     def running(self) -> bool:
         """True when every data node and sentinel answers PING."""
-        return all(_ping(p) for p in (*self.ports.data, *self.ports.sentinels))
+        return all(ping(p) for p in (*self.ports.data, *self.ports.sentinels))
 
     def start(self, timeout: float = 20.0) -> SentinelTopology:
         """Start every process (fresh data) and wait until the sentinels agree on the primary."""
@@ -130,9 +106,9 @@ class SentinelTopology:
             subprocess.run(self.data_args(port, primary), check=True)
         for port in self.ports.sentinels:
             subprocess.run([self.binary, str(self._sentinel_conf(port)), "--sentinel"], check=True)
-        _wait(self.running, timeout, "the Redis nodes and sentinels did not answer")
-        _wait(lambda: self.replicas_online(primary) == len(replicas), timeout, "the replicas did not sync")
-        _wait(self._sentinels_ready, timeout, "the sentinels did not see each other and the replicas")
+        wait_for(self.running, timeout, "the Redis nodes and sentinels did not answer")
+        wait_for(lambda: self.replicas_online(primary) == len(replicas), timeout, "the replicas did not sync")
+        wait_for(self._sentinels_ready, timeout, "the sentinels did not see each other and the replicas")
         return self
 
     def ensure(self, timeout: float = 30.0) -> str:
@@ -147,19 +123,21 @@ class SentinelTopology:
             self.start(timeout)
             return "started"
         for port in self.ports.sentinels:
-            if not _ping(port):
+            if not ping(port):
                 # Its own rewritten config: it remembers the primary it last saw and its peers.
                 subprocess.run([self.binary, str(self._dir(port) / "sentinel.conf"), "--sentinel"], check=True)
-        _wait(lambda: all(_ping(p) for p in self.ports.sentinels), timeout, "the sentinels did not start")
+        wait_for(lambda: all(ping(p) for p in self.ports.sentinels), timeout, "the sentinels did not start")
         primary = self.primary()
-        if not _ping(primary):
+        if not ping(primary):
             # Every data node was down: the one the sentinels last named primary comes back as primary on its AOF.
             subprocess.run(self.data_args(primary, None), check=True)
-            _wait(lambda: _ping(primary), timeout, f"redis on {primary} did not come back")
+            wait_for(lambda: ping(primary), timeout, f"redis on {primary} did not come back")
         for port in self.ports.data:
-            if not _ping(port):
+            if not ping(port):
                 self.restart(port)
-        _wait(lambda: self.replicas_online(self.primary()) == len(self.ports.data) - 1, timeout, "replicas not in sync")
+        wait_for(
+            lambda: self.replicas_online(self.primary()) == len(self.ports.data) - 1, timeout, "replicas not in sync"
+        )
         return "revived"
 
     def replicas_online(self, port: int) -> int:
@@ -190,34 +168,13 @@ class SentinelTopology:
                 return int(p)
         raise RuntimeError("no sentinel answers")
 
-    def pid(self, port: int) -> int | None:
-        """Pid of the process on ``port`` from its pid file (None when not running)."""
-        try:
-            return int(self._pidfile(port).read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
-        """SIGKILL the process on ``port`` (a crash: no shutdown, no final write); SIGTERM shuts it down cleanly."""
-        pid = self.pid(port)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            try:
-                _wait(lambda: not _alive(pid), 10, f"process {pid} did not stop")
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                _wait(lambda: not _alive(pid), 10, f"process {pid} did not die")
-            self._pidfile(port).unlink(missing_ok=True)
-
     def restart(self, port: int) -> None:
         """Start a killed data node again on its old data; it comes back as the replica of whoever is primary now."""
         self._dir(port).mkdir(parents=True, exist_ok=True)
         # Started as a replica of the current primary, as sentinel would reconfigure it anyway: it
         # never serves as a second primary in between (and min-replicas-to-write would refuse its writes).
         subprocess.run(self.data_args(port, self.primary()), check=True)
-        _wait(lambda: _ping(port), 10, f"redis on {port} did not come back")
+        wait_for(lambda: ping(port), 10, f"redis on {port} did not come back")
 
     def stop(self, graceful: bool = False) -> None:
         """Stop every process this topology started (by pid file) and wait until each is gone.
@@ -227,22 +184,3 @@ class SentinelTopology:
         """
         for port in (*self.ports.sentinels, *self.ports.data):
             self.kill(port, signal.SIGTERM if graceful else signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie of ours counts as dead: reap it if it is our child.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False

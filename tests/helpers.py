@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import requests
 from sqlalchemy import insert
 
 from shared.accounts import hash_password
@@ -93,3 +94,11 @@ def require_tool(binary: str | None, name: str, package: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def login_over_http(base: str, email: str, password: str = PASSWORD) -> requests.Session:
+    """A requests session logged in at the web node or LB ``base`` (tests with real processes)."""
+    s = requests.Session()
+    r = s.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
+    assert r.status_code == 200, r.text
+    return s

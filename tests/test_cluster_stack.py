@@ -33,7 +33,7 @@ from shared.redis_client import text_client
 from shared.retire import retire_ended
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import PASSWORD, ROOT, base_env, web_server  # noqa: F401  (fixture)
-from tests.helpers import email_of, make_deal, make_users, set_payment_window_ms
+from tests.helpers import email_of, login_over_http, make_deal, make_users, set_payment_window_ms
 from tests.lb import LoadBalancer
 from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import DrainOptions, drain_deal, prune_consumers
@@ -93,13 +93,6 @@ def _workers(tmp_path: Path, setup: ClusterSetup) -> Iterator[tuple[CeleryProcs,
             conn.default_channel.queue_delete(procs.queue)
 
 
-def _login(base: str, email: str, password: str = PASSWORD) -> requests.Session:
-    s = requests.Session()
-    r = s.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
-    assert r.status_code == 200, r.text
-    return s
-
-
 def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and_persisted_once(
     db,
     cluster_setup,  # noqa: F811
@@ -141,7 +134,7 @@ def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and
         lb = LoadBalancer(tmp_path / "lb", [n.port for n in nodes])
         try:
             # Logged in through the LB: the session is written by one node and read by both (round robin).
-            sessions = [_login(lb.url, email_of(db, u)) for u in users]
+            sessions = [login_over_http(lb.url, email_of(db, u)) for u in users]
             threads = [threading.Thread(target=buyer, args=(s, n)) for n, s in enumerate(sessions)]
             for t in threads:
                 t.start()
@@ -190,7 +183,7 @@ def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster
            "RATELIMIT_SIGNUP_IP": "2/minute"}  # fmt: skip
     a, b = web_server(env), web_server(env)
     # Logged in on node A, known on node B: the session is on the cluster, not in either process.
-    s = _login(a.url, email)
+    s = login_over_http(a.url, email)
     assert s.get(f"{b.url}/api/me", timeout=10).json()["id"] == buyer
     # The order limit (4 a minute, counted by the fast path) is one window for both nodes.
     placed = [s.post(f"{(a, b)[i % 2].url}/api/deals/{deal.id}/orders", json={"quantity": 1}, timeout=10)

@@ -20,8 +20,8 @@ from shared.gate import Admission, Gate
 from shared.redis_client import text_client
 from shared.settings import DEFAULT_AMQP_URL, sentinel_broker_url
 from tests.celery_procs import CeleryProcs, wait_until
-from tests.conftest import PASSWORD, web_server  # noqa: F401  (fixture)
-from tests.helpers import email_of, make_deal, make_users
+from tests.conftest import web_server  # noqa: F401  (fixture)
+from tests.helpers import email_of, login_over_http, make_deal, make_users
 from tests.redis_procs import SentinelSetup, sentinel_setup  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -125,13 +125,6 @@ def test_direct_connection_follows_the_primary_through_a_failover(sentinel_setup
     assert gate.direct.call("SET", f"{gate.keys.prefix}probe", "1") == "OK"
 
 
-def _login(base: str, email: str) -> requests.Session:
-    s = requests.Session()
-    r = s.post(f"{base}/api/auth/login", json={"email": email, "password": PASSWORD}, timeout=10)
-    assert r.status_code == 200, r.text
-    return s
-
-
 def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain(
     db,
     settings,
@@ -175,7 +168,7 @@ def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain
         procs.beat(extra)
         # The web node's drain kicks go to this test's queue on the topology's broker (RabbitMQ).
         node = web_server({**extra, "CELERY_QUEUE": procs.queue, "ORDER_ACK_REPLICAS": "1"}, workers=2)
-        sessions = [_login(node.url, email_of(db, u)) for u in users]
+        sessions = [login_over_http(node.url, email_of(db, u)) for u in users]
         threads = [threading.Thread(target=buyer, args=(s, n)) for n, s in enumerate(sessions)]
         for t in threads:
             t.start()

@@ -1,0 +1,91 @@
+"""Daemonized ``redis-server`` processes of our own, a directory and pid file each (Sentinel, Cluster)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+HOST = "127.0.0.1"
+
+
+def ping(port: int) -> bool:
+    """True when a Redis (or a sentinel) answers on ``port``."""
+    try:
+        return bool(redis.Redis(HOST, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Return once ``predicate()`` holds; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} within {timeout:.0f} s")
+
+
+def alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie of ours counts as gone, and is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class RedisNodes:
+    """Processes started daemonized under ``root``, one directory per port: find, kill and forget them by pid file.
+
+    Why pid files: ``stop`` (Ctrl-C of ``make up``, a test's teardown) must end exactly the processes that
+    were started here, never another Redis on the machine.
+    """
+
+    def __init__(self, root: Path, binary: str | None = None) -> None:
+        self.root = root
+        self.binary = binary or shutil.which("redis-server") or "redis-server"
+
+    def _dir(self, port: int) -> Path:
+        return self.root / str(port)
+
+    def _pidfile(self, port: int) -> Path:
+        return self._dir(port) / "redis.pid"
+
+    def pid(self, port: int) -> int | None:
+        """Pid of the process on ``port`` from its pid file (None when not running)."""
+        try:
+            return int(self._pidfile(port).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        """SIGKILL the process on ``port`` (a crash: no shutdown, no final write); SIGTERM shuts it down cleanly."""
+        pid = self.pid(port)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            try:
+                wait_for(lambda: not alive(pid), 10, f"process {pid} did not stop")
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not alive(pid), 10, f"process {pid} did not die")
+            self._pidfile(port).unlink(missing_ok=True)
