@@ -297,3 +297,19 @@ def test_fast_path_answers_are_counted_in_the_metrics(settings, db) -> None:
     c.get("/api/deals")
     c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
     assert [count(*label) - b for label, b in zip(labels, before, strict=True)] == [1, 1, 1, 1]
+
+
+def test_an_app_keeps_only_its_own_limiter_storage_options(settings, db, monkeypatch) -> None:
+    """The limiter is one per process: an app made before (another topology's options) must not leak into the next."""
+    import web.limits
+
+    monkeypatch.setattr(web.limits, "limits_storage_options", lambda _s: {"require_full_coverage": False})
+    create_app(settings.with_(ratelimit_enabled=True))  # a cluster app's option, on this Redis URL
+    monkeypatch.undo()
+    limited = settings.with_(ratelimit_enabled=True, ratelimit_order="2/minute", ratelimit_order_ip="1000/minute")
+    app = create_app(limited)
+    deal = make_deal(db, app.extensions["flashdeal"].gate, stock=100, limit=100)
+    (user,) = make_users(db, 1)
+    c = _login(app, db, user)
+    codes = [c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)]
+    assert codes == [202, 202, 429]

@@ -32,6 +32,11 @@ def init_limits(app: Flask, settings: Settings) -> None:
         # Redis down must not stop sales: the gate itself will fail loudly if Redis is gone.
         RATELIMIT_SWALLOW_ERRORS=True,
     )
+    # Why clear first: Flask-Limiter 4.1's init_app merges RATELIMIT_STORAGE_OPTIONS into the limiter's own
+    # dict (``_storage_options.update``), and the limiter is this module's, shared by every app of the process.
+    # A second app (tests build many) kept the first one's options: a cluster app's require_full_coverage
+    # made every later single-Redis app's counters fail (swallowed: no limit at all).
+    limiter._storage_options.clear()
     limiter.init_app(app)
 
 
