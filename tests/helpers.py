@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -102,3 +105,27 @@ def login_over_http(base: str, email: str, password: str = PASSWORD) -> requests
     r = s.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
     assert r.status_code == 200, r.text
     return s
+
+
+def order_until_answered(
+    s: requests.Session,
+    url: str,
+    quantity: int,
+    key: str,
+    *,
+    stop: threading.Event | None = None,
+    seen: Callable[[int], None] | None = None,
+) -> requests.Response | None:
+    """POST one order as a buyer does through a failover: a 503 or a dropped connection is sent again with the
+    same Idempotency-Key. The first other answer, or None once ``stop`` is set; ``seen`` gets every status."""
+    while stop is None or not stop.is_set():
+        try:
+            r = s.post(url, json={"quantity": quantity}, headers={"Idempotency-Key": key}, timeout=15)
+        except requests.ConnectionError:
+            continue
+        if seen is not None:
+            seen(r.status_code)
+        if r.status_code != 503:
+            return r
+        time.sleep(0.05)
+    return None

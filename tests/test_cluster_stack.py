@@ -33,7 +33,14 @@ from shared.redis_client import text_client
 from shared.retire import retire_ended
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import PASSWORD, ROOT, base_env, web_server  # noqa: F401  (fixture)
-from tests.helpers import email_of, login_over_http, make_deal, make_users, set_payment_window_ms
+from tests.helpers import (
+    email_of,
+    login_over_http,
+    make_deal,
+    make_users,
+    order_until_answered,
+    set_payment_window_ms,
+)
 from tests.lb import LoadBalancer
 from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import DrainOptions, drain_deal, prune_consumers
@@ -110,19 +117,16 @@ def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
 
+    def count(status: int) -> None:
+        with lock:
+            statuses[status] += 1
+
     def buyer(s: requests.Session, n: int) -> None:
         order = deals * limit
         random.Random(n).shuffle(order)
         for i, deal_id in enumerate(order):
-            key = f"b{n}-{i}"
-            while True:  # a 503 (a shard between primaries) is retried with the same key, as a buyer would
-                r = s.post(f"{lb.url}/api/deals/{deal_id}/orders", json={"quantity": 1},
-                           headers={"Idempotency-Key": key}, timeout=15)  # fmt: skip
-                with lock:
-                    statuses[r.status_code] += 1
-                if r.status_code != 503:
-                    break
-                time.sleep(0.05)
+            r = order_until_answered(s, f"{lb.url}/api/deals/{deal_id}/orders", 1, f"b{n}-{i}", seen=count)
+            assert r is not None
             if r.status_code in (200, 202):
                 with lock:
                     assert accepted.setdefault(r.json()["order_id"], (deal_id, 1)) == (deal_id, 1)
@@ -305,29 +309,26 @@ def test_a_primary_sigkilled_mid_storm_through_the_web_loses_no_202_and_the_othe
     lock = threading.Lock()
     stop = threading.Event()
 
+    def count(status: int) -> None:
+        with lock:
+            statuses[status] += 1
+
     def buyer(s: requests.Session, n: int) -> None:
         i = 0
         while not stop.is_set():
             deal_id, qty, key = deals[(n + i) % len(deals)], 1 + i % 2, f"k{n}-{i}"
             i += 1
-            while not stop.is_set():  # a 503 or a dropped connection is retried with the same key
-                try:
-                    r = s.post(f"{node.url}/api/deals/{deal_id}/orders", json={"quantity": qty},
-                               headers={"Idempotency-Key": key}, timeout=15)  # fmt: skip
-                except requests.ConnectionError:
-                    continue
-                with lock:
-                    statuses[r.status_code] += 1
-                if r.status_code in (200, 202):  # placed now, or the replay of a key whose answer was lost
-                    with lock:
-                        assert accepted.setdefault(r.json()["order_id"], (deal_id, qty)) == (deal_id, qty)
-                        if r.headers.get("Flashdeal-Replication") == "unconfirmed":
-                            unconfirmed.add(r.json()["order_id"])
-                        if deal_id not in hit:
-                            spared_at.append(time.monotonic())
-                    break
-                assert r.status_code == 503, r.text  # the only failure while a shard has no primary
-                time.sleep(0.05)
+            r = order_until_answered(s, f"{node.url}/api/deals/{deal_id}/orders", qty, key, stop=stop, seen=count)
+            if r is None:
+                break
+            # Placed now, or the replay of a key whose answer was lost; 503 (no primary) was retried.
+            assert r.status_code in (200, 202), r.text
+            with lock:
+                assert accepted.setdefault(r.json()["order_id"], (deal_id, qty)) == (deal_id, qty)
+                if r.headers.get("Flashdeal-Replication") == "unconfirmed":
+                    unconfirmed.add(r.json()["order_id"])
+                if deal_id not in hit:
+                    spared_at.append(time.monotonic())
 
     with _workers(tmp_path, setup) as (procs, extra):
         node = web_server(extra, workers=2)
