@@ -35,7 +35,8 @@ from redis.crc import key_slot
 
 from bench.common import free_port, save
 from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports, node_client
-from shared.gate import Admission, DealRules, Gate, now_ms
+from shared.clock import now_ms
+from shared.gate import Admission, DealRules, Gate
 from shared.keys import Keys
 from shared.order_ids import new_order_id
 from shared.redis_client import text_client
