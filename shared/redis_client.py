@@ -9,12 +9,13 @@ the primary through a failover. ``cluster``: redis-py's ``RedisCluster`` on ``RE
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import defaultdict
 from typing import Any, TypeAlias
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -27,6 +28,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -34,6 +36,8 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from shared.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 # Error replies that mean "this node cannot take writes now", not "this command is wrong": a
 # primary without enough replicas (min-replicas-to-write), a replica (a demoted primary), a
@@ -65,6 +69,10 @@ def _connect(settings: Settings, **options: Any) -> Client:
         "health_check_interval": 30,
         "socket_keepalive": True,
         "socket_connect_timeout": 2,
+        # Why a read timeout: without one a frozen node (a partition, a host that stopped answering) holds
+        # every thread that asked it until TCP gives up (hours), and a web node runs out of threads for the
+        # healthy shards too. 5 s is far above any command of ours (WAIT is bounded by ORDER_ACK_TIMEOUT_MS).
+        "socket_timeout": 5,
         # Why short: redis-py's default (3 tries, backoff from 1 s up to 10 s) holds a buyer's request
         # for up to 7 s while a primary is down; 3 tries within ~0.4 s ride over a dropped connection, and
         # during a failover the buyer gets a quick 503 + Retry-After instead (workers retry their tasks).
@@ -80,22 +88,16 @@ def _connect(settings: Settings, **options: Any) -> Client:
         )
         # REDIS_URL still gives the database and the credentials of the primary.
         return sentinel.master_for(
-            settings.redis_sentinel_master,
-            db=int(url.path.lstrip("/") or 0),
-            username=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
-            **options,
+            settings.redis_sentinel_master, db=int(url.path.lstrip("/") or 0), **credentials(settings), **options
         )
     if settings.redis_topology == "cluster":
-        url = urlparse(settings.redis_url)
         retry = options.pop("retry")
         options.pop("retry_on_timeout", None)  # deprecated for cluster nodes: their retry covers timeouts already
         # REDIS_URL gives the credentials only (a cluster has database 0 alone). RedisCluster refuses a
         # ``retry`` for its nodes' connections (it retries itself, on a refreshed slot map): ours goes there.
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in settings.redis_cluster_nodes],
-            username=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
+            **credentials(settings),
             retry=retry,
             # A shard without its primary (between a SIGKILL and its replica's promotion) must not stop
             # the client from starting or from serving the other shards.
@@ -115,28 +117,39 @@ def bytes_client(settings: Settings) -> Client:
     return _connect(settings)
 
 
+def credentials(settings: Settings) -> dict[str, str | None]:
+    """REDIS_URL's ACL user and password (decoded), for the clients that do not take the URL itself."""
+    url = urlparse(settings.redis_url)
+    return {
+        "username": unquote(url.username) if url.username else None,
+        "password": unquote(url.password) if url.password else None,
+    }
+
+
 def limits_storage_uri(settings: Settings) -> str:
-    """Flask-Limiter's storage URI (the ``limits`` library) for the same Redis."""
+    """Flask-Limiter's storage URI (the ``limits`` library) for the same Redis; credentials go in the options."""
     if settings.redis_topology == "sentinel":
-        url = urlparse(settings.redis_url)
-        auth = f":{quote(unquote(url.password), safe='')}@" if url.password else ""
         hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_sentinels)
-        return f"redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
+        return f"redis+sentinel://{hosts}/{settings.redis_sentinel_master}"
     if settings.redis_topology == "cluster":
-        url = urlparse(settings.redis_url)
-        auth = f":{quote(unquote(url.password), safe='')}@" if url.password else ""
-        hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes)
-        return f"redis+cluster://{auth}{hosts}"
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes)
     return settings.redis_url
 
 
 def limits_storage_options(settings: Settings) -> dict[str, Any]:
-    """Options of that storage: with Sentinel, counters are read from the primary, as they are written."""
+    """Options of that storage: with Sentinel, counters are read from the primary, as they are written.
+
+    Why the credentials here and not in the URI: ``limits`` reads a URI's user and password without
+    decoding them (a ``%40`` stays three characters), and with Sentinel it would also send them to the
+    sentinels, which _connect never does (``sentinel_kwargs`` clears them for the sentinels).
+    """
+    auth = {k: v for k, v in credentials(settings).items() if v is not None}
     if settings.redis_topology == "sentinel":
         db = int(urlparse(settings.redis_url).path.lstrip("/") or 0)
-        return {"use_replicas": False, "db": db, "socket_connect_timeout": 2}
+        sentinels = {"username": None, "password": None, "socket_connect_timeout": 1, "socket_timeout": 1}
+        return {"use_replicas": False, "db": db, "socket_connect_timeout": 2, "sentinel_kwargs": sentinels, **auth}
     if settings.redis_topology == "cluster":
-        return {"socket_connect_timeout": 2, "require_full_coverage": False}
+        return {"socket_connect_timeout": 2, "require_full_coverage": False, **auth}
     return {}
 
 
@@ -181,21 +194,23 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def eviction_problem(client: Client) -> str | None:
+def eviction_problem(client: Client, skip: frozenset[str] = frozenset()) -> str | None:
     """Why this Redis could lose gate keys on its own (``maxmemory-policy`` not ``noeviction``), or None.
 
     On a cluster every node is asked, replicas too (a replica becomes a primary in a failover): one
-    evicting shard loses its deals' orders as surely as one evicting Redis.
+    evicting shard loses its deals' orders as surely as one evicting Redis. Nodes named in ``skip``
+    (known down) and nodes that do not answer are left for the next check.
     """
     nodes: list[ClusterNode | None] = client.get_nodes() if isinstance(client, RedisCluster) else [None]
     for node in nodes:
+        if node is not None and node.name in skip:
+            continue
         try:
             policy = server_policy(client, node).get("maxmemory-policy")
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             if node is None:
                 raise
-            continue  # a cluster node that is down (a shard failing over): asked again at the next check
-
+            continue  # a cluster node that is down or unreachable (a shard failing over)
         if policy is not None and policy != "noeviction":
             where = f" on {node.name}" if node is not None else ""
             return (
@@ -213,7 +228,7 @@ def readiness(client: Client) -> str:
     rotation for one shard's failover and stop the other shards' sales too (the shard's own requests
     get 503 + Retry-After meanwhile, as on one Redis). An evicting node is an error anywhere.
     """
-    down: list[str] = []
+    down: dict[str, str] = {}  # node name -> its role
     if isinstance(client, RedisCluster):
         primaries_up = 0
         for node in client.get_nodes():
@@ -221,22 +236,23 @@ def readiness(client: Client) -> str:
                 client.ping(target_nodes=node)
                 primaries_up += node.server_type == PRIMARY
             except redis.RedisError:
-                down.append(f"{node.name} ({node.server_type})")
+                down[node.name] = str(node.server_type)
         if not primaries_up:
             return "error: no cluster primary answers"
     else:
         client.ping()
-    problem = eviction_problem(client)
+    problem = eviction_problem(client, skip=frozenset(down))
     if problem:
         return f"error: {problem}"
-    return f"degraded: {', '.join(down)} not answering" if down else "ok"
+    return f"degraded: {', '.join(f'{n} ({r})' for n, r in down.items())} not answering" if down else "ok"
 
 
 def refuse_evicting_redis(settings: Settings) -> None:
     """Start-up check of web nodes and workers: raise ConfigError for a Redis that may evict gate keys.
 
     A Redis that does not answer yet is let through (it is checked again by /readyz, and a
-    process must be able to start before its Redis does).
+    process must be able to start before its Redis does). Not so a cluster none of whose nodes
+    answers: RedisCluster reads the slot map when it is made, and raises (README, "Scale-out").
     """
     client = text_client(settings)
     try:
@@ -255,6 +271,7 @@ KEYLESS_COMMANDS = frozenset({"WAIT", "PING", "TIME"})
 # the pause before sending a TRYAGAIN (a slot whose keys are half migrated) again.
 CLUSTER_ROUNDS = 5
 TRYAGAIN_PAUSE_S = 0.02
+REFRESH_EVERY_S = 0.1  # the slot map is asked for again at most this often (DirectCalls._refresh_map)
 
 
 class DirectCalls:
@@ -276,6 +293,7 @@ class DirectCalls:
             pool = client.connection_pool
             self._new = lambda: pool.connection_class(**pool.connection_kwargs)
         self._local = threading.local()
+        self._refreshed_at = 0.0  # when the slot map was last asked for (cluster only)
 
     def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
@@ -391,7 +409,7 @@ class DirectCalls:
             if failed:
                 # A node died or went away: ask the cluster who serves its slots now (a promoted replica,
                 # once the failover is through). Sent again only when safe to repeat, and only once.
-                cluster.nodes_manager.initialize()
+                self._refresh_map(cluster)
                 if not retry or retried:
                     raise next(iter(failed.values()))
                 retried = True
@@ -417,7 +435,7 @@ class DirectCalls:
                     again.add(i)
                     pause = True
                 elif isinstance(reply, ClusterDownError):
-                    cluster.nodes_manager.initialize()
+                    self._refresh_map(cluster)
             if not again:
                 return replies
             # A keyless command (WAIT) is sent again with the command it follows, to the same node.
@@ -428,6 +446,23 @@ class DirectCalls:
                 time.sleep(TRYAGAIN_PAUSE_S)
         # Still redirected after every round: the slot is moving right now. Nothing ran; the caller retries.
         raise PrimaryUnavailable("TRYAGAIN the slot is being moved between nodes")
+
+    def _refresh_map(self, cluster: RedisCluster) -> None:
+        """Ask the cluster for its slot map again, at most once per REFRESH_EVERY_S for this process's threads.
+
+        Why at most that often: during a failover every request to the dead shard fails at once, and each
+        refresh asks a node for CLUSTER SLOTS under redis-py's lock and resets the client's pools to every
+        node. Why it never raises: with no node answering, redis-py raises RedisClusterException (not a
+        RedisError); the caller's own error (a dropped connection: 503) is what the buyer must get.
+        """
+        now = time.monotonic()
+        if now - self._refreshed_at < REFRESH_EVERY_S:
+            return
+        self._refreshed_at = now
+        try:
+            cluster.nodes_manager.initialize()
+        except (RedisClusterException, redis.RedisError):
+            log.warning("the cluster's slot map could not be refreshed; the next error tries again", exc_info=True)
 
     def _one_node(
         self, cluster: RedisCluster, commands: list[tuple[Any, ...]], raw: bool, retry: bool
@@ -445,7 +480,7 @@ class DirectCalls:
             replies = [_read_reply(conn, raw) for _ in commands]
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
-            cluster.nodes_manager.initialize()
+            self._refresh_map(cluster)
             if not retry:
                 raise
             return None, True
@@ -480,7 +515,7 @@ class DirectCalls:
                     try:
                         node = slots[a] = cluster.nodes_manager.get_node_from_slot(slot)
                     except SlotNotCoveredError as exc:  # no known owner: the map is refreshed, the buyer retries
-                        cluster.nodes_manager.initialize()
+                        self._refresh_map(cluster)
                         raise PrimaryUnavailable(f"CLUSTERDOWN {exc}") from exc
             plan[node].append(i)
         return plan

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import text_client
+from shared.redis_client import Client, text_client
 from shared.settings import Settings
 
 
@@ -20,7 +18,7 @@ class Stores:
 
     settings: Settings
     db: Database
-    redis: redis.Redis
+    redis: Client  # redis.Redis, or RedisCluster on a cluster
     keys: Keys
     gate: Gate
 
@@ -31,7 +29,7 @@ class Stores:
 
 
 def build(settings: Settings, db_options: dict[str, Any] | None = None, **client_options: Any) -> Stores:
-    """Create the stores; nothing connects until first use.
+    """Create the stores; nothing connects until first use (on a cluster, RedisCluster reads the slot map at once).
 
     ``db_options`` go to SQLAlchemy's engine (pool sizes), ``client_options`` to redis-py's client; the
     Redis topology is decided in shared/redis_client.py alone.

@@ -19,6 +19,7 @@ from limits.strategies import MovingWindowRateLimiter
 from redis.cluster import RedisCluster
 from redis.connection import Connection
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 from sqlalchemy import text
 
 from scripts.cluster_topology import node_client
@@ -408,3 +409,23 @@ def test_readiness_stays_up_while_one_shard_fails_over(cluster_setup) -> None:  
         topo.restart(victim)
         topo.wait_healthy()
     assert wait_until(lambda: client.get("/readyz").json["status"] == "ok", 10, 0.2)
+
+
+def test_a_cluster_that_stops_answering_is_a_connection_error_not_a_crash(gate, cluster_setup, monkeypatch) -> None:  # noqa: F811
+    """No node answers (the web node lost its network): the caller gets a ConnectionError (503), not a 500."""
+    key = gate.keys.deal(1).stock
+    assert gate.direct.call("SET", key, "1") == "OK"
+    cluster = gate.redis
+
+    def nobody_answers(*_a, **_k):  # what redis-py raises when no startup node answers
+        raise RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node")
+
+    def dropped(*_a, **_k):
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(cluster.nodes_manager, "initialize", nobody_answers)
+    monkeypatch.setattr(Connection, "send_packed_command", dropped)
+    with pytest.raises(redis.ConnectionError):
+        gate.direct.call("GET", key)
+    with pytest.raises(redis.ConnectionError):
+        gate.direct.pipeline(("GET", key), ("GET", gate.keys.deal(2).stock))

@@ -28,7 +28,7 @@ class Services(Stores):
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        """Create clients; nothing connects until first use."""
+        """Create clients; nothing connects until first use (a cluster client reads the slot map at once)."""
         return cls(**vars(build(settings)), kicks=DrainKicks(settings))
 
 
