@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.cluster_topology import ClusterPorts, ClusterTopology  # noqa: E402
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
 from shared.redis_client import server_policy  # noqa: E402
-from shared.settings import default_broker_url  # noqa: E402
+from shared.settings import ConfigError, default_broker_url, parse_hosts  # noqa: E402
 
 
 def redact(url: str) -> str:
@@ -129,9 +129,13 @@ def ensure_cluster() -> list[str]:
     """FLASHDEAL_REDIS_TOPOLOGY=cluster: use REDIS_CLUSTER_NODES, or start the local cluster under var/."""
     given = os.environ.get("REDIS_CLUSTER_NODES")
     if given:
-        host, _, port = given.split(",")[0].strip().rpartition(":")
-        if not port.isdigit() or not port_open(host, int(port)):
-            sys.exit(f"REDIS_CLUSTER_NODES: nothing answers at {host}:{port}. Start that cluster or unset it.")
+        try:
+            nodes = parse_hosts(given, "REDIS_CLUSTER_NODES")
+        except ConfigError as exc:
+            sys.exit(str(exc))
+        if not any(port_open(host, port) for host, port in nodes):
+            where = ", ".join(f"{host}:{port}" for host, port in nodes)
+            sys.exit(f"REDIS_CLUSTER_NODES: nothing answers at {where}. Start that cluster or unset it.")
         say(f"Redis Cluster at {given}")
         return []
     if not shutil.which("redis-server") or not shutil.which("redis-cli"):

@@ -473,20 +473,14 @@ class DirectCalls:
             node = cluster.nodes_manager.get_node_from_slot(_command_slot(cluster, commands[0]))
         except SlotNotCoveredError:
             return None, False
-        conn = self._node_conn(cluster, node)
         try:
-            conn.connect()
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            replies = [_read_reply(conn, raw) for _ in commands]
+            # One try here (the connection is dropped on any failure); a second, if safe, goes the long way.
+            replies = self._round_trip(self._node_conn(cluster, node), commands, raw, retry=False)
         except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
             self._refresh_map(cluster)
             if not retry:
                 raise
             return None, True
-        except BaseException:
-            conn.disconnect()
-            raise
         # Only the keyed command can be redirected: if it was, it did not run (its WAIT, if any, is harmless).
         if isinstance(replies[0], MovedError):
             cluster.nodes_manager.move_slot(replies[0])  # the long way then goes straight to the new owner
