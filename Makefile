@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The suite's database (it drops and rebuilds its schema); a second checkout sets TEST_DB=flashdeal_test_NAME.
+TEST_DB ?= flashdeal_test
 
 .PHONY: up urls test venv lint bench migrate seed clean
 
@@ -32,7 +34,7 @@ urls: venv
 
 ## test: install, find or start services, run the whole suite against the real Redis and PostgreSQL
 test: venv
-	@eval "$$($(PY) scripts/ensure_services.py flashdeal_test)"; \
+	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
 	$(VENV)/bin/ruff check . ; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
