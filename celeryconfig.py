@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from shared.redis_client import celery_result_backend, celery_result_backend_options
+from shared.redis import celery_result_backend, celery_result_backend_options
 from shared.settings import Settings
 
 # Interval-only schedule: nothing needs remembering between restarts; the file beat is given (`-s var/...`)

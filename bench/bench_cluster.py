@@ -39,7 +39,7 @@ from shared.clock import now_ms
 from shared.gate import Admission, DealRules, Gate
 from shared.keys import Keys
 from shared.order_ids import new_order_id
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 
 STOCK = 10**9

@@ -45,7 +45,7 @@ from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.keys import Keys
 from shared.migrations import upgrade
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 
 DEADLINE_S = 120  # every wait gives up after this

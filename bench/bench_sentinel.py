@@ -25,7 +25,7 @@ from bench.common import Context, free_port, open_sale, save, start_granian, sto
 from bench.users import login_all, make_users
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.gate import Gate
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 
 

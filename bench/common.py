@@ -29,7 +29,7 @@ from shared.deals import NewDeal, create_deal, load_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
-from shared.redis_client import text_client  # noqa: E402
+from shared.redis import text_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from shared.clock import dt_to_ms
 from shared.keys import Keys
 from shared.order_record import LiveOrder, parse_order_record
 from shared.outbox_entry import CANCEL, parse_inflight_member
-from shared.redis_client import DirectCalls
+from shared.redis import DirectCalls
 from shared.settings import Settings
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"

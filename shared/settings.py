@@ -13,14 +13,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ: the broker of the Sentinel and Cluster topologies
-# The nodes ``FLASHDEAL_REDIS_TOPOLOGY=cluster make up`` starts (scripts/cluster_topology.py); any one will do.
-DEFAULT_CLUSTER_NODES = ",".join(f"127.0.0.1:{port}" for port in range(7001, 7007))
-
-# The one list of Redis topologies; each is a branch of shared/redis_client.py: _connect.
+# The names of the Redis topologies; each is a class of shared/redis/ (registry.py: TOPOLOGIES).
 Topology = Literal["single", "sentinel", "cluster"]
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
-# Topologies with replicas: an admission waits for one of them (WAIT), and the broker is RabbitMQ.
-REPLICATED_TOPOLOGIES = ("sentinel", "cluster")
 PaymentProvider = Literal["dev", "stripe"]
 PAYMENT_PROVIDERS: tuple[str, ...] = get_args(PaymentProvider)
 
@@ -72,7 +67,7 @@ class Settings(BaseSettings):
     redis_topology: Topology = _env("FLASHDEAL_REDIS_TOPOLOGY", "single")
     redis_sentinels: Hosts = ()
     redis_sentinel_master: str = "flashdeal"
-    redis_cluster_nodes: Hosts = ()  # startup nodes of the cluster topology; unset: DEFAULT_CLUSTER_NODES there
+    redis_cluster_nodes: Hosts = ()  # startup nodes of the cluster topology; unset: the local ones of `make up`
     # WAIT for this many replicas after an admission or cancel (0: no WAIT); unset: 1 with sentinel or cluster.
     order_ack_replicas: NonNegative | None = None
     order_ack_timeout_ms: Positive = 250  # WAIT with 0 would block for ever
@@ -211,17 +206,24 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _defaults_and_topology(self) -> Settings:
         """Fill the defaults that depend on other settings; a Sentinel topology needs its sentinels."""
-        if self.redis_topology == "sentinel" and not self.redis_sentinels:
-            raise ValueError("FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS=host:port,host:port,...")
-        if self.redis_topology == "cluster" and not self.redis_cluster_nodes:
-            object.__setattr__(self, "redis_cluster_nodes", parse_hosts(DEFAULT_CLUSTER_NODES, "REDIS_CLUSTER_NODES"))
+        from shared.redis.registry import TOPOLOGIES as CLASSES  # here: the topology classes import this module
+
+        topology = CLASSES[self.redis_topology]
         # Why object.__setattr__: the model is frozen, and these defaults are known only once the fields they
         # follow are validated. This runs during validation, before anyone can see the object.
+        for field, local in topology.local_nodes.items():
+            if not getattr(self, field):
+                object.__setattr__(self, field, parse_hosts(local, env_name(field)))
+        for field in topology.needs:
+            if not getattr(self, field):
+                raise ValueError(
+                    f"FLASHDEAL_REDIS_TOPOLOGY={self.redis_topology} needs {env_name(field)}=host:port,..."
+                )
         if not self.celery_broker_url:
             object.__setattr__(self, "celery_broker_url", default_broker_url(self.redis_topology, self.redis_url))
         if self.order_ack_replicas is None:
             # A replica must hold an order before its 202 when there is one to hold it (section "Durability").
-            object.__setattr__(self, "order_ack_replicas", 1 if self.redis_topology in REPLICATED_TOPOLOGIES else 0)
+            object.__setattr__(self, "order_ack_replicas", 1 if topology.replicated else 0)
         if self.payment_provider is None:
             object.__setattr__(self, "payment_provider", "dev" if self.is_development else "stripe")
         return self
@@ -310,7 +312,9 @@ def default_broker_url(topology: str, redis_url: str) -> str:
     whoever sets it explicitly. With a cluster there is no choice: kombu has no Redis Cluster
     transport (celery#2852).
     """
-    return DEFAULT_AMQP_URL if topology in REPLICATED_TOPOLOGIES else redis_url
+    from shared.redis.registry import is_replicated  # here: the topology classes import this module
+
+    return DEFAULT_AMQP_URL if is_replicated(topology) else redis_url
 
 
 def sentinel_broker_url(redis_url: str, sentinels: tuple[tuple[str, int], ...]) -> str:

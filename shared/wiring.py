@@ -8,7 +8,7 @@ from typing import Any
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import Client, text_client
+from shared.redis import Client, text_client
 from shared.settings import Settings
 
 
@@ -32,7 +32,7 @@ def build(settings: Settings, db_options: dict[str, Any] | None = None, **client
     """Create the stores; nothing connects until first use (on a cluster, RedisCluster reads the slot map at once).
 
     ``db_options`` go to SQLAlchemy's engine (pool sizes), ``client_options`` to redis-py's client; the
-    Redis topology is decided in shared/redis_client.py alone.
+    Redis topology is decided in shared/redis/ alone.
     """
     client = text_client(settings, **client_options)
     return Stores(

@@ -14,7 +14,7 @@ import redis
 
 from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import DEFAULT_AMQP_URL, Settings
 from tests.conftest import free_port
 

@@ -249,7 +249,7 @@ def test_services_down_is_one_line_error() -> None:
 
 def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(settings: Settings) -> None:
     from shared.gate import Gate
-    from shared.redis_client import text_client
+    from shared.redis import text_client
     from worker.drain import DrainOptions, drain_deal
     from worker.expiry import sweep
 

@@ -26,7 +26,7 @@ from scripts.cluster_topology import node_client
 from shared.db import Database
 from shared.deals import deal_stats
 from shared.gate import Admission, Cancellation, Gate
-from shared.redis_client import (
+from shared.redis import (
     PrimaryUnavailable,
     bytes_client,
     eviction_problem,

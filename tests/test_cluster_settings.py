@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis._parsers.base import BaseParser
 
-from shared.redis_client import (
+from shared.redis import (
     celery_result_backend,
     is_unavailable_reply,
     limits_storage_options,

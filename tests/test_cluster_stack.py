@@ -29,7 +29,7 @@ from scripts.cluster_topology import ClusterTopology, node_client
 from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats
 from shared.gate import Admission, Gate, Settlement
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.retire import retire_ended
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import PASSWORD, ROOT, base_env, web_server  # noqa: F401  (fixture)

@@ -13,7 +13,7 @@ from redis.crc import key_slot
 from shared.gate import Admission, Cancellation, Gate
 from shared.keys import Keys
 from shared.order_record import order_record, parse_order_record
-from shared.redis_client import text_client
+from shared.redis import text_client
 from tests.helpers import make_deal, make_users
 
 

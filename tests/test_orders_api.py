@@ -182,7 +182,7 @@ def test_order_rate_limit_per_user(settings, db) -> None:
 def test_concurrent_http_orders_through_two_web_processes(web_server, db, settings) -> None:
     from shared.gate import Gate
     from shared.keys import Keys
-    from shared.redis_client import text_client
+    from shared.redis import text_client
 
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
     deal = make_deal(db, gate, stock=30, limit=1)

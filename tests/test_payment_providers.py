@@ -188,7 +188,7 @@ def test_stripe_without_keys_answers_503_not_500(db, settings) -> None:
 def test_dev_checkout_over_http_declined_then_paid(db, settings, web_server) -> None:
     from shared.gate import Gate
     from shared.keys import Keys
-    from shared.redis_client import text_client
+    from shared.redis import text_client
 
     server = web_server()
     gate = Gate(text_client(settings), Keys(settings.key_prefix))

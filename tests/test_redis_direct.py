@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from shared.redis_client import DirectCalls, text_client
+from shared.redis import DirectCalls, text_client
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.gate import Admission, Gate
-from shared.redis_client import text_client
+from shared.redis import text_client
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import ROOT, base_env
 from tests.helpers import make_deal, make_users

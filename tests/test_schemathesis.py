@@ -21,7 +21,7 @@ import requests
 
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 from tests.conftest import ROOT, RUN_PREFIX, Server, base_env, free_port, wait_http
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users

@@ -17,7 +17,7 @@ import requests
 from sqlalchemy import text
 
 from shared.gate import Admission, Gate
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import DEFAULT_AMQP_URL, sentinel_broker_url
 from tests.celery_procs import CeleryProcs, wait_until
 from tests.conftest import web_server  # noqa: F401  (fixture)

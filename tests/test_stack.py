@@ -26,7 +26,7 @@ from shared.db import Database
 from shared.deals import NewDeal, create_deal, open_now
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 from tests.conftest import PASSWORD, ROOT, RUN_PREFIX, base_env, unique_email
 
@@ -249,7 +249,7 @@ def test_demo_deal_paid_through_the_dev_checkout_and_an_unpaid_order_expires(sta
 
 def test_lb_sets_x_forwarded_for_and_nodes_trust_one_hop(stack: Stack) -> None:
     """A forged X-Forwarded-For through the LB: the nodes still key the rate limit on the real client address."""
-    from shared.redis_client import text_client
+    from shared.redis import text_client
 
     rds = text_client(Settings.from_env(stack.env))
     forged = [f"198.51.100.{i}" for i in range(1, 7)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared.redis_client import refuse_evicting_redis
+from shared.redis import refuse_evicting_redis
 from shared.settings import Settings
 from web.errors import register_error_handlers
 from web.jsonprovider import OrjsonProvider

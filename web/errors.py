@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from shared.readable import UnreadableDeal
-from shared.redis_client import is_unavailable_reply
+from shared.redis import is_unavailable_reply
 
 log = logging.getLogger(__name__)
 

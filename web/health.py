@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
-from shared.redis_client import readiness
+from shared.redis import readiness
 from web.openapi import doc
 from web.schemas import HealthOut
 from web.services import services
@@ -30,7 +30,7 @@ def readyz() -> Any:
     checks: dict[str, str] = {}
     try:
         # A Redis that may evict keys can lose stock and orders on its own: not ready to sell. A cluster with
-        # a shard failing over is "degraded" and still ready (shared/redis_client.py: readiness).
+        # a shard failing over is "degraded" and still ready (shared/redis/health.py: readiness).
         checks["redis"] = readiness(svc.redis)
     except Exception as exc:  # any failure means not ready
         checks["redis"] = f"error: {type(exc).__name__}"

@@ -12,7 +12,7 @@ from limits import RateLimitItem, parse_many
 from limits.strategies import FixedWindowRateLimiter
 
 from shared.keys import Keys
-from shared.redis_client import DirectCalls, limits_storage_options, limits_storage_uri
+from shared.redis import DirectCalls, limits_storage_options, limits_storage_uri
 from shared.settings import Settings
 from web.services import services
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from flask import current_app
 
 from shared.cache import LocalCopies
-from shared.redis_client import DirectCalls
+from shared.redis import DirectCalls
 from shared.settings import Settings
 from shared.wiring import Stores, build
 from web.kick import DrainKicks

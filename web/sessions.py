@@ -14,7 +14,7 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 from flask_session.redis import RedisSession
 
 from shared.keys import Keys
-from shared.redis_client import DirectCalls, bytes_client
+from shared.redis import DirectCalls, bytes_client
 from shared.settings import Settings
 from web.errors import ApiError
 

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, beat_init, celeryd_init, worker_process_init
 
 from celeryconfig import celery_config
-from shared.redis_client import refuse_evicting_redis
+from shared.redis import refuse_evicting_redis
 from worker.context import after_fork, worker_settings
 from worker.logs import quiet_routine_tasks
 

@@ -15,7 +15,7 @@ from bench.strategies import STRATEGIES, Deps
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
-from shared.redis_client import text_client
+from shared.redis import text_client
 from shared.settings import Settings
 
 
