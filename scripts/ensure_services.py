@@ -1,6 +1,6 @@
 """Find Redis and PostgreSQL, or start private servers from local binaries under var/.
 
-Order (the README's "The two commands"): REDIS_URL / DATABASE_URL; else the default local ports; else
+Order (README.md, "The two commands"): REDIS_URL / DATABASE_URL; else the default local ports; else
 private servers under var/; else stop with a message naming the install command. Creates the
 database if missing. Prints ``export NAME=value`` lines for the Makefile to eval.
 """

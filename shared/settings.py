@@ -29,9 +29,15 @@ class ConfigError(RuntimeError):
     """A setting is missing, malformed, out of range or unsafe for the chosen environment."""
 
 
-def _env(name: str, default: Any) -> Any:
+def _doc(default: Any, description: str, shown: str | None = None, **options: Any) -> Any:
+    """A field with its description (docs/configuration.md is written from it) and, if computed, its shown default."""
+    extra = {"shown_default": shown} if shown is not None else None
+    return Field(default, description=description, json_schema_extra=extra, **options)
+
+
+def _env(name: str, default: Any, description: str) -> Any:
     """A field read from the environment variable ``name`` instead of the field's own name in capitals."""
-    return Field(default, validation_alias=AliasChoices(name))
+    return _doc(default, description, validation_alias=AliasChoices(name))
 
 
 class _MappingSource(EnvSettingsSource):
@@ -50,7 +56,7 @@ class _MappingSource(EnvSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Everything configurable about flashdeal; see the README's configuration table.
+    """Everything configurable about flashdeal; docs/configuration.md lists it (``python -m shared.settings_doc``).
 
     Field ``x`` is read from the environment variable ``X`` unless it names another one (``_env``).
     An empty variable counts as unset, except for ``FLASHDEAL_ENV`` and ``FLASHDEAL_KEY_PREFIX``.
@@ -59,53 +65,120 @@ class Settings(BaseSettings):
     # Not validate_by_name: the environment must never fill FLASHDEAL_ENV from a variable called ENV.
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
-    env: str = _env("FLASHDEAL_ENV", "development")
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    celery_broker_url: str = ""  # unset: default_broker_url(topology, REDIS_URL)
-    celery_queue: str = "flashdeal"  # one queue for every flashdeal task; tests and benchmarks pick their own
-    redis_topology: Topology = _env("FLASHDEAL_REDIS_TOPOLOGY", "single")
-    redis_sentinels: Hosts = ()
-    redis_sentinel_master: str = "flashdeal"
-    redis_cluster_nodes: Hosts = ()  # startup nodes of the cluster topology; unset: the local ones of `make up`
-    # WAIT for this many replicas after an admission or cancel (0: no WAIT); unset: 1 with sentinel or cluster.
-    order_ack_replicas: NonNegative | None = None
-    order_ack_timeout_ms: Positive = 250  # WAIT with 0 would block for ever
-    secret_key: str = Field(DEV_SECRET, repr=False)
-    key_prefix: str = _env("FLASHDEAL_KEY_PREFIX", "fd:")
-    session_idle_seconds: Positive = 1800
-    session_absolute_seconds: Positive = 86400
-    session_refresh_seconds: NonNegative = 60
-    session_cookie_secure: bool = False
-    ratelimit_enabled: bool = True
-    fast_path: bool = True
-    ratelimit_order: str = "30/second;600/minute"
-    ratelimit_order_ip: str = "2000/second"
-    ratelimit_login: str = "10/minute"
-    ratelimit_login_ip: str = "100/minute"
-    ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
-    trusted_proxies: NonNegative = 0
-    deal_cache_ttl: Positive = 5
-    deal_load_ahead_seconds: NonNegative = 60
-    deal_retire_after_seconds: NonNegative = 60
-    drain_batch_size: Positive = 1000
-    drain_claim_idle_ms: Positive = 10000
-    drain_kick_ms: Positive = 100
-    drain_budget_seconds: float = Field(2.0, gt=0)  # time one drain task runs before it re-queues itself
-    dlq_max_attempts: Positive = 3
-    expiry_sweep_batch: Positive = 500  # unpaid orders expired per script call of the sweep
-    worker_metrics_port: Port = 0  # a worker node's Prometheus port; 0: no server
-    worker_metrics_addr: str = "127.0.0.1"
+    env: str = _env(
+        "FLASHDEAL_ENV",
+        "development",
+        "`development`/`test` allow the built-in dev secret and the dev payment provider; anything else "
+        "requires `SECRET_KEY`",
+    )
+    database_url: str = _doc(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal",
+        "PostgreSQL; `postgresql://` URLs use psycopg 3, `postgresql+psycopg2://` selects psycopg2",
+    )
+    redis_url: str = _doc(
+        "redis://127.0.0.1:6379/0",
+        "sessions, cache, gate, outbox; may carry an ACL user and password (with `sentinel` it gives only the "
+        "database and credentials, with `cluster` only the credentials)",
+    )
+    celery_broker_url: str = _doc(
+        "",
+        "Celery broker; on `amqp://…` (RabbitMQ) the queue is a quorum queue",
+        shown="`REDIS_URL`; with `sentinel` or `cluster` `amqp://guest:guest@127.0.0.1:5672//`",
+    )
+    celery_queue: str = _doc(
+        "flashdeal", "the Celery queue of every flashdeal task (tests and benchmarks pick their own)"
+    )
+    redis_topology: Topology = _env(
+        "FLASHDEAL_REDIS_TOPOLOGY",
+        "single",
+        "`single`: one Redis at `REDIS_URL`; `sentinel`: the primary Redis Sentinel names; `cluster`: a Redis "
+        "Cluster (docs/topologies.md)",
+    )
+    redis_sentinels: Hosts = _doc(
+        (),
+        "`host:port,…` of the sentinels (required with `sentinel`)",
+    )
+    redis_sentinel_master: str = _doc("flashdeal", "the master name the sentinels watch")
+    redis_cluster_nodes: Hosts = _doc(
+        (),
+        "`host:port,…` of cluster nodes to start from (any one that answers will do); set, `make up` uses that "
+        "cluster and starts none",
+        shown="with `cluster`: `127.0.0.1:7001,…,127.0.0.1:7006`",
+    )
+    order_ack_replicas: NonNegative | None = _doc(
+        None,
+        "replicas that must hold an admission, cancel or payment decision before it is answered (`WAIT`); "
+        "`0` sends no `WAIT`",
+        shown="`1` with `sentinel` or `cluster`, else `0`",
+    )
+    # Positive: WAIT with 0 would block for ever.
+    order_ack_timeout_ms: Positive = _doc(
+        250, "the longest `WAIT`; past it the answer is marked `Flashdeal-Replication: unconfirmed`"
+    )
+    secret_key: str = _doc(
+        DEV_SECRET, "must be set (at least 24 characters) outside development", shown="a dev value", repr=False
+    )
+    key_prefix: str = _env(
+        "FLASHDEAL_KEY_PREFIX", "fd:", "prefix of every Redis key (keeps tests and benchmarks apart)"
+    )
+    session_idle_seconds: Positive = _doc(
+        1800, "idle timeout, enforced on the server (Redis TTL and a check per request)"
+    )
+    session_absolute_seconds: Positive = _doc(86400, "absolute session lifetime")
+    session_refresh_seconds: NonNegative = _doc(
+        60, "the idle deadline is pushed forward at most this often (saves a session write per request)"
+    )
+    session_cookie_secure: bool = _doc(False, "set the session cookie's `Secure` flag (behind TLS)")
+    ratelimit_enabled: bool = _doc(True, "`false` turns rate limits off (benchmarks; or when the LB limits instead)")
+    fast_path: bool = _doc(
+        True, "plain order attempts and deal reads skip Flask's request cycle (docs/architecture.md)"
+    )
+    ratelimit_order: str = _doc("30/second;600/minute", "order attempts per logged-in user")
+    ratelimit_order_ip: str = _doc("2000/second", "order attempts per client IP")
+    ratelimit_login: str = _doc("10/minute", "login attempts per account (email)")
+    ratelimit_login_ip: str = _doc("100/minute", "login attempts per client IP")
+    ratelimit_signup_ip: str = _doc(
+        "10/minute;100/hour", "signups per client IP, API and page together (each costs a 64 MiB argon2id hash)"
+    )
+    trusted_proxies: NonNegative = _doc(
+        0, "hops of `X-Forwarded-For` to trust (the LB); `make up` sets 1 for the web nodes"
+    )
+    deal_cache_ttl: Positive = _doc(5, "seconds a cached deal lives")
+    deal_load_ahead_seconds: NonNegative = _doc(60, "beat loads a deal into Redis this long before it starts")
+    deal_retire_after_seconds: NonNegative = _doc(
+        60, "an ended, fully persisted deal leaves Redis this long after its end"
+    )
+    drain_batch_size: Positive = _doc(1000, "outbox entries per insert")
+    drain_claim_idle_ms: Positive = _doc(
+        10000, "entries a worker held this long without acknowledging them are claimed by another"
+    )
+    drain_kick_ms: Positive = _doc(100, "at most one drain task per deal per this interval from the web path")
+    drain_budget_seconds: float = _doc(2.0, "time one drain task runs before it re-queues itself", gt=0)
+    dlq_max_attempts: Positive = _doc(3, "tries of a refused row before it is dead-lettered")
+    expiry_sweep_batch: Positive = _doc(500, "unpaid orders expired per script call of the sweep")
+    worker_metrics_port: Port = _doc(0, "a worker node's Prometheus port (the Procfile uses 9101, 9102); 0: no server")
+    worker_metrics_addr: str = _doc("127.0.0.1", "the address of that Prometheus server")
     # prometheus_client reads this variable from os.environ itself (at import); our code reads it from here.
-    prometheus_multiproc_dir: str = ""
-    debug: bool = _env("FLASHDEAL_DEBUG", False)
-    # Unset: the dev provider in development and test, Stripe anywhere else (dev is refused there).
-    payment_provider: PaymentProvider | None = None
-    payment_currency: str = "eur"  # ISO 4217, lower case as Stripe writes it
-    stripe_secret_key: str = Field("", repr=False)
-    stripe_webhook_secret: str = Field("", repr=False)
-    stripe_api_base: str = ""  # empty: the stripe package's own default; tests point it at a local server
-    dev_webhook_url: str = ""  # dev provider: where its events go (default: this web node's own port)
+    prometheus_multiproc_dir: str = _doc(
+        "", "multiprocess metrics files of one instance (`scripts/proc` gives each its own)"
+    )
+    debug: bool = _env(
+        "FLASHDEAL_DEBUG", False, "the admin CLI shows the traceback of an unexpected error instead of one line"
+    )
+    payment_provider: PaymentProvider | None = _doc(
+        None,
+        "`dev` (built-in test provider; refused outside development) or `stripe`",
+        shown="`dev` in development and test, `stripe` anywhere else",
+    )
+    payment_currency: str = _doc("eur", "ISO 4217 code of every deal's price, lower case as Stripe writes it")
+    stripe_secret_key: str = _doc("", "`stripe`: the API key (without it `pay` answers 503)", repr=False)
+    stripe_webhook_secret: str = _doc("", "`stripe`: the webhook endpoint's signing secret (`whsec_…`)", repr=False)
+    stripe_api_base: str = _doc(
+        "", "where the `stripe` package sends API calls (empty: its own default; tests point it at a local server)"
+    )
+    dev_webhook_url: str = _doc(
+        "", "`dev`: where the dev checkout posts its signed events", shown="this web node's own port"
+    )
 
     _KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset({"env", "key_prefix"})
     _RATE_LIMITS: ClassVar[tuple[str, ...]] = (
@@ -307,8 +380,9 @@ def default_broker_url(topology: str, redis_url: str) -> str:
     """The Celery broker when ``CELERY_BROKER_URL`` is unset: the flashdeal Redis, or RabbitMQ with replicas.
 
     Why not kombu's Redis-Sentinel transport with Sentinel: in our failover test a worker on it
-    stopped for good after the primary's death in 1 run of 13 (README, "The Celery broker through a
-    failover"); on RabbitMQ it never did. ``sentinel_broker_url`` builds the transport's URL for
+    stopped for good after the primary's death in 1 run of 13
+    (docs/decisions/0001-rabbitmq-broker-on-ha-topologies.md); on RabbitMQ it never did.
+    ``sentinel_broker_url`` builds the transport's URL for
     whoever sets it explicitly. With a cluster there is no choice: kombu has no Redis Cluster
     transport (celery#2852).
     """

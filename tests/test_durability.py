@@ -126,7 +126,8 @@ def test_wait_timeout_still_answers_202_marked_and_counted_and_a_retry_finds_the
     assert r.status_code == 202 and r.headers[REPLICATION_HEADER] == UNCONFIRMED
     assert _unreplicated("order") == before + 1
     again = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": "w1"})
-    # A replay answers 200 with the order as it is now (see README "Security"), marked again: its WAIT timed out too.
+    # A replay answers 200 with the order as it is now (docs/architecture.md, "Security"), marked again: its
+    # WAIT timed out too.
     assert again.status_code == 200 and again.json["order_id"] == r.json["order_id"]
     assert again.json["status"] == "accepted" and again.headers[REPLICATION_HEADER] == UNCONFIRMED
     assert svc.gate.live(deal.id).remaining == 4  # one order, on the primary

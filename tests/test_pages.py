@@ -60,7 +60,7 @@ def _gate(settings) -> Gate:
 
 
 def shot(page: Any, name: str) -> None:
-    """Save a screenshot of the page for the README when UPDATE_SCREENSHOTS=1."""
+    """Save a screenshot of the page for the docs when UPDATE_SCREENSHOTS=1."""
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)

@@ -100,7 +100,7 @@ def test_worker_and_beat_on_rabbitmq_resume_after_the_redis_primary_dies(db, set
 @pytest.mark.skipif(
     not os.environ.get("FLASHDEAL_TEST_SENTINEL_TRANSPORT"),
     reason="kombu's Redis-Sentinel transport lost its worker in 1 of 13 failovers: opt in with "
-    "FLASHDEAL_TEST_SENTINEL_TRANSPORT=1 (README, 'The Celery broker through a failover')",
+    "FLASHDEAL_TEST_SENTINEL_TRANSPORT=1 (docs/decisions/0001-rabbitmq-broker-on-ha-topologies.md)",
 )
 def test_celery_redis_sentinel_transport_through_a_failover(db, settings, sentinel_setup, tmp_path):  # noqa: F811
     broker = sentinel_broker_url("redis://127.0.0.1:6379/3", sentinel_setup.settings.redis_sentinels)
@@ -155,7 +155,7 @@ def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain
                 break
             # 202 places the order; 200 is the replay of a retried key whose first answer was lost (a 503 or a
             # dropped connection after the script ran): both name a held order. 503 is the only failure the
-            # README documents for a failover, and it was retried.
+            # docs/topologies.md documents for a failover, and it was retried.
             assert r.status_code in (200, 202), r.text
             with lock:
                 assert accepted.setdefault(r.json()["order_id"], qty) == qty

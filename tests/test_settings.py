@@ -18,7 +18,7 @@ from tests.helpers import make_deal, make_users
 from tests.test_orders_api import login
 from web import create_app
 
-# The defaults the README's configuration table lists, by variable.
+# The defaults docs/configuration.md lists, by variable.
 DEFAULTS = {
     "FLASHDEAL_ENV": "development",
     "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/flashdeal",

@@ -2,7 +2,7 @@
 
 In a flash sale nearly every request is one of three: the deal list, a deal's detail and an
 order attempt. Flask's request context, hooks and response objects cost more than the work
-itself on our 2-core VM (README, "Fast path"), so this WSGI middleware answers the common case
+itself on our 2-core VM (docs/architecture.md, "Fast path"), so this WSGI middleware answers the common case
 of those three directly, with the same functions as the Flask views:
 
 - ``POST /api/deals/{id}/orders``: the session comes from Flask-Session's store with the same

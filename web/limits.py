@@ -94,7 +94,7 @@ class OrderLimits:
     the identifiers Flask-Limiter passes for a route limit (its key prefix, the key function's
     value, then the endpoint as scope), and the counters bumped by the storage's own fixed-window
     script. Only the transport differs: all counters in one round trip on a DirectCalls
-    connection, where Flask-Limiter makes one redis-py call per limit (README, "Fast path").
+    connection, where Flask-Limiter makes one redis-py call per limit (docs/architecture.md, "Fast path").
     ``tests/test_fastpath.py`` checks that both paths count into the same windows.
     """
 
