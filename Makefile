@@ -12,10 +12,11 @@ TEST_DB ?= flashdeal_test
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	@# The runtime lock (what the image gets) and the test and bench lock on top of it.
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	@# Registers the `celery flashdeal` sub-command (celery.commands entry point).
 	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@

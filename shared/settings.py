@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     )
     redis_sentinels: Hosts = _doc(
         (),
-        "`host:port,…` of the sentinels (required with `sentinel`)",
+        "`host:port,…` of the sentinels (topology `sentinel`)",
+        shown="with `sentinel`: `127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393` (those of `make up`)",
     )
     redis_sentinel_master: str = _doc("flashdeal", "the master name the sentinels watch")
     redis_cluster_nodes: Hosts = _doc(
@@ -278,7 +279,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults_and_topology(self) -> Settings:
-        """Fill the defaults that depend on other settings; a Sentinel topology needs its sentinels."""
+        """Fill the defaults that depend on other settings (the topology's local nodes among them)."""
         from shared.redis.registry import TOPOLOGIES as CLASSES  # here: the topology classes import this module
 
         topology = CLASSES[self.redis_topology]
@@ -287,11 +288,6 @@ class Settings(BaseSettings):
         for field, local in topology.local_nodes.items():
             if not getattr(self, field):
                 object.__setattr__(self, field, parse_hosts(local, env_name(field)))
-        for field in topology.needs:
-            if not getattr(self, field):
-                raise ValueError(
-                    f"FLASHDEAL_REDIS_TOPOLOGY={self.redis_topology} needs {env_name(field)}=host:port,..."
-                )
         if not self.celery_broker_url:
             object.__setattr__(self, "celery_broker_url", default_broker_url(self.redis_topology, self.redis_url))
         if self.order_ack_replicas is None:

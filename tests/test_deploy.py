@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.cluster_topology import ClusterPorts
+from scripts.sentinel_topology import SentinelPorts
+from shared.settings import DEFAULT_AMQP_URL, Settings
 from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,11 +84,17 @@ def test_nginx_config_is_valid(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def compose_config() -> dict:
-    """`docker-compose config` output (the file validated and resolved), parsed."""
+def compose_config(profile: str | None = None) -> dict:
+    """`docker-compose config` output (the file validated and resolved), parsed; with ``profile``'s services."""
     binary = require_tool(docker_compose(), "docker-compose", "docker-compose")
     env = {**os.environ, "SECRET_KEY": "x" * 48, "FLOWER_BASIC_AUTH": "admin:secret"}
-    r = subprocess.run([binary, "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env.pop("CELERY_BROKER_URL", None)
+    if profile is not None:
+        env["FLASHDEAL_REDIS_TOPOLOGY"] = profile
+    else:
+        env.pop("FLASHDEAL_REDIS_TOPOLOGY", None)
+    args = [binary, *(["--profile", profile] if profile else []), "config"]
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return yaml.safe_load(r.stdout)
 
@@ -105,6 +114,47 @@ def test_docker_compose_is_valid_and_complete() -> None:
         for volume in services[name]["volumes"]:
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             assert Path(source).exists(), source
+
+
+def _ports(command: list[str] | str) -> set[int]:
+    text = " ".join(command) if isinstance(command, list) else command
+    return {int(p) for p in re.findall(r"(?:--port |port )(\d+)", text)}
+
+
+def _app_settings(services: dict) -> Settings:
+    """The settings every app container gets (the same environment for all: web1's)."""
+    env = {k: "" if v is None else str(v) for k, v in services["web1"]["environment"].items()}
+    return Settings.from_env(env)
+
+
+def test_docker_compose_single_topology_by_default() -> None:
+    services = compose_config()["services"]
+    settings = _app_settings(services)
+    assert settings.redis_topology == "single" and settings.celery_broker_url == settings.redis_url
+
+
+def test_docker_compose_sentinel_profile_is_the_local_sentinel_topology() -> None:
+    services = compose_config("sentinel")["services"]
+    ports = SentinelPorts.default()
+    data = {p for name, s in services.items() if name.startswith("redis-sentinel-") for p in _ports(s["command"])}
+    sentinels = {p for name, s in services.items() if name.startswith("sentinel") for p in _ports(s["command"])}
+    assert data == set(ports.data) and sentinels == set(ports.sentinels)
+    assert "rabbitmq" in services
+    # The app finds them by the settings' defaults for the topology: the same as `make up`'s.
+    settings = _app_settings(services)
+    assert settings.redis_topology == "sentinel" and settings.celery_broker_url == DEFAULT_AMQP_URL
+    assert ",".join(f"{h}:{p}" for h, p in settings.redis_sentinels) == ports.sentinels_setting
+
+
+def test_docker_compose_cluster_profile_is_the_local_cluster() -> None:
+    services = compose_config("cluster")["services"]
+    nodes = {p for name, s in services.items() if name.startswith("redis-cluster-7") for p in _ports(s["command"])}
+    assert nodes == set(ClusterPorts.default().nodes)
+    assert "--cluster-replicas 1" in " ".join(services["redis-cluster-create"]["command"])
+    assert "rabbitmq" in services
+    settings = _app_settings(services)
+    assert settings.redis_topology == "cluster" and settings.celery_broker_url == DEFAULT_AMQP_URL
+    assert ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes) == ClusterPorts.default().nodes_setting
 
 
 def test_compose_commands_are_the_procfile_commands() -> None:

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from celeryconfig import celery_config
+from scripts.sentinel_topology import MASTER_NAME, SentinelPorts
 from shared.settings import DEFAULT_AMQP_URL, DEV_SECRET, TOPOLOGIES, ConfigError, Settings, env_name
 from tests.conftest import ROOT, base_env
 from tests.helpers import make_deal, make_users
@@ -115,11 +116,15 @@ def test_bad_values_name_their_variable(variable: str, value: str, reason: str) 
     assert f"{variable} {reason}" in str(caught.value)
 
 
-def test_sentinel_topology_needs_sentinels() -> None:
+def test_sentinel_topology_defaults_to_the_local_sentinels_of_make_up() -> None:
     with pytest.raises(ConfigError, match="REDIS_SENTINELS: 'nohost' is not host:port"):
         Settings.from_env({"REDIS_SENTINELS": "nohost"})
-    with pytest.raises(ConfigError, match="FLASHDEAL_REDIS_TOPOLOGY=sentinel needs REDIS_SENTINELS"):
-        Settings.from_env({"FLASHDEAL_REDIS_TOPOLOGY": "sentinel"})
+    # Unset: the sentinels `FLASHDEAL_REDIS_TOPOLOGY=sentinel make up` starts, so the CLI in a second terminal
+    # finds them as it finds the local cluster.
+    local = Settings.from_env({"FLASHDEAL_REDIS_TOPOLOGY": "sentinel"})
+    assert ",".join(f"{h}:{p}" for h, p in local.redis_sentinels) == SentinelPorts.default().sentinels_setting
+    assert local.redis_sentinel_master == MASTER_NAME
+    assert Settings.from_env({}).redis_sentinels == ()
 
 
 def test_frozen_and_with_validates() -> None:

@@ -74,9 +74,8 @@ class RedisTopology(ABC):
     name: ClassVar[str]
     # True when the topology has replicas: an admission waits for one (WAIT) and the broker is RabbitMQ.
     replicated: ClassVar[bool] = False
-    # Settings fields this topology cannot run without, and the local nodes `make up` starts for those it
-    # can default (field -> "host:port,..."), filled in by Settings when unset.
-    needs: ClassVar[tuple[str, ...]] = ()
+    # The local nodes `make up` starts for this topology (settings field -> "host:port,..."), filled in by
+    # Settings when the field is unset.
     local_nodes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, settings: Settings) -> None:

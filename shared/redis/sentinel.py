@@ -14,6 +14,9 @@ from redis.sentinel import Sentinel
 from shared.redis.base import Client, client_options, credentials, url_db
 from shared.redis.single import SingleRedis
 
+# The sentinels ``FLASHDEAL_REDIS_TOPOLOGY=sentinel make up`` starts (scripts/sentinel_topology.py), watching the
+# primary on 127.0.0.1:6391 as master ``flashdeal``: the CLI in a second terminal finds them without variables.
+LOCAL_SENTINELS = ",".join(f"127.0.0.1:{port}" for port in (26391, 26392, 26393))
 # Timeouts for asking the sentinels only.
 SENTINEL_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
@@ -23,7 +26,7 @@ class SentinelRedis(SingleRedis):
 
     name = "sentinel"
     replicated = True
-    needs = ("redis_sentinels",)
+    local_nodes = {"redis_sentinels": LOCAL_SENTINELS}
 
     def connect(self, **options: Any) -> Client:
         """``Sentinel(...).master_for(master)``; REDIS_URL still gives the database and the primary's credentials."""
