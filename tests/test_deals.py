@@ -122,7 +122,7 @@ def test_a_demoted_admin_loses_admin_rights_within_the_role_cache(app, db) -> No
     from sqlalchemy import update
 
     from shared.models import User
-    from web.roles import ROLE_CACHE_SECONDS
+    from web.access import ROLE_CACHE_SECONDS
 
     (uid,) = make_users(db, 1, role="admin")
     admin = app.test_client()

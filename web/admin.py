@@ -8,12 +8,12 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from shared.deals import DealNotFound, DealStateError, NewDeal, close_now, deal_stats, open_now, publish_deal
+from web.access import admin_required
 from web.deals import deal_detail
 from web.errors import ApiError
 from web.openapi import doc
 from web.schemas import DealIn, DealOut, DealStatsOut
 from web.services import services
-from web.sessions import admin_required
 from web.validation import parse_body
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")

@@ -8,12 +8,13 @@ from flask import Blueprint, current_app, jsonify
 
 from shared.accounts import EmailTaken, authenticate, create_user
 from shared.models import User
+from web.access import login_required, require_user
 from web.errors import ApiError
 from web.limits import SIGNUP_SCOPE, limiter, login_email_key, login_ip_limit, login_user_limit, signup_ip_limit
 from web.openapi import doc
 from web.schemas import LoginIn, SignupIn, UserOut
 from web.services import services
-from web.sessions import login_required, login_session, logout_session, require_user
+from web.sessions import login_session, logout_session
 from web.validation import parse_body
 
 bp = Blueprint("auth", __name__, url_prefix="/api")

@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from shared.clock import ms_to_dt
 from shared.gate import Cancellation
+from web.access import is_admin, login_required, require_user
 from web.admission import REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
 from web.errors import ApiError
 from web.ids import parse_order_id
@@ -15,10 +16,8 @@ from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_unreplicated
 from web.openapi import doc
 from web.order_reads import OrderView, buyer_orders, read_order
-from web.roles import is_admin
 from web.schemas import OrderAccepted, OrderDetail, OrderIn, OrderList, OrderOut
 from web.services import services
-from web.sessions import login_required, require_user
 from web.validation import parse_body
 
 bp = Blueprint("orders", __name__, url_prefix="/api")

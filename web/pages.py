@@ -17,16 +17,16 @@ from werkzeug.exceptions import HTTPException
 from shared.accounts import EmailTaken, authenticate, create_user
 from shared.clock import now_ms
 from shared.deals import DealNotFound, deal_stats
+from web.access import current_role, current_user_id, is_admin
 from web.csrf import FIELD as CSRF_FIELD
 from web.csrf import check_csrf, csrf_token
 from web.deals import deal_detail, deal_list
 from web.errors import ApiError
 from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
 from web.order_reads import buyer_orders
-from web.roles import is_admin
 from web.schemas import DealListQuery, LoginIn, SignupIn
 from web.services import services
-from web.sessions import current_role, current_user_id, login_session, logout_session
+from web.sessions import login_session, logout_session
 from web.validation import parse_query
 
 bp = Blueprint("pages", __name__)

@@ -33,13 +33,13 @@ from shared.payments.base import FAILED, SUCCEEDED, PayableOrder
 from shared.payments.dev import CARD_DECLINED, CARD_PAYS, DevProvider, dev_webhook_secret, event_for, order_of, sign
 from shared.payments.refunds import record_refund
 from shared.settings import ConfigError
+from web.access import login_required, require_user
 from web.errors import ApiError
 from web.ids import parse_order_id
 from web.metrics import record_payment_event, record_unreplicated
 from web.openapi import doc
 from web.schemas import CheckoutIn, CheckoutOut, PaymentOut, WebhookOut
 from web.services import Services, services
-from web.sessions import login_required, require_user
 from web.validation import parse_body
 
 log = logging.getLogger(__name__)

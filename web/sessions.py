@@ -1,13 +1,14 @@
-"""Session setup: Flask-Session on Redis, idle timeout and absolute lifetime, login helpers."""
+"""Session setup: Flask-Session on Redis, idle timeout and absolute lifetime, starting and ending a session.
+
+Who is asking (current user, login and admin required, roles) is web/access.py.
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from datetime import timedelta
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Flask, g, request, session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
@@ -16,7 +17,6 @@ from flask_session.redis import RedisSession
 from shared.keys import Keys
 from shared.redis import DirectCalls, bytes_client
 from shared.settings import Settings
-from web.errors import ApiError
 
 COOKIE_NAME = "flashdeal_session"
 PUBLIC_READS = re.compile(r"/api/deals(/[0-9]+)?")  # JSON endpoints that never use the session
@@ -87,9 +87,6 @@ def session_state(data: Any, settings: Settings, now: float) -> str:
     return "refresh" if now - seen >= settings.session_refresh_seconds else "valid"
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
 def init_sessions(app: Flask, settings: Settings) -> None:
     """Configure Flask-Session on Redis and enforce the lifetimes on every request."""
     app.config.update(
@@ -141,49 +138,3 @@ def login_session(app: Flask, user_id: int, role: str) -> None:
 def logout_session() -> None:
     """End the session: the server-side record is deleted and the cookie removed."""
     session.clear()
-
-
-def current_user_id() -> int | None:
-    """The logged-in user's id, or None."""
-    uid = session.get("uid")
-    return int(uid) if uid is not None else None
-
-
-def current_role() -> str | None:
-    """The logged-in user's role, or None."""
-    return session.get("role")
-
-
-def require_user() -> int:
-    """The logged-in user's id, or a 401 error."""
-    uid = current_user_id()
-    if uid is None:
-        message = "Your session has expired; log in again." if g.get("session_expired") else "Log in first."
-        raise ApiError(401, "unauthorized", message)
-    return uid
-
-
-def login_required(fn: F) -> F:
-    """View decorator: 401 unless logged in."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        require_user()
-        return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def admin_required(fn: F) -> F:
-    """View decorator: 401 unless logged in, 403 unless an admin."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        require_user()
-        from web.roles import is_admin  # here: web.roles builds on this module
-
-        if not is_admin():  # asks PostgreSQL: the session's role alone grants nothing
-            raise ApiError(403, "forbidden", "Admins only.")
-        return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
