@@ -1,17 +1,14 @@
-"""deploy/nginx.conf run as a test's own load balancer: free ports, its own prefix, stopped by the test."""
+"""deploy/nginx.conf run as a load balancer of our own: a free port, its own prefix, in front of the given nodes."""
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
-import requests
-
-from tests.conftest import ROOT, free_port, stop_process
-from tests.helpers import require_tool
+from harness.ports import HOST, free_port
+from harness.processes import ROOT, spawn, stop_process
+from harness.waits import http_answers, wait_for
 
 DEPLOY = ROOT / "deploy"
 
@@ -21,44 +18,48 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
+def write_config(prefix: Path, port: int, upstreams: list[int], read_timeout_s: int | None = None) -> Path:
+    """deploy/nginx.conf and the files it includes under ``prefix``, listening on ``port``; returns nginx.conf."""
+    conf = (DEPLOY / "nginx.conf").read_text()
+    conf, n = re.subn(r"listen 127\.0\.0\.1:8080", f"listen 127.0.0.1:{port}", conf)
+    assert n == 1, "deploy/nginx.conf no longer listens on 127.0.0.1:8080"
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in upstreams)
+    conf, n = re.subn(r"(?:\s*server 127\.0\.0\.1:800[123] [^\n]*;)+", "\n" + servers, conf, count=1)
+    assert n == 1, "deploy/nginx.conf no longer lists the web nodes as 127.0.0.1:8001-8003"
+    conf = conf.replace("pid nginx.pid;", "pid nginx.pid;\nerror_log stderr crit;", 1)
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "nginx.conf").write_text(conf)
+    proxy = (DEPLOY / "nginx-proxy.conf").read_text()
+    if read_timeout_s is not None:
+        proxy, n = re.subn(r"proxy_read_timeout \d+s;", f"proxy_read_timeout {read_timeout_s}s;", proxy)
+        assert n == 1
+    (prefix / "nginx-proxy.conf").write_text(proxy)
+    shutil.copy(DEPLOY / "nginx-api-errors.conf", prefix / "nginx-api-errors.conf")
+    return prefix / "nginx.conf"
+
+
 class LoadBalancer:
     """One nginx process with the shop's config, on a free port, in front of the given upstream ports."""
 
-    def __init__(self, tmp: Path, upstreams: list[int], read_timeout_s: int | None = None) -> None:
-        nginx = require_tool(nginx_binary(), "nginx", "nginx")
+    def __init__(
+        self, prefix: Path, upstreams: list[int], read_timeout_s: int | None = None, binary: str | None = None
+    ) -> None:
+        nginx = binary or nginx_binary()
+        if nginx is None:
+            raise FileNotFoundError("nginx is not installed: apt-get install nginx")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        conf = (DEPLOY / "nginx.conf").read_text()
-        conf, n = re.subn(r"listen 127\.0\.0\.1:8080", f"listen 127.0.0.1:{self.port}", conf)
-        assert n == 1, "deploy/nginx.conf no longer listens on 127.0.0.1:8080"
-        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in upstreams)
-        conf, n = re.subn(r"(?:\s*server 127\.0\.0\.1:800[123] [^\n]*;)+", "\n" + servers, conf, count=1)
-        assert n == 1, "deploy/nginx.conf no longer lists the web nodes as 127.0.0.1:8001-8003"
-        conf = conf.replace("pid nginx.pid;", "pid nginx.pid;\nerror_log stderr crit;", 1)
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "nginx.conf").write_text(conf)
-        proxy = (DEPLOY / "nginx-proxy.conf").read_text()
-        if read_timeout_s is not None:
-            proxy, n = re.subn(r"proxy_read_timeout \d+s;", f"proxy_read_timeout {read_timeout_s}s;", proxy)
-            assert n == 1
-        (tmp / "nginx-proxy.conf").write_text(proxy)
-        shutil.copy(DEPLOY / "nginx-api-errors.conf", tmp / "nginx-api-errors.conf")
-        self.proc = subprocess.Popen(
-            [nginx, "-p", f"{tmp}/", "-c", str(tmp / "nginx.conf"), "-e", "stderr", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                requests.get(f"{self.url}/lb-healthz", timeout=1)
-                break
-            except requests.RequestException:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start: {err}") from None
-                time.sleep(0.1)
+        self.url = f"http://{HOST}:{self.port}"
+        conf = write_config(prefix, self.port, upstreams, read_timeout_s)
+        log = prefix / "nginx.log"
+        self.proc = spawn([nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"], {}, log)
+
+        try:
+            wait_for(lambda: self.proc.poll() is not None or http_answers(f"{self.url}/lb-healthz"), 15, "nginx")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx did not start: {log.read_text(errors='replace')}")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop this nginx (its master and worker)."""

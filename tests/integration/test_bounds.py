@@ -11,8 +11,8 @@ from sqlalchemy import func, select, text
 
 from shared.deals import tick
 from shared.models import Deal, User
-from tests.conftest import ROOT, base_env, unique_email
-from tests.helpers import PASSWORD, email_of, make_deal, make_users
+from tests.environment import ROOT, base_env
+from tests.helpers import PASSWORD, email_of, make_deal, make_users, unique_email
 
 HUGE_IDS = ("99999999999999999999999", "9223372036854775808")  # past bigint; the second is MAX_ID + 1
 JSON_ORIGIN = {"Content-Type": "application/json"}

@@ -22,7 +22,8 @@ from shared.keys import Keys
 from shared.models import DeadLetter, Order, User
 from shared.order_record import order_record
 from shared.settings import Settings
-from tests.conftest import ROOT, base_env, unique_email
+from tests.environment import ROOT, base_env
+from tests.helpers import unique_email
 from worker.cli import flashdeal
 
 CELERY = str(Path(sys.executable).parent / "celery")

@@ -14,8 +14,7 @@ from shared.keys import Keys
 from shared.models import Deal
 from shared.settings import DEFAULT_AMQP_URL, ConfigError, Settings, sentinel_broker_url
 from tests.helpers import ORIGIN, make_deal, make_users
-from tests.redis_procs import private_redis  # noqa: F401  (fixture)
-from tests.test_fastpath import _login, _views_forbidden
+from tests.integration.test_fastpath import _login, _views_forbidden
 from web import create_app
 from web.admission import REPLICATION_HEADER, UNCONFIRMED
 from web.metrics import UNREPLICATED

@@ -6,8 +6,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import PASSWORD, unique_email
-from tests.helpers import ORIGIN, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, unique_email
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 

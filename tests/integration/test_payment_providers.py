@@ -21,7 +21,7 @@ from shared.payments.base import PayableOrder
 from shared.payments.dev import sign
 from shared.payments.stripe_provider import StripeProvider
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
-from tests.test_payments_api import event, login
+from tests.integration.test_payments_api import event, login
 
 WEBHOOK_SECRET = "whsec_test_" + "a" * 24
 

@@ -6,8 +6,7 @@ import pytest
 import requests
 
 from shared.settings import DEV_SECRET, ConfigError, Settings
-from tests.conftest import PASSWORD, unique_email
-from tests.helpers import ORIGIN
+from tests.helpers import ORIGIN, PASSWORD, unique_email
 from web import create_app
 
 

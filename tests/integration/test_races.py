@@ -22,7 +22,7 @@ from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats, open_now
 from shared.gate import Admission, Gate
 from shared.models import Deal, Order
-from tests.conftest import ROOT
+from tests.environment import ROOT
 from tests.helpers import make_deal, make_users
 from web import create_app
 

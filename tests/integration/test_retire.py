@@ -7,11 +7,11 @@ import uuid
 import pytest
 import redis
 
+from harness.waits import wait_until
 from shared.deals import DealStateError, close_now, open_now, tick
 from shared.gate import Admission, Cancellation, Gate
 from shared.models import Deal, Order
 from shared.retire import retire_deal, retire_ended
-from tests.celery_procs import celery_procs, wait_until  # noqa: F401  (fixture)
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
 from worker.dlq import dead_letter, drop_dead_letter
 from worker.drain import DrainOptions, drain_deal

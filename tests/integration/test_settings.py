@@ -13,9 +13,9 @@ import redis
 
 from celeryconfig import celery_config
 from shared.settings import DEFAULT_AMQP_URL, DEV_SECRET, TOPOLOGIES, ConfigError, Settings, env_name
-from tests.conftest import ROOT, base_env
+from tests.environment import ROOT, base_env
 from tests.helpers import make_deal, make_users
-from tests.test_orders_api import login
+from tests.integration.test_orders_api import login
 from web import create_app
 
 # The defaults the README's configuration table lists, by variable.

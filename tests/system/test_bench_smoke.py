@@ -93,7 +93,7 @@ def test_strategy_app_answers_202_then_409(key: str, settings: Settings, deps: D
 
 def test_baselines_stay_out_of_the_product_path() -> None:
     """No product package imports the benchmark's code (the baselines live in bench/ only)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     offenders = [
         str(path.relative_to(root))
         for pkg in ("web", "worker", "shared", "lua")
@@ -103,7 +103,7 @@ def test_baselines_stay_out_of_the_product_path() -> None:
     assert offenders == []
 
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from sqlalchemy import text
 
+from harness.waits import wait_until
 from scripts.cluster_topology import node_client
 from shared.db import Database
 from shared.deals import deal_stats
@@ -34,9 +35,8 @@ from shared.redis_client import (
     limits_storage_uri,
     text_client,
 )
-from tests.celery_procs import wait_until
+from tests.fixtures.topologies import ClusterSetup
 from tests.helpers import make_deal, make_users
-from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import Drainer, DrainOptions
 
 pytestmark = pytest.mark.slow

@@ -25,15 +25,19 @@ import requests
 from redis.crc import key_slot
 from sqlalchemy import text
 
+from harness.waits import wait_until
 from scripts.cluster_topology import ClusterTopology, node_client
 from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats
 from shared.gate import Admission, Gate, Settlement
 from shared.redis_client import text_client
 from shared.retire import retire_ended
-from tests.celery_procs import CeleryProcs, wait_until
-from tests.conftest import PASSWORD, ROOT, base_env, web_server  # noqa: F401  (fixture)
+from tests.environment import ROOT, base_env
+from tests.fixtures.topologies import ClusterSetup
 from tests.helpers import (
+    PASSWORD,
+    CeleryProcs,
+    LoadBalancer,
     email_of,
     login_over_http,
     make_deal,
@@ -41,8 +45,6 @@ from tests.helpers import (
     order_until_answered,
     set_payment_window_ms,
 )
-from tests.lb import LoadBalancer
-from tests.redis_procs import ClusterSetup, cluster_setup  # noqa: F401  (fixture)
 from worker.drain import DrainOptions, drain_deal, prune_consumers
 from worker.expiry import sweep
 from worker.metrics import LiveCollector

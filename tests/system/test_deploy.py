@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.environment import ROOT
 from tests.helpers import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 PROCFILE_NAMES = {"nginx", "web1", "web2", "web3", "worker1", "worker2", "beat", "flower"}
 
 

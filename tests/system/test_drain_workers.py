@@ -11,10 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import text
 
+from harness.tcp_proxy import TcpProxy
+from harness.waits import wait_until
 from shared.gate import Admission, Cancellation, Gate
 from shared.keys import Keys
-from tests.celery_procs import CeleryProcs, TcpProxy, celery_procs, wait_until  # noqa: F401  (fixture)
-from tests.helpers import make_deal, make_users
+from tests.helpers import CeleryProcs, make_deal, make_users
 
 pytestmark = pytest.mark.slow
 

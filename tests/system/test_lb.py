@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import RUN_PREFIX, free_port
-from tests.lb import LoadBalancer
+from harness.ports import free_port
+from tests.environment import RUN_PREFIX
+from tests.helpers import LoadBalancer
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from celery.app import trace
 
-from tests.conftest import ROOT, base_env
+from tests.environment import ROOT, base_env
 from worker.celery_app import app
 from worker.logs import quiet_routine_tasks
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,23 +19,12 @@ from shared.cache import invalidate_deal
 from shared.gate import Gate
 from shared.keys import Keys
 from shared.order_ids import new_order_id
-from tests.conftest import ROOT
+from tests.environment import ROOT
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 from web.pages import countdown_text
 
 pytestmark = pytest.mark.shared_state  # module-scoped fixtures build the state its tests share
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = ROOT / "docs" / "screenshots"
 DESKTOP = {"width": 1100, "height": 760}
 PHONE = {"width": 390, "height": 780}
@@ -217,24 +203,6 @@ def test_forms_work_across_web_nodes(web_server, db) -> None:
 # ---- browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright; missing Chromium fails under CI instead of skipping."""
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        message = f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def _context(browser: Any, base_url: str, viewport: dict[str, int] = DESKTOP) -> Any:
     ctx = browser.new_context(base_url=base_url, viewport=viewport, locale="en-GB", timezone_id="UTC")
     ctx.set_default_timeout(15_000)
@@ -253,7 +221,8 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
     """Sign up, watch the sale open, buy, see it confirmed; a second buyer sees sold out; cancel gives stock back."""
     from playwright.sync_api import expect
 
-    from tests.celery_procs import CeleryProcs, wait_until
+    from harness.waits import wait_until
+    from tests.helpers import CeleryProcs
 
     procs = CeleryProcs(tmp_path)
     try:

@@ -9,10 +9,10 @@ import re
 
 from sqlalchemy import text
 
+from harness.waits import wait_until
 from shared.cache import invalidate_deal
-from tests.celery_procs import CeleryProcs, wait_until
-from tests.helpers import email_of, make_deal, make_users, set_payment_window_ms
-from tests.test_pages import PHONE, _context, _gate, browser, login, shot  # noqa: F401  (browser: fixture)
+from tests.helpers import CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
+from tests.system.test_pages import PHONE, _context, _gate, login, shot
 
 
 def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(

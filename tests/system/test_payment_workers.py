@@ -16,13 +16,13 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from harness.waits import wait_until
 from shared.gate import Admission, Gate
 from shared.keys import Keys
 from shared.payments.dev import dev_webhook_secret, payment_id_of, sign
-from tests.celery_procs import CeleryProcs, celery_procs, wait_until  # noqa: F401  (fixture)
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
-from tests.test_drain_workers import outbox_empty
-from tests.test_payments_api import event
+from tests.helpers import ORIGIN, PASSWORD, CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
+from tests.integration.test_payments_api import event
+from tests.system.test_drain_workers import outbox_empty
 
 pytestmark = pytest.mark.slow
 

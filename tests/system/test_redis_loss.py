@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from harness.redis_server import PrivateRedis
+from harness.waits import wait_until
 from shared.gate import Admission, Gate
 from shared.redis_client import text_client
-from tests.celery_procs import CeleryProcs, wait_until
-from tests.conftest import ROOT, base_env
-from tests.helpers import make_deal, make_users
-from tests.redis_procs import PrivateRedis, private_redis  # noqa: F401  (fixture)
+from tests.environment import ROOT, base_env
+from tests.helpers import CeleryProcs, make_deal, make_users
 from worker.reconcile import reconcile_deal
 
 pytestmark = pytest.mark.slow

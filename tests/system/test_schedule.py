@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+from harness.waits import wait_until
 from shared.deals import tick
 from shared.gate import Admission, Gate
 from shared.keys import Keys
 from shared.models import Deal
 from shared.redis_client import text_client
-from tests.celery_procs import celery_procs, wait_until  # noqa: F401  (fixture)
 from tests.helpers import make_deal, make_users
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.granian import WebNode
 from shared.gate import Gate
 from shared.keys import Keys
 from shared.redis_client import text_client
 from shared.settings import Settings
-from tests.conftest import ROOT, RUN_PREFIX, Server, base_env, free_port, wait_http
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
-from tests.lb import LoadBalancer
+from tests.environment import RUN_PREFIX, base_env
+from tests.helpers import ORIGIN, PASSWORD, LoadBalancer, email_of, make_deal, make_users
 
 CHECKS = [
     "not_a_server_error",
@@ -46,19 +46,12 @@ pytestmark = pytest.mark.shared_state
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real web node (granian) behind deploy/nginx.conf on free ports; the LB's URL."""
-    port = free_port()
     env = base_env()
     env.update(RATELIMIT_ENABLED="false", TRUSTED_PROXIES="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--blocking-threads", "4", "web.wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    node = Server(port, proc)
+    node = WebNode(env)
     lb = None
     try:
-        wait_http(node.url + "/healthz")
-        lb = LoadBalancer(Path(tmp_path_factory.mktemp("nginx")), [port])
+        lb = LoadBalancer(Path(tmp_path_factory.mktemp("nginx")), [node.port])
         yield lb.url
     finally:
         if lb is not None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from shared.settings import Settings
-from tests.conftest import ROOT, base_env
+from tests.environment import ROOT, base_env
 
 SCRIPT = str(ROOT / "scripts" / "ensure_services.py")
 

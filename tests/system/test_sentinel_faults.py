@@ -16,13 +16,12 @@ import redis
 import requests
 from sqlalchemy import text
 
+from harness.waits import wait_until
 from shared.gate import Admission, Gate
 from shared.redis_client import text_client
 from shared.settings import DEFAULT_AMQP_URL, sentinel_broker_url
-from tests.celery_procs import CeleryProcs, wait_until
-from tests.conftest import web_server  # noqa: F401  (fixture)
-from tests.helpers import email_of, login_over_http, make_deal, make_users, order_until_answered
-from tests.redis_procs import SentinelSetup, sentinel_setup  # noqa: F401  (fixture)
+from tests.fixtures.topologies import SentinelSetup
+from tests.helpers import CeleryProcs, email_of, login_over_http, make_deal, make_users, order_until_answered
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,8 @@ from shared.gate import Gate
 from shared.keys import Keys
 from shared.redis_client import text_client
 from shared.settings import Settings
-from tests.conftest import PASSWORD, ROOT, RUN_PREFIX, base_env, unique_email
+from tests.environment import ROOT, RUN_PREFIX, base_env
+from tests.helpers import PASSWORD, unique_email
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_state]
 
