@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The suite's database (it drops and rebuilds its schema); a second checkout sets TEST_DB=flashdeal_test_NAME.
 TEST_DB ?= flashdeal_test
 
-.PHONY: up urls test venv lint bench migrate seed clean
+.PHONY: up urls test test-fast test-unit test-system venv lint bench migrate seed clean
 
 venv: $(STAMP)
 
@@ -33,11 +33,26 @@ up: venv
 urls: venv
 	@$(PY) scripts/manage.py urls
 
-## test: install, find or start services, run the whole suite against the real Redis and PostgreSQL
+## test: install, find or start services, run the whole suite (every tier) against the real Redis and PostgreSQL
 test: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
 	$(VENV)/bin/ruff check . ; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## test-fast: the unit and integration tiers, in-process only (no web node, worker or private Redis started)
+test-fast: venv
+	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
+	$(VENV)/bin/ruff check . ; \
+	$(VENV)/bin/pytest tests/unit tests/integration -m "not system" $(PYTEST_ARGS)
+
+## test-unit: the unit tier alone: no services needed (nothing is found or started)
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+## test-system: the system tier (real processes, faults, browser, deploy checks) and the process tests elsewhere
+test-system: venv
+	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
+	$(VENV)/bin/pytest -m system $(PYTEST_ARGS)
 
 ## bench: strategies, burst and the Locust scenario into bench/results/ (CSV, Markdown, PNG; ~8 min, 127.0.0.1 only)
 bench: venv

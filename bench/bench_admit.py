@@ -20,7 +20,7 @@ from decimal import Decimal
 import redis
 
 from bench.common import ROOT, save
-from bench.private_redis import private_redis
+from harness.redis_server import private_redis
 from shared.clock import now_ms
 from shared.gate import DealRules, Gate
 from shared.keys import Keys

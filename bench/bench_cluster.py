@@ -33,7 +33,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from bench.common import free_port, save
+from bench.common import save
+from harness.ports import free_port
 from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports, node_client
 from shared.clock import now_ms
 from shared.gate import Admission, DealRules, Gate

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from sqlalchemy import insert, text
 
-from bench.common import ROOT, Context, save, stop
+from bench.common import ROOT, Context, save
 from bench.strategies.lua_celery import PERSIST_TASK
+from harness.processes import stop_process
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.models import User
@@ -251,7 +252,7 @@ def main() -> None:
         print(f"\ntargets (>= 20,000 orders/s, >= 10x baseline, p99 < 1 s): {'met' if ok else 'NOT met'}")
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         with ctx.db.transaction() as s:
             if deals:
                 s.execute(text("DELETE FROM orders WHERE deal_id = ANY(:d)"), {"d": deals})

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import Context, WrkResult, free_port, open_sale, paced, save, start_granian, stop, wrk
+from bench.common import Context, WrkResult, open_sale, paced, save, wrk
 from bench.users import login_all, make_users
+from harness.granian import start_granian
+from harness.ports import free_port
+from harness.processes import stop_process
 
 # The requests are formatted once per wrk thread (init), not per request: the load generator shares
 # the 2 cores with the server, and every microsecond it spends is one the server does not get.
@@ -49,7 +52,7 @@ def _on_instance(
             for name, what in runs.items()
         ]
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def main() -> None:
@@ -96,7 +99,7 @@ def main() -> None:
             seconds=args.seconds,
         )
     finally:
-        stop(proc)
+        stop_process(proc)
     try:
         # The same requests through Flask's full request cycle: the fast path turned off, then
         # Flask-Limiter turned on (which also takes orders through Flask).

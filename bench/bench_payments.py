@@ -26,7 +26,6 @@ import contextlib
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -39,7 +38,12 @@ import redis
 from sqlalchemy import text
 
 from bench.bench_drain import make_users
-from bench.common import ROOT, Context, bench_env, free_port, save, start_granian, stop, wrk
+from bench.common import ROOT, Context, bench_env, save, wrk
+from harness.celery import celery_command
+from harness.granian import start_granian
+from harness.ports import free_port
+from harness.processes import spawn, stop_process
+from harness.waits import wait_log
 from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
@@ -188,7 +192,7 @@ def bench_http_admission(ctx: Context, seconds: int, rounds: int, connections: i
                 got[window].append(res.requests_per_s)
                 p99[window].append(res.p99_ms)
     finally:
-        stop(proc)
+        stop_process(proc)
     for deal_id in deals.values():
         ctx.gate.unload(deal_id)
     rows = [
@@ -206,23 +210,7 @@ def bench_http_admission(ctx: Context, seconds: int, rounds: int, connections: i
 
 def celery(ctx: Context, args: list[str], log: str) -> subprocess.Popen:
     """One `celery -A worker` process of the storm, in its own process group."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", *args, "--loglevel", "INFO", "-f", log],
-        cwd=ROOT,
-        env=ctx.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def wait_for_log(log: Path, needle: str) -> None:
-    """Wait until needle appears in a process's log file."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not (log.exists() and needle in log.read_text(errors="replace")):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{log.name}: no {needle!r}")
-        time.sleep(0.1)
+    return spawn(celery_command(*args, "--loglevel", "INFO", "-f", log), ctx.env)
 
 
 def bench_storm(ctx: Context, storm: int) -> list[dict[str, object]]:
@@ -238,7 +226,8 @@ def bench_storm(ctx: Context, storm: int) -> list[dict[str, object]]:
         users = make_users(ctx, 2000)
         deal_id = open_deal(ctx, storm, 1)
         k = ctx.gate.keys.deal(deal_id)
-        wait_for_log(Path(tmp) / "worker.log", "ready.")  # the sweep must find a consumer from the first deadline
+        # The sweep must find a consumer from the first deadline.
+        wait_log(Path(tmp) / "worker.log", "ready.", timeout=DEADLINE_S)
         sha = ctx.gate.redis.script_load((ROOT / "lua" / "admit.lua").read_text())
         admit(ctx, sha, deal_id, users, storm)
         last_deadline = float(ctx.gate.redis.zrange(k.due, -1, -1, withscores=True)[0][1]) / 1000
@@ -261,7 +250,7 @@ def bench_storm(ctx: Context, storm: int) -> list[dict[str, object]]:
         persisted = time.time() - last_deadline
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         shutil.rmtree(tmp, ignore_errors=True)
     return [{
         "scenario": f"expiry storm: {storm} unpaid orders, one deadline",

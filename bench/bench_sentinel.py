@@ -21,8 +21,11 @@ from pathlib import Path
 import requests
 
 from bench.bench_http import orders_lua
-from bench.common import Context, free_port, open_sale, save, start_granian, stop, wrk
+from bench.common import Context, open_sale, save, wrk
 from bench.users import login_all, make_users
+from harness.granian import start_granian
+from harness.ports import free_port
+from harness.processes import stop_process
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.gate import Gate
 from shared.redis import text_client
@@ -132,7 +135,7 @@ def main() -> None:
         failover = _failover(nodes[1], cookies[0], deal_id, topology)
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         _drop_queue(env.get("CELERY_BROKER_URL", ""), base_ctx.env["CELERY_QUEUE"])
         topology.stop()
         shutil.rmtree(root, ignore_errors=True)

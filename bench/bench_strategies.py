@@ -19,12 +19,16 @@ from pathlib import Path
 
 import redis
 
-from bench.common import Context, WrkResult, free_port, save, start_granian, stop, wrk
-from bench.stack import start_worker, wait_log
+from bench.common import Context, WrkResult, save, wrk
 from bench.strategies import STRATEGIES, Deps
 from bench.strategies.base import Check, new_deal, persisted_quantity
 from bench.strategies.direct import run_direct
 from bench.users import make_users
+from harness.celery import start_worker
+from harness.granian import start_granian
+from harness.ports import free_port
+from harness.processes import stop_process
+from harness.waits import wait_log
 
 BIG_STOCK = 10_000_000
 SELLOUT_STOCK = 500
@@ -91,7 +95,7 @@ def run_one(ctx: Context, deps: Deps, key: str, user_ids: list[int], seconds: in
         sell = new_deal(deps, SELLOUT_STOCK)
         sold = wrk("sell-out", base, connections=connections, seconds=sell_s, lua=order_lua(sell, user_ids))
     finally:
-        stop(proc)
+        stop_process(proc)
     strategy = cls(deps, main)
     accepted = strategy.accepted()
     lag = wait_persisted(deps, main, accepted, PERSIST_TIMEOUT_S)
@@ -148,7 +152,7 @@ def http_ceiling(ctx: Context, seconds: int, connections: int) -> float:
         res = wrk("GET /healthz", f"http://127.0.0.1:{port}", connections=connections, seconds=seconds, lua=HEALTH_LUA)
         return res.requests_per_s
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def run_direct_one(ctx: Context, deps: Deps, key: str, user_ids: list[int], seconds: float) -> dict:
@@ -200,7 +204,7 @@ def run(
                 print(direct[-1], flush=True)
     finally:
         for w in workers:
-            stop(w)
+            stop_process(w)
         ctx.cleanup()
         if not os.environ.get("BENCH_KEEP_LOGS"):
             shutil.rmtree(logdir, ignore_errors=True)

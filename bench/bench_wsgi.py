@@ -15,8 +15,12 @@ import subprocess
 import sys
 
 from bench.bench_http import orders_lua
-from bench.common import ROOT, Context, free_port, open_sale, save, start_granian, stop, wait_http, wrk
+from bench.common import ROOT, Context, open_sale, save, wrk
 from bench.users import login_all, make_users
+from harness.granian import start_granian
+from harness.ports import free_port
+from harness.processes import stop_process
+from harness.waits import wait_http
 
 WORKERS = 2
 
@@ -81,7 +85,7 @@ def main() -> None:
                         if key not in best or r.requests_per_s > best[key].requests_per_s:  # type: ignore[attr-defined]
                             best[key] = r
                 finally:
-                    stop(proc)
+                    stop_process(proc)
     finally:
         ctx.cleanup()
     rows = []

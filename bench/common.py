@@ -1,4 +1,4 @@
-"""Benchmark plumbing: a private database and key prefix, users with sessions, servers, wrk."""
+"""Benchmark plumbing: a private database and key prefix, open sales, wrk and its figures (processes: harness/)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -84,72 +82,6 @@ class Context:
         r = self.gate.redis
         for key in r.scan_iter(match=f"{self.settings.key_prefix}*", count=5000):
             r.delete(key)
-
-
-def free_port() -> int:
-    """An unused port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    """Wait until url answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
-def start_granian(
-    env: dict[str, str], port: int, workers: int = 2, threads: int = 8, target: str = "web.wsgi:app"
-) -> subprocess.Popen:
-    """One web instance under granian (WSGI); ``target`` is the WSGI app to serve."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--blocking-threads",
-            str(threads),
-            "--backpressure",
-            "512",
-            # HTTP/1.1 only, as in the Procfile: behind nginx (and wrk) nothing speaks HTTP/2, and
-            # granian's protocol detection per connection costs 10-40% of an order's throughput here.
-            "--http",
-            "1",
-            target,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_http(f"http://127.0.0.1:{port}/healthz")
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process group."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
 
 
 def open_sale(ctx: Context, title: str, stock: int = 10_000_000, limit: int = 100_000) -> int:

@@ -33,9 +33,9 @@ import redis
 
 from bench.common import Context, save
 from bench.httpclient import Conn
-from bench.private_redis import private_redis
 from bench.stack import Stack
 from bench.users import login_all, make_users
+from harness.redis_server import private_redis
 
 DEADLINE_S = 120  # every wait gives up after this
 KINDS = (

@@ -6,11 +6,11 @@ import contextlib
 import os
 import shutil
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
+
+from harness.waits import wait_for
 
 HOST = "127.0.0.1"
 
@@ -21,16 +21,6 @@ def ping(port: int) -> bool:
         return bool(redis.Redis(HOST, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except redis.RedisError:
         return False
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Return once ``predicate()`` holds; TimeoutError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} within {timeout:.0f} s")
 
 
 def alive(pid: int) -> bool:

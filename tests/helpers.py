@@ -1,4 +1,4 @@
-"""Test helpers: fast users, deals loaded into the gate, logged-in clients."""
+"""Test helpers: fast users, deals loaded into the gate, logged-in clients, the harness bound to this run."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import insert
 
+from harness import celery, nginx
 from shared.accounts import hash_password
 from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.models import Deal, User
+from tests.environment import RUN_PREFIX, base_env
 
 PASSWORD = "correct-horse-9"
 _HASH = hash_password(PASSWORD)
+
+
+def unique_email(tag: str = "u") -> str:
+    """A fresh email address."""
+    return f"{tag}-{uuid.uuid4().hex[:12]}@example.com"
 
 
 def make_users(db: Database, n: int, role: str = "buyer") -> list[int]:
@@ -129,3 +137,18 @@ def order_until_answered(
             return r
         time.sleep(0.05)
     return None
+
+
+class LoadBalancer(nginx.LoadBalancer):
+    """The harness's nginx LB; a missing nginx fails the test under CI and skips it elsewhere."""
+
+    def __init__(self, prefix: Path, upstreams: list[int], read_timeout_s: int | None = None) -> None:
+        binary = require_tool(nginx.nginx_binary(), "nginx", "nginx")
+        super().__init__(prefix, upstreams, read_timeout_s, binary)
+
+
+class CeleryProcs(celery.CeleryProcs):
+    """The harness's Celery processes on this run's environment and a queue no dev stack or other run listens to."""
+
+    def __init__(self, tmp: Path, queue: str | None = None) -> None:
+        super().__init__(tmp, base_env(), queue or celery.unique_queue(f"fdtest-{RUN_PREFIX.rstrip(':')}"))

@@ -1,0 +1,84 @@
+"""A private redis-server on a free port: fault tests change its policy or crash it, benchmarks measure it alone."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from harness.ports import HOST, free_port
+from harness.processes import kill_process, stop_process
+from harness.waits import wait_for
+
+
+def redis_server_binary() -> str | None:
+    """redis-server on PATH."""
+    return shutil.which("redis-server")
+
+
+class PrivateRedis:
+    """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all."""
+
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+        self.workdir = workdir
+        self.binary = binary or redis_server_binary() or "redis-server"
+        self.port = free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        """Start the server and wait until it answers PING."""
+        cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server on {self.port} exited with {proc.returncode}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(answers, 10, f"redis-server on {self.port} did not answer")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (only the one this object started)."""
+        if self.proc is not None:
+            kill_process(self.proc)
+
+    def stop(self) -> None:
+        """Shut the server down (SIGTERM, SIGKILL after 10 s)."""
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def restart_empty(self) -> None:
+        """A crash and a restart without persistence: every key is gone."""
+        self.kill()
+        self.start()
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A private redis-server in a temporary directory; yields its URL, then stops it and removes the directory.
+
+    Why not the shared Redis for benchmarks: ``INFO memory`` and ``INFO commandstats`` are server-wide, and other
+    work on the machine would be measured along with ours.
+    """
+    if redis_server_binary() is None:
+        raise SystemExit("redis-server is missing: apt-get install redis-server")
+    workdir = Path(tempfile.mkdtemp(prefix="flashdeal-redis-"))
+    server = PrivateRedis(workdir).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

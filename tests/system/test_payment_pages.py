@@ -1,0 +1,114 @@
+"""Paying in a real Chromium: pay within mm:ss, the dev checkout (declined, then paid), an order that expires.
+
+Set ``UPDATE_SCREENSHOTS=1`` to rewrite the payment screenshots in docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import text
+
+from harness.waits import wait_until
+from shared.cache import invalidate_deal
+from tests.helpers import CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
+from tests.system.test_pages import PHONE, _context, _gate, login, shot
+
+
+def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
+    browser,  # noqa: F811
+    web_server,
+    db,
+    settings,
+    tmp_path,
+) -> None:
+    from playwright.sync_api import expect
+
+    procs = CeleryProcs(tmp_path)
+    try:
+        procs.worker("pay1", wait=False)
+        server = web_server({"CELERY_QUEUE": procs.queue})
+        gate = _gate(settings)
+        deal = make_deal(
+            db, gate, stock=2, limit=1, price="59.00", payment_window=300, title="Noise-cancelling headphones"
+        )
+        invalidate_deal(gate.redis, gate.keys, deal.id)
+        buyer, late, admin = make_users(db, 2) + make_users(db, 1, role="admin")
+
+        a_ctx = _context(browser, server.url)
+        a = a_ctx.new_page()
+        login(a, email_of(db, buyer))
+        a.goto(f"/deals/{deal.id}")
+        a.locator("#buy").click()
+        expect(a.locator("#order-state")).to_have_text(re.compile("accepted|confirmed"))
+        expect(a.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 0[45]:\d\d"))
+        expect(a.locator("#order-message")).to_contain_text("held until the time to pay runs out")
+        shot(a, "deal-pay-within")
+
+        a.get_by_role("button", name="Pay now").click()
+        a.wait_for_url(re.compile(r"/payments/dev/checkout/devpi_"))
+        expect(a.locator(".price")).to_contain_text("59.00 EUR")
+        expect(a.locator("#checkout-countdown")).to_have_text(re.compile(r"Pay within 0[45]:\d\d"))
+        a.get_by_label("Card number").fill("4000 0000 0000 0002")
+        a.get_by_role("button", name=re.compile("^Pay ")).click()
+        expect(a.locator("#checkout-message")).to_have_text("Card declined. Try another card while time remains.")
+        shot(a, "checkout-declined")
+        # Back on the deal page, the buyer sees the decline, the units still held, and pays again from there.
+        a.goto(f"/deals/{deal.id}")
+        expect(a.locator("#order-message")).to_contain_text("Card declined. Try again while time remains")
+        expect(a.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 0[45]:\d\d"))
+        shot(a, "deal-declined")
+        a.get_by_role("button", name="Pay now").click()
+        a.wait_for_url(re.compile(r"/payments/dev/checkout/devpi_"))
+        a.get_by_label("Card number").fill("4242 4242 4242 4242")
+        a.get_by_role("button", name=re.compile("^Pay ")).click()
+        expect(a.locator("#checkout-message")).to_contain_text("your order is paid")
+        a.wait_for_url(re.compile(rf"/deals/{deal.id}$"))
+        expect(a.locator("#order-state")).to_have_text("paid")
+        expect(a.locator("#order-message")).to_have_text("Paid. The order is yours.")
+        expect(a.locator("#pay-box")).to_be_hidden()
+        expect(a.locator("#cancel-order")).to_be_hidden()
+        shot(a, "deal-paid")
+
+        # A second buyer, on a phone, orders with only 4 s to pay, and does not.
+        set_payment_window_ms(gate, deal.id, 4000)
+        b_ctx = _context(browser, server.url, PHONE)
+        b = b_ctx.new_page()
+        login(b, email_of(db, late))
+        b.goto(f"/deals/{deal.id}")
+        b.locator("#buy").click()
+        expect(b.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 00:0[0-4]"))
+        expect(b.locator("#remaining")).to_have_text("0")
+        procs.beat()  # the sweep: the order expires by itself, no request involved
+        expect(b.locator("#order-state")).to_have_text("expired", timeout=20_000)
+        expect(b.locator("#order-message")).to_contain_text("the order expired and its units went back on sale")
+        expect(b.locator("#remaining")).to_have_text("1", timeout=10_000)
+        b.locator("#order-panel").scroll_into_view_if_needed()
+        shot(b, "deal-expired-phone")
+
+        def persisted() -> bool:
+            with db.read() as s:
+                rows = s.execute(text("SELECT status FROM orders WHERE deal_id = :d"), {"d": deal.id}).scalars()
+                return sorted(rows) == ["expired", "paid"]
+
+        assert wait_until(persisted, 30)
+        orders = a_ctx.new_page()
+        orders.goto("/orders")
+        row = orders.locator(f'tr[data-order="{a.locator("#order-id").inner_text()}"]')
+        expect(row.locator('[data-field="status"]')).to_have_text("paid")
+        expect(row.locator('[data-field="pay-by"]')).to_have_text(re.compile(r"\d\d:\d\d"))
+        expect(row.get_by_role("button", name=re.compile("Cancel"))).to_have_count(0)
+        shot(orders, "my-orders-paid")
+
+        adm_ctx = _context(browser, server.url)
+        adm = adm_ctx.new_page()
+        login(adm, email_of(db, admin))
+        adm.goto(f"/admin/deals/{deal.id}")
+        expect(adm.locator('td[data-stat="paid"]')).to_have_text("1")
+        expect(adm.locator('td[data-stat="expired"]')).to_have_text("1")
+        expect(adm.locator('td[data-stat="remaining_stock"]')).to_have_text("1")
+        shot(adm, "admin-progress-payments")
+        for ctx in (a_ctx, b_ctx, adm_ctx):
+            ctx.close()
+    finally:
+        procs.close()
