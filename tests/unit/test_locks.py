@@ -10,7 +10,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Test, lint and benchmark tools: none of them may reach the production image.
 NOT_AT_RUNTIME = {"pytest", "playwright", "schemathesis", "hypothesis", "ruff", "locust", "matplotlib", "numpy",
                   "psycopg2-binary", "gevent", "pyyaml", "psutil"}  # fmt: skip
