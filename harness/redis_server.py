@@ -24,8 +24,9 @@ def redis_server_binary() -> str | None:
 class PrivateRedis:
     """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all."""
 
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, binary: str | None = None, replica_of: str | None = None) -> None:
         self.workdir = workdir
+        self.replica_of = replica_of  # the URL of a primary this server replicates
         self.binary = binary or redis_server_binary() or "redis-server"
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
@@ -35,6 +36,9 @@ class PrivateRedis:
         """Start the server and wait until it answers PING."""
         cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir)]
+        if self.replica_of is not None:
+            primary = redis.Redis.from_url(self.replica_of).connection_pool.connection_kwargs
+            cmd += ["--replicaof", str(primary["host"]), str(primary["port"])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         proc = self.proc
@@ -43,7 +47,9 @@ class PrivateRedis:
             if proc.poll() is not None:
                 raise RuntimeError(f"redis-server on {self.port} exited with {proc.returncode}")
             try:
-                return bool(client.ping())
+                if not client.ping():
+                    return False
+                return self.replica_of is None or client.info("replication").get("master_link_status") == "up"
             except redis.ConnectionError:
                 return False
 
@@ -67,18 +73,25 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis() -> Iterator[str]:
+def private_redis(replica_of: str | None = None) -> Iterator[str]:
     """A private redis-server in a temporary directory; yields its URL, then stops it and removes the directory.
 
     Why not the shared Redis for benchmarks: ``INFO memory`` and ``INFO commandstats`` are server-wide, and other
-    work on the machine would be measured along with ours.
+    work on the machine would be measured along with ours. ``replica_of``: the URL of a private primary to replicate.
     """
     if redis_server_binary() is None:
         raise SystemExit("redis-server is missing: apt-get install redis-server")
     workdir = Path(tempfile.mkdtemp(prefix="flashdeal-redis-"))
-    server = PrivateRedis(workdir).start()
+    server = PrivateRedis(workdir, replica_of=replica_of).start()
     try:
         yield server.url
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def private_pair() -> Iterator[str]:
+    """A private primary with one replica in sync; yields the primary's URL."""
+    with private_redis() as primary, private_redis(replica_of=primary):
+        yield primary
