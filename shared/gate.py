@@ -14,7 +14,7 @@ from shared.keys import Keys
 from shared.order_record import LiveOrder, parse_order_record
 from shared.outbox_entry import CANCEL, parse_inflight_member
 from shared.redis import DirectCalls
-from shared.settings import Settings
+from shared.settings import Settings, default_of
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 
@@ -108,7 +108,7 @@ class SweepResult:
     """Reply of one expiry sweep call on a deal."""
 
     expired: int
-    seen: int  # due entries looked at; equal to the limit means there may be more
+    seen: int  # due entries looked at; equal to the batch means there may be more
     kick: bool
 
 
@@ -141,7 +141,7 @@ class DealRules:
     status: str  # scheduled | open | ended
     open_ms: int
     close_ms: int
-    limit: int
+    cap: int  # the purchase cap: units one buyer may hold (per_user_limit; the field "limit" of the state hash)
     price: Decimal
     total: int
     title: str
@@ -173,7 +173,12 @@ class Gate:
     """Admission, cancel and deal loading on one Redis; scripts are registered once."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, kick_ms: int = 100, ack_replicas: int = 0, ack_timeout_ms: int = 250
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        kick_ms: int = default_of("drain_kick_ms"),
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = default_of("order_ack_timeout_ms"),
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -249,7 +254,7 @@ class Gate:
                 rules.status,
                 rules.open_ms,
                 rules.close_ms,
-                rules.limit,
+                rules.cap,
                 str(rules.price),
                 rules.total,
                 initial_stock,
@@ -276,10 +281,10 @@ class Gate:
         )
         return SettleResult(Settlement(outcome), str(detail), bool(kick), acked >= self.ack_replicas)
 
-    def expire_due(self, deal_id: int, limit: int = 500) -> SweepResult:
-        """Expire up to ``limit`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
+    def expire_due(self, deal_id: int, batch: int = default_of("expiry_sweep_batch")) -> SweepResult:
+        """Expire up to ``batch`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
         expired, seen, kick = self._settle(
-            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", limit, "", "", self.kick_ms]
+            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", batch, "", "", self.kick_ms]
         )
         return SweepResult(int(expired), int(seen), bool(kick))
 
@@ -379,7 +384,7 @@ def _rules(deal_id: int, state: dict[str, str]) -> DealRules:
         status=state["status"],
         open_ms=int(state["open_ms"]),
         close_ms=int(state["close_ms"]),
-        limit=int(state["limit"]),
+        cap=int(state["limit"]),
         price=Decimal(state["price"]),
         total=int(state["total"]),
         title=state.get("title", ""),

@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 from shared.gate import Gate
+from shared.settings import default_of
 
-SWEEP_BATCH = 500  # due orders per script call: one call stays well under a millisecond per hundred orders
+# Due orders per script call (EXPIRY_SWEEP_BATCH): one call stays well under a millisecond per hundred orders.
+SWEEP_BATCH = default_of("expiry_sweep_batch")
 
 
 @dataclass
