@@ -31,6 +31,7 @@ from bench.common import ROOT, Context, save, stop
 from bench.strategies.lua_celery import PERSIST_TASK
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
+from shared.gate import lua_source
 from shared.models import User
 
 DEADLINE_S = 180  # every wait in this benchmark gives up after this
@@ -59,7 +60,7 @@ def make_deal(ctx: Context, stock: int) -> int:
 
 def admission(ctx: Context, deal_id: int) -> tuple[str, list[str]]:
     """The admission script's SHA (loaded once) and the deal's keys: the exact script the web path runs."""
-    sha = ctx.gate.redis.script_load((ROOT / "lua" / "admit.lua").read_text())
+    sha = ctx.gate.redis.script_load(lua_source("admit"))
     return sha, ctx.gate.keys.deal(deal_id).gate_keys()
 
 

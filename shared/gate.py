@@ -1,11 +1,11 @@
-"""The stock gate: wraps the Lua scripts in ``lua/`` and turns their replies into typed results."""
+"""The stock gate: wraps the Lua scripts in ``shared/lua/`` and turns their replies into typed results."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
+from importlib import resources
 
 import redis
 
@@ -16,11 +16,13 @@ from shared.outbox_entry import CANCEL, parse_inflight_member
 from shared.redis import DirectCalls
 from shared.settings import Settings, default_of
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# The gate's scripts, shipped as package data of ``shared`` (shared/lua/*.lua), so an installed wheel has them.
+SCRIPTS = ("admit", "cancel", "load_deal", "retire", "settle")
 
 
-def _lua(name: str) -> str:
-    return (LUA_DIR / f"{name}.lua").read_text()
+def lua_source(name: str) -> str:
+    """The source of one gate script (``SCRIPTS``), read from the installed package."""
+    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Admission(enum.StrEnum):
@@ -36,7 +38,7 @@ class Admission(enum.StrEnum):
 
 
 class Loaded(enum.IntEnum):
-    """What loading a deal did to its stock (the reply of ``lua/load_deal.lua``)."""
+    """What loading a deal did to its stock (the reply of ``shared/lua/load_deal.lua``)."""
 
     SET = 1  # the stock was set now: a first load, or the whole deal rebuilt after Redis lost it
     LIVE = 0  # the stock was live: left as it is
@@ -55,7 +57,7 @@ class Cancellation(enum.StrEnum):
 
 
 class Settlement(enum.StrEnum):
-    """What lua/settle.lua decided for one payment event."""
+    """What shared/lua/settle.lua decided for one payment event."""
 
     PAID = "paid"
     REFUND = "refund"  # the money came for units no longer held (expired, canceled): give it back
@@ -188,13 +190,13 @@ class Gate:
         self.ack_timeout_ms = ack_timeout_ms
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, so the gate keeps
         # working after SCRIPT FLUSH or a Redis restart.
-        self._admit = client.register_script(_lua("admit"))
+        self._admit = client.register_script(lua_source("admit"))
         # Admission is the hot path: it goes straight to a per-thread connection (DirectCalls).
         self.direct = DirectCalls(client)
-        self._cancel = client.register_script(_lua("cancel"))
-        self._load = client.register_script(_lua("load_deal"))
-        self._retire = client.register_script(_lua("retire"))
-        self._settle = client.register_script(_lua("settle"))
+        self._cancel = client.register_script(lua_source("cancel"))
+        self._load = client.register_script(lua_source("load_deal"))
+        self._retire = client.register_script(lua_source("retire"))
+        self._settle = client.register_script(lua_source("settle"))
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Gate:

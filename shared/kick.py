@@ -3,7 +3,7 @@
 A Celery message per order would cost more than the admission itself, so an order does not ask for a
 drain: the flag ``{deal:N}:kick`` does, once per interval. Its life, in order:
 
-1. **set by a gate script** (``lua/admit.lua``, ``cancel.lua``, ``settle.lua``: ``SET NX PX DRAIN_KICK_MS``,
+1. **set by a gate script** (``shared/lua/admit.lua``, ``cancel.lua``, ``settle.lua``: ``SET NX PX DRAIN_KICK_MS``,
    inside the script so it is atomic with the entry it announces). The request whose script set it
    sends one ``flashdeal.drain_deal`` (``web/kick.py``); the others send nothing.
 2. **held by the drain task while it runs** (``hold_while_draining``): admissions queue no task for what it

@@ -1,4 +1,4 @@
-"""The expiry sweep: unpaid orders past their pay_by give their units back (lua/settle.lua, mode 'expire')."""
+"""The expiry sweep: unpaid orders past their pay_by give their units back (shared/lua/settle.lua, mode 'expire')."""
 
 from __future__ import annotations
 
