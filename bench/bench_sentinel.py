@@ -23,7 +23,7 @@ import requests
 from bench.bench_http import orders_lua
 from bench.common import Context, free_port, open_sale, save, start_granian, stop, wrk
 from bench.users import login_all, make_users
-from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
+from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.gate import Gate
 from shared.redis import text_client
 from shared.settings import Settings

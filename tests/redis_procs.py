@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports
-from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
+from scripts.local_redis.cluster import ClusterPorts, ClusterTopology, free_cluster_ports
+from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.redis import text_client
 from shared.settings import DEFAULT_AMQP_URL, Settings
 from tests.conftest import free_port

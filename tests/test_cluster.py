@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from sqlalchemy import text
 
-from scripts.cluster_topology import node_client
+from scripts.local_redis.cluster import node_client
 from shared.db import Database
 from shared.deals import deal_stats
 from shared.gate import Admission, Cancellation, Gate

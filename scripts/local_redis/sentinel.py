@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from scripts.redis_nodes import HOST, RedisNodes, ping, wait_for
+from scripts.local_redis.nodes import HOST, RedisNodes, ping, wait_for
 
 MASTER_NAME = "flashdeal"
 # Why 1 s: a failover within a few seconds; lower makes a busy machine's pauses look like deaths.
