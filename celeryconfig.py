@@ -8,16 +8,17 @@ from kombu import Exchange, Queue
 
 from shared.redis import celery_result_backend, celery_result_backend_options
 from shared.settings import Settings
+from shared.task_names import DRAIN_ACTIVE, EXPIRE_DUE, RECONCILE, TICK
 
 # Interval-only schedule: nothing needs remembering between restarts; the file beat is given (`-s var/...`)
 # only keeps last-run times, and losing it sends each task once more at start.
 BEAT_SCHEDULE = {
-    "tick": {"task": "flashdeal.tick", "schedule": 1.0, "options": {"expires": 5}},
+    "tick": {"task": TICK, "schedule": 1.0, "options": {"expires": 5}},
     # Safety net: every live deal is drained at least once a second even if no web node kicked it.
-    "drain-active": {"task": "flashdeal.drain_active", "schedule": 1.0, "options": {"expires": 5}},
+    "drain-active": {"task": DRAIN_ACTIVE, "schedule": 1.0, "options": {"expires": 5}},
     # Payment windows: unpaid orders past pay_by give their units back within about a second.
-    "expire-due": {"task": "flashdeal.expire_due", "schedule": 1.0, "options": {"expires": 5}},
-    "reconcile": {"task": "flashdeal.reconcile", "schedule": 30.0, "options": {"expires": 25}},
+    "expire-due": {"task": EXPIRE_DUE, "schedule": 1.0, "options": {"expires": 5}},
+    "reconcile": {"task": RECONCILE, "schedule": 30.0, "options": {"expires": 25}},
 }
 
 

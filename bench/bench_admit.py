@@ -3,7 +3,7 @@
 Usage: .venv/bin/python -m bench.bench_admit [--orders 20000] [--rounds 3]
 
 A private redis-server (nothing else runs on it): each round admits ``--orders`` orders of distinct order ids
-through ``lua/admit.lua`` as shipped, and through the same script without its ``ZADD`` line (the baseline),
+through ``shared/lua/admit.lua`` as shipped, and through the same script without its ``ZADD`` line (the baseline),
 in pipelines of 200 from one client, alternating the two. Nothing drains, so the index grows to ``--orders``
 entries: the worst case (a sale with its workers down); in normal operation it holds only what is in flight.
 Reported: Redis CPU per admission (``INFO commandstats``, usec_per_call of EVALSHA) and admissions/s.
@@ -19,10 +19,10 @@ from decimal import Decimal
 
 import redis
 
-from bench.common import ROOT, save
+from bench.common import save
 from harness.redis_server import private_redis
 from shared.clock import now_ms
-from shared.gate import DealRules, Gate
+from shared.gate import DealRules, Gate, lua_source
 from shared.keys import Keys
 from shared.order_ids import new_order_id
 
@@ -32,9 +32,9 @@ BATCH = 200
 
 def variants() -> dict[str, str]:
     """The shipped script and the baseline without the index line."""
-    shipped = (ROOT / "lua" / "admit.lua").read_text()
+    shipped = lua_source("admit")
     if INDEX_LINE not in shipped:
-        raise SystemExit("lua/admit.lua has no in-flight index line: update bench/bench_admit.py")
+        raise SystemExit("shared/lua/admit.lua has no in-flight index line: update bench/bench_admit.py")
     return {"with in-flight index (shipped)": shipped, "without (baseline)": shipped.replace(INDEX_LINE, "")}
 
 

@@ -3,7 +3,7 @@
 Usage: .venv/bin/python -m bench.bench_cluster [--seconds 4] [--procs 2] [--threads 8] [--deals 300] [--rounds 2]
 
 Started from the local redis-server, on free ports, AOF on everywhere: a cluster of three primaries and
-three replicas (scripts/cluster_topology.py), and one Redis with one replica (the single topology with
+three replicas (scripts/local_redis/cluster.py), and one Redis with one replica (the single topology with
 the same durability). Nothing else: no web node, no PostgreSQL, no worker; ``Gate.admit`` is called by
 ``--procs`` processes of ``--threads`` threads each, so what is measured is the gate and its Redis.
 
@@ -35,7 +35,7 @@ from redis.crc import key_slot
 
 from bench.common import save
 from harness.ports import free_port
-from scripts.cluster_topology import ClusterPorts, ClusterTopology, free_cluster_ports, node_client
+from scripts.local_redis.cluster import ClusterPorts, ClusterTopology, free_cluster_ports, node_client
 from shared.clock import now_ms
 from shared.gate import Admission, DealRules, Gate
 from shared.keys import Keys

@@ -39,7 +39,7 @@ from harness.processes import stop_process
 from harness.redis_server import private_pair
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
-from shared.gate import Gate
+from shared.gate import Gate, lua_source
 from shared.models import User
 from shared.redis import text_client
 from worker.drain import DrainOptions, drain_deal
@@ -70,7 +70,7 @@ def make_deal(ctx: Context, stock: int) -> int:
 
 def admission(ctx: Context, deal_id: int) -> tuple[str, list[str]]:
     """The admission script's SHA (loaded once) and the deal's keys: the exact script the web path runs."""
-    sha = ctx.gate.redis.script_load((ROOT / "lua" / "admit.lua").read_text())
+    sha = ctx.gate.redis.script_load(lua_source("admit"))
     return sha, ctx.gate.keys.deal(deal_id).gate_keys()
 
 

@@ -5,7 +5,7 @@ Usage: .venv/bin/python -m bench.bench_payments [--orders 5000] [--rounds 10] [-
 Runs on this machine only, against a private redis-server started for the run (on a free port of 127.0.0.1,
 so that the Redis process's CPU time counts only this benchmark's calls on a shared machine), the bench
 PostgreSQL database and key prefix, and real `celery -A worker` processes for the storm.
-1. admission: the real admission script (lua/admit.lua), pipelined 1000 at a time, alternately on a deal
+1. admission: the real admission script (shared/lua/admit.lua), pipelined 1000 at a time, alternately on a deal
    without a payment window and on one with a window (which adds the pay_by to the record and a ZADD to the
    due-time index), and a bench-only variant of the window script without its ZADD, ROUNDS interleaved
    rounds of ORDERS each, same run. Reported per admission: the Redis process's CPU time (INFO cpu, user +
@@ -38,7 +38,7 @@ import redis
 from sqlalchemy import text
 
 from bench.bench_drain import make_users
-from bench.common import ROOT, Context, bench_env, save, wrk
+from bench.common import Context, bench_env, save, wrk
 from harness.celery import celery_command
 from harness.granian import start_granian
 from harness.ports import free_port
@@ -46,7 +46,7 @@ from harness.processes import spawn, stop_process
 from harness.waits import wait_log
 from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
-from shared.gate import Gate
+from shared.gate import Gate, lua_source
 from shared.keys import Keys
 from shared.migrations import upgrade
 from shared.redis import text_client
@@ -138,7 +138,7 @@ KINDS = (
 def bench_admission(ctx: Context, orders: int, rounds: int) -> list[dict[str, object]]:
     """Interleaved rounds of each kind; Redis CPU and client-side rate per admission."""
     users = make_users(ctx, 2000)
-    source = (ROOT / "lua" / "admit.lua").read_text()
+    source = lua_source("admit")
     assert source.count(ZADD_LINE) == 1, "admit.lua changed: update ZADD_LINE"
     r = ctx.gate.redis
     shas = {False: r.script_load(source), True: r.script_load(source.replace(ZADD_LINE, ""))}
@@ -228,7 +228,7 @@ def bench_storm(ctx: Context, storm: int) -> list[dict[str, object]]:
         k = ctx.gate.keys.deal(deal_id)
         # The sweep must find a consumer from the first deadline.
         wait_log(Path(tmp) / "worker.log", "ready.", timeout=DEADLINE_S)
-        sha = ctx.gate.redis.script_load((ROOT / "lua" / "admit.lua").read_text())
+        sha = ctx.gate.redis.script_load(lua_source("admit"))
         admit(ctx, sha, deal_id, users, storm)
         last_deadline = float(ctx.gate.redis.zrange(k.due, -1, -1, withscores=True)[0][1]) / 1000
         deadline = time.monotonic() + DEADLINE_S

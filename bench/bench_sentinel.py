@@ -26,7 +26,7 @@ from bench.users import login_all, make_users
 from harness.granian import start_granian
 from harness.ports import free_port
 from harness.processes import stop_process
-from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
+from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.gate import Gate
 from shared.redis import text_client
 from shared.settings import Settings

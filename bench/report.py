@@ -212,7 +212,7 @@ def code_version() -> str:
     """The commit the run measured (``+dirty`` with uncommitted changes), so history rows compare like with like."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "web", "shared", "lua", "worker", "bench/*.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "web", "shared", "worker", "bench/*.py"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
     except OSError:
         return "-"

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 sys.path.insert(0, str(ROOT))
 
-from scripts.cluster_topology import ClusterPorts, ClusterTopology  # noqa: E402
-from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
+from scripts.local_redis.cluster import ClusterPorts, ClusterTopology  # noqa: E402
+from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology  # noqa: E402
 from shared.redis import server_policy  # noqa: E402
 from shared.settings import ConfigError, default_broker_url, parse_hosts  # noqa: E402
 

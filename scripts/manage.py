@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
-from scripts.cluster_topology import ClusterPorts, ClusterTopology  # noqa: E402
 from scripts.ensure_services import redact  # noqa: E402
-from scripts.sentinel_topology import SentinelPorts, SentinelTopology  # noqa: E402
+from scripts.local_redis.cluster import ClusterPorts, ClusterTopology  # noqa: E402
+from scripts.local_redis.sentinel import SentinelPorts, SentinelTopology  # noqa: E402
 from shared.accounts import EmailTaken, create_user  # noqa: E402
 from shared.db import Database  # noqa: E402
 from shared.deals import NewDeal, load_deal, publish_deal  # noqa: E402

@@ -20,6 +20,7 @@ from shared.gate import DealRules, Gate, Loaded, buyer_status
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.order_record import LiveOrder
 from shared.readable import UnreadableDeal, readable_deals
+from shared.settings import default_of
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def rules_of(deal: Deal) -> DealRules:
         status=gate_status(deal),
         open_ms=dt_to_ms(deal.starts_at),
         close_ms=dt_to_ms(deal.ends_at),
-        limit=deal.per_user_limit,
+        cap=deal.per_user_limit,
         price=deal.price,
         total=deal.total_stock,
         title=deal.title,
@@ -178,7 +179,7 @@ def load_deal(session: Session, gate: Gate, deal: Deal) -> Loaded:
 
     When Redis holds nothing of the deal (never loaded, or the whole deal lost with Redis), the
     stock is total minus what PostgreSQL holds, and the buyers' totals are PostgreSQL's, so the
-    same units are not sold twice and the per-user limit holds. When the stock alone is gone
+    same units are not sold twice and the purchase cap holds. When the stock alone is gone
     while order records or outbox entries remain, nothing is rebuilt (``Loaded.HELD``): that
     stock must count the orders still in Redis, which only ``reconcile --repair`` does.
     """
@@ -273,7 +274,7 @@ class TickReport:
         return bool(self.loaded or self.opened or self.sold_out or self.ended)
 
 
-def tick(db: Database, gate: Gate, load_ahead_seconds: int = 60) -> TickReport:
+def tick(db: Database, gate: Gate, load_ahead_seconds: int = default_of("deal_load_ahead_seconds")) -> TickReport:
     """Move deals along their lifecycle; run every second by Celery beat.
 
     Loads deals into Redis ``load_ahead_seconds`` before they start (so the first second of a

@@ -1,11 +1,11 @@
-"""The stock gate: wraps the Lua scripts in ``lua/`` and turns their replies into typed results."""
+"""The stock gate: wraps the Lua scripts in ``shared/lua/`` and turns their replies into typed results."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
+from importlib import resources
 
 import redis
 
@@ -14,13 +14,15 @@ from shared.keys import Keys
 from shared.order_record import LiveOrder, parse_order_record
 from shared.outbox_entry import CANCEL, parse_inflight_member
 from shared.redis import DirectCalls
-from shared.settings import Settings
+from shared.settings import Settings, default_of
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# The gate's scripts, shipped as package data of ``shared`` (shared/lua/*.lua), so an installed wheel has them.
+SCRIPTS = ("admit", "cancel", "load_deal", "retire", "settle")
 
 
-def _lua(name: str) -> str:
-    return (LUA_DIR / f"{name}.lua").read_text()
+def lua_source(name: str) -> str:
+    """The source of one gate script (``SCRIPTS``), read from the installed package."""
+    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Admission(enum.StrEnum):
@@ -36,7 +38,7 @@ class Admission(enum.StrEnum):
 
 
 class Loaded(enum.IntEnum):
-    """What loading a deal did to its stock (the reply of ``lua/load_deal.lua``)."""
+    """What loading a deal did to its stock (the reply of ``shared/lua/load_deal.lua``)."""
 
     SET = 1  # the stock was set now: a first load, or the whole deal rebuilt after Redis lost it
     LIVE = 0  # the stock was live: left as it is
@@ -55,7 +57,7 @@ class Cancellation(enum.StrEnum):
 
 
 class Settlement(enum.StrEnum):
-    """What lua/settle.lua decided for one payment event."""
+    """What shared/lua/settle.lua decided for one payment event."""
 
     PAID = "paid"
     REFUND = "refund"  # the money came for units no longer held (expired, canceled): give it back
@@ -108,7 +110,7 @@ class SweepResult:
     """Reply of one expiry sweep call on a deal."""
 
     expired: int
-    seen: int  # due entries looked at; equal to the limit means there may be more
+    seen: int  # due entries looked at; equal to the batch means there may be more
     kick: bool
 
 
@@ -141,7 +143,7 @@ class DealRules:
     status: str  # scheduled | open | ended
     open_ms: int
     close_ms: int
-    limit: int
+    cap: int  # the purchase cap: units one buyer may hold (per_user_limit; the field "limit" of the state hash)
     price: Decimal
     total: int
     title: str
@@ -173,7 +175,12 @@ class Gate:
     """Admission, cancel and deal loading on one Redis; scripts are registered once."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, kick_ms: int = 100, ack_replicas: int = 0, ack_timeout_ms: int = 250
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        kick_ms: int = default_of("drain_kick_ms"),
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = default_of("order_ack_timeout_ms"),
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -183,13 +190,13 @@ class Gate:
         self.ack_timeout_ms = ack_timeout_ms
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, so the gate keeps
         # working after SCRIPT FLUSH or a Redis restart.
-        self._admit = client.register_script(_lua("admit"))
+        self._admit = client.register_script(lua_source("admit"))
         # Admission is the hot path: it goes straight to a per-thread connection (DirectCalls).
         self.direct = DirectCalls(client)
-        self._cancel = client.register_script(_lua("cancel"))
-        self._load = client.register_script(_lua("load_deal"))
-        self._retire = client.register_script(_lua("retire"))
-        self._settle = client.register_script(_lua("settle"))
+        self._cancel = client.register_script(lua_source("cancel"))
+        self._load = client.register_script(lua_source("load_deal"))
+        self._retire = client.register_script(lua_source("retire"))
+        self._settle = client.register_script(lua_source("settle"))
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Gate:
@@ -249,7 +256,7 @@ class Gate:
                 rules.status,
                 rules.open_ms,
                 rules.close_ms,
-                rules.limit,
+                rules.cap,
                 str(rules.price),
                 rules.total,
                 initial_stock,
@@ -276,10 +283,10 @@ class Gate:
         )
         return SettleResult(Settlement(outcome), str(detail), bool(kick), acked >= self.ack_replicas)
 
-    def expire_due(self, deal_id: int, limit: int = 500) -> SweepResult:
-        """Expire up to ``limit`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
+    def expire_due(self, deal_id: int, batch: int = default_of("expiry_sweep_batch")) -> SweepResult:
+        """Expire up to ``batch`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
         expired, seen, kick = self._settle(
-            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", limit, "", "", self.kick_ms]
+            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", batch, "", "", self.kick_ms]
         )
         return SweepResult(int(expired), int(seen), bool(kick))
 
@@ -379,7 +386,7 @@ def _rules(deal_id: int, state: dict[str, str]) -> DealRules:
         status=state["status"],
         open_ms=int(state["open_ms"]),
         close_ms=int(state["close_ms"]),
-        limit=int(state["limit"]),
+        cap=int(state["limit"]),
         price=Decimal(state["price"]),
         total=int(state["total"]),
         title=state.get("title", ""),

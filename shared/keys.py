@@ -31,7 +31,7 @@ class DealKeys:
     payments: str  # hash: order id -> the provider's payment ("provider|payment id|checkout url"), and
     #                "order id:paid" -> the payment that paid it, "order id:declined" -> when a card was declined
     events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
-    loaded: str  # hash: when the stock was last set by lua/load_deal.lua, and what PostgreSQL held then
+    loaded: str  # hash: when the stock was last set by shared/lua/load_deal.lua, and what PostgreSQL held then
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -48,7 +48,7 @@ class DealKeys:
         ]
 
     def settle_keys(self) -> list[str]:
-        """KEYS for the payment decision script (lua/settle.lua), in the order it expects."""
+        """KEYS for the payment decision script (shared/lua/settle.lua), in the order it expects."""
         return [
             self.stock,
             self.buyers,

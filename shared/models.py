@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 USER_ROLES = ("buyer", "admin")
 DEAL_STATUSES = ("scheduled", "open", "sold_out", "ended")
-# paid / expired: orders of a deal with a payment window (decided once, in the gate: lua/settle.lua).
+# paid / expired: orders of a deal with a payment window (decided once, in the gate: shared/lua/settle.lua).
 ORDER_STATUSES = ("accepted", "confirmed", "paid", "expired", "canceled", "failed")
 MAX_PAYMENT_WINDOW_SECONDS = 86_400
 

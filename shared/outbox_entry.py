@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 ORDER, CANCEL = "o", "c"
-# Decisions of lua/settle.lua (deals with a payment window): the order was paid, or expired unpaid.
+# Decisions of shared/lua/settle.lua (deals with a payment window): the order was paid, or expired unpaid.
 PAID, EXPIRED = "p", "x"
 KINDS = (ORDER, CANCEL, PAID, EXPIRED)
 # Kinds that give the order's units back (reconcile counts them like a cancel).

@@ -11,6 +11,7 @@ from shared.cache import invalidate_deal
 from shared.db import Database
 from shared.gate import Gate, RetireVerdict
 from shared.models import Deal
+from shared.settings import default_of
 
 RETIRE_BATCH = 100  # deals per pass: a shop upgraded with months of ended deals catches up over a few passes
 
@@ -62,7 +63,9 @@ def _delete_keys(gate: Gate, deal_id: int) -> RetireVerdict:
     return verdict
 
 
-def retire_ended(db: Database, gate: Gate, after_seconds: int = 60, batch: int = RETIRE_BATCH) -> RetireReport:
+def retire_ended(
+    db: Database, gate: Gate, after_seconds: int = default_of("deal_retire_after_seconds"), batch: int = RETIRE_BATCH
+) -> RetireReport:
     """One pass (beat's tick runs it every second): retire deals ended ``after_seconds`` ago and settled.
 
     ``after_seconds`` keeps an ended deal's gate a while, so a client retrying an order just after the

@@ -314,6 +314,11 @@ class Settings(BaseSettings):
         return self
 
 
+def default_of(field: str) -> Any:
+    """A setting's default, for functions that take the setting as an argument: each default is written once, here."""
+    return Settings.model_fields[field].default
+
+
 def _validation_name(field: str) -> str:
     """The key a field is validated under: the variable ``_env`` gave it, else the field's own name."""
     info: FieldInfo | None = Settings.model_fields.get(field)

@@ -22,7 +22,7 @@ from web.validation import parse_query
 
 bp = Blueprint("deals", __name__, url_prefix="/api")
 
-LIST_LIMIT = 500  # deals kept in the cached list (newest first); a flash-sale site runs few at once
+LIST_MAX_ROWS = 500  # deals kept in the cached list (newest first); a flash-sale site runs few at once
 
 
 def static_view(deal: Deal, sold: int) -> dict[str, Any]:
@@ -107,9 +107,9 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
     with svc.db.read() as s:
         # An unreadable row is left out (and logged), so one bad deal cannot take down the list.
         deals, _skipped = readable_deals(
-            s, select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_LIMIT)
+            s, select(Deal).order_by(Deal.starts_at.desc(), Deal.id.desc()).limit(LIST_MAX_ROWS)
         )
-        # One grouped query for every ended deal of the list (up to LIST_LIMIT), not one per deal.
+        # One grouped query for every ended deal of the list (up to LIST_MAX_ROWS), not one per deal.
         sold = sold_quantities(s, [d.id for d in deals if d.status == "ended"])
         return [static_view(d, sold.get(d.id, 0)) for d in deals]
 

@@ -1,4 +1,4 @@
-"""Sending drain tasks from a web node: once per kick interval per deal, never once per order."""
+"""Sending drain tasks from a web node: only when a gate script set the deal's kick flag (shared/kick.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from celery import Celery
 
 from celeryconfig import celery_config
 from shared.settings import Settings
+from shared.task_names import DRAIN_DEAL
 
 log = logging.getLogger(__name__)
-
-DRAIN_TASK = "flashdeal.drain_deal"
 
 
 class DrainKicks:
@@ -40,6 +39,6 @@ class DrainKicks:
         drains every live deal each second, so a broker hiccup must never fail the request.
         """
         try:
-            self.producer.send_task(DRAIN_TASK, args=[deal_id], retry=False)
+            self.producer.send_task(DRAIN_DEAL, args=[deal_id], retry=False)
         except Exception:
             log.warning("drain kick for deal %s not sent; beat will drain it", deal_id, exc_info=True)

@@ -61,7 +61,7 @@ STATUS_MEANINGS = {
     409: "refused by the resource's state (sold_out, limit_exceeded, deal_not_open, email_taken, …)",
     413: "body too large",
     415: "the body is not JSON",
-    422: "invalid input, or a rule the schema cannot express (quantity above the deal's per-user limit, window)",
+    422: "invalid input, or a rule the schema cannot express (quantity above the deal's purchase cap, window)",
     429: "rate limited; see Retry-After",
     503: "a dependency (Redis, PostgreSQL) is briefly unavailable; see Retry-After",
 }

@@ -16,7 +16,7 @@ from shared.outbox_entry import CANCEL, Unparsable, parse_payload
 from web.schemas import OrderOut
 from web.services import Services
 
-MY_ORDERS_LIMIT = 200
+MY_ORDERS_MAX_ROWS = 200
 
 # The gate's decided states: recorded in Redis first, they reach PostgreSQL through the outbox.
 GATE_DECIDED = ("canceled", "paid", "expired")
@@ -81,7 +81,7 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
     inflight = svc.gate.inflight_of(user_id, svc.gate.live_deal_ids())
     with svc.db.read() as s:
         rows = s.scalars(
-            select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_LIMIT)
+            select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_MAX_ROWS)
         ).all()
     items = {str(r.id): _order_out(r, r.status) for r in rows}
     for entry in inflight:
@@ -91,4 +91,4 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
             continue  # persisted already (committed, not yet acknowledged): PostgreSQL's row is as new
         items[order.order_id] = _order_out(order, status)
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
-    return ordered[:MY_ORDERS_LIMIT]
+    return ordered[:MY_ORDERS_MAX_ROWS]

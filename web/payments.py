@@ -1,6 +1,6 @@
 """Payments: open the order's payment, take the provider's signed events, and the dev provider's checkout.
 
-The decision (paid, or the money goes back) is made in the gate by lua/settle.lua; this module turns a
+The decision (paid, or the money goes back) is made in the gate by shared/lua/settle.lua; this module turns a
 verified event into that call and carries out what it decided (a refund, a drain kick).
 """
 
@@ -193,7 +193,7 @@ def _decided_in_database(svc: Services, ev: PaymentEvent) -> str | None:
 
     Why PostgreSQL: a deal's gate keys (records, payments, seen events) leave Redis when it retires, and a
     provider resends an event for days when our answer was lost, so "unknown to the gate" is not "unknown".
-    A retired deal has nothing awaiting payment (lua/retire.lua), so its row holds the final decision.
+    A retired deal has nothing awaiting payment (shared/lua/retire.lua), so its row holds the final decision.
     """
     assert ev.order_id is not None
     with svc.db.read() as s:

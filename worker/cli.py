@@ -413,13 +413,15 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--deal", "deal_id", type=click.IntRange(min=1), help="Only this deal's letters.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="At most this many.")
+@click.option(
+    "--limit", "max_rows", type=click.IntRange(1, 10_000), default=100, show_default=True, help="At most this many."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def dlq_list(deal_id: int | None, limit: int, as_json: bool) -> None:
+def dlq_list(deal_id: int | None, max_rows: int, as_json: bool) -> None:
     """List dead-lettered orders, oldest first, with the database's reason."""
     from worker.dlq import list_dead_letters
 
-    rows = [r.as_dict() for r in list_dead_letters(ops().db, deal_id, limit)]
+    rows = [r.as_dict() for r in list_dead_letters(ops().db, deal_id, max_rows)]
 
     def human() -> str:
         if not rows:

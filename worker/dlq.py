@@ -162,9 +162,9 @@ def _order_id_or_synthetic(deal_id: int, item: Unparsable) -> str:
         return synthetic_order_id(deal_id, item.entry_id)
 
 
-def list_dead_letters(db: Database, deal_id: int | None = None, limit: int = 100) -> list[DeadLetterView]:
+def list_dead_letters(db: Database, deal_id: int | None = None, max_rows: int = 100) -> list[DeadLetterView]:
     """The oldest dead letters first, optionally of one deal."""
-    stmt = select(DeadLetter).order_by(DeadLetter.id).limit(limit)
+    stmt = select(DeadLetter).order_by(DeadLetter.id).limit(max_rows)
     if deal_id is not None:
         stmt = stmt.where(DeadLetter.deal_id == deal_id)
     with db.read() as s:
@@ -183,11 +183,11 @@ def list_dead_letters(db: Database, deal_id: int | None = None, limit: int = 100
         ]
 
 
-def retry_dead_letters(db: Database, deal_id: int | None = None, limit: int = 1000) -> RetryReport:
+def retry_dead_letters(db: Database, deal_id: int | None = None, max_rows: int = 1000) -> RetryReport:
     """Re-insert dead letters one by one; a letter whose row is written now is deleted in the same transaction."""
     persisted: list[str] = []
     failing: dict[str, str] = {}
-    stmt = select(DeadLetter).order_by(DeadLetter.id).limit(limit).with_for_update(skip_locked=True)
+    stmt = select(DeadLetter).order_by(DeadLetter.id).limit(max_rows).with_for_update(skip_locked=True)
     if deal_id is not None:
         stmt = stmt.where(DeadLetter.deal_id == deal_id)
     with db.transaction() as s:

@@ -12,12 +12,13 @@ import redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from shared import kick
 from shared.db import Database
 from shared.keys import Keys
 from shared.order_record import parse_order_record
 from shared.outbox_entry import OutboxRow, Unparsable, inflight_member, parse_entry
 from shared.redis import Client
-from shared.settings import Settings
+from shared.settings import Settings, default_of
 from worker.dlq import dead_letter_entry
 from worker.outbox import is_transient, reason_of, write_rows
 from worker.replica_wait import ReplicaWait
@@ -31,10 +32,10 @@ Entries = list[tuple[str, dict[str, str]]]
 class DrainOptions:
     """Knobs of one drain call."""
 
-    batch_size: int = 1000
-    claim_idle_ms: int = 10000
-    max_attempts: int = 3
-    budget_s: float = 2.0
+    batch_size: int = default_of("drain_batch_size")
+    claim_idle_ms: int = default_of("drain_claim_idle_ms")
+    max_attempts: int = default_of("dlq_max_attempts")
+    budget_s: float = default_of("drain_budget_seconds")
     # Stop at a trickle (a batch that is not full) without clearing the kick flag, and let the caller
     # look again one kick interval later (``DrainResult.follow_up``), instead of polling the stream
     # for a few entries at a time: one transaction per interval, not per few orders.
@@ -45,7 +46,9 @@ class DrainOptions:
     replica_timeout_ms: int = 250
 
     @classmethod
-    def from_settings(cls, settings: Settings, budget_s: float = 2.0, follow_up: bool = False) -> DrainOptions:
+    def from_settings(
+        cls, settings: Settings, budget_s: float = default_of("drain_budget_seconds"), follow_up: bool = False
+    ) -> DrainOptions:
         """Options from the process settings."""
         return cls(
             settings.drain_batch_size,
@@ -191,7 +194,7 @@ class Drainer:
         flag is gone the next admission sends a task, and anything admitted before the DEL is seen by the
         read that follows it: no entry waits for the beat safety net.
         """
-        self.rds.delete(self.dk.kick)
+        kick.clear(self.rds, self.dk)
         return int(self.rds.xlen(self.stream))
 
     def _link(self) -> contextlib.AbstractContextManager[ReplicaWait | None]:

@@ -1,4 +1,4 @@
-"""The expiry sweep: unpaid orders past their pay_by give their units back (lua/settle.lua, mode 'expire')."""
+"""The expiry sweep: unpaid orders past their pay_by give their units back (shared/lua/settle.lua, mode 'expire')."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 from shared.gate import Gate
+from shared.settings import default_of
 
-SWEEP_BATCH = 500  # due orders per script call: one call stays well under a millisecond per hundred orders
+# Due orders per script call (EXPIRY_SWEEP_BATCH): one call stays well under a millisecond per hundred orders.
+SWEEP_BATCH = default_of("expiry_sweep_batch")
 
 
 @dataclass

@@ -29,12 +29,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared.settings import Settings
+from shared.task_names import DRAIN_TASKS, RECONCILE
 from shared.wiring import Stores, build
 from worker.context import worker_settings
 
 log = logging.getLogger(__name__)
 
-DRAIN_TASKS = frozenset({"flashdeal.drain_deal", "flashdeal.drain_active"})
 
 PERSISTED = Counter(
     "flashdeal_orders_persisted_total",
@@ -172,7 +172,7 @@ def _on_postrun(
             return
         if task.name in DRAIN_TASKS:
             record_drain(task.name, retval, time.perf_counter() - start if start is not None else 0.0)
-        elif task.name == "flashdeal.reconcile":
+        elif task.name == RECONCILE:
             record_reconcile(retval)
     except Exception:  # metrics must never fail a task
         log.exception("worker metrics: cannot record %s", task.name)

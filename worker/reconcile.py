@@ -52,7 +52,7 @@ class DealReconcile:
     buyers_mismatched: int
     drift: int | None
     repaired: bool = False
-    # When lua/load_deal.lua last set this deal's stock, and how much PostgreSQL held then: a (re)build
+    # When shared/lua/load_deal.lua last set this deal's stock, and how much PostgreSQL held then: a (re)build
     # after Redis lost the deal. Orders acknowledged before it and missing from PostgreSQL were lost.
     loaded_at_ms: int | None = None
     held_at_load: int | None = None

@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers that call the plain functions in ``worker/`` and ``shared/``.
 
-Each is ``<name>_task`` here and ``flashdeal.<name>`` to Celery; ``<name>`` is the plain function it wraps.
+Each is ``<name>_task`` here and ``flashdeal.<name>`` to Celery (shared/task_names.py); ``<name>`` is the plain
+function it wraps. The drain kick's flag moves through shared/kick.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shared import kick, task_names
 from shared.deals import tick
 from shared.retire import retire_ended
 from worker.celery_app import app
@@ -30,8 +32,6 @@ log = logging.getLogger(__name__)
 # PostgreSQL or Redis unreachable: the entries stay pending in the stream and the task comes back later.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
 RETRY_BACKOFF_MAX = 30
-# Beat runs flashdeal.drain_active every second: no drain flag needs to outlive that by much.
-SAFETY_NET_MS = 1000
 # On RabbitMQ quorum queues Celery delays a task by whole seconds (native delayed delivery refuses a
 # countdown under 1 s): there the follow-up look comes a second later; the kick and follow-up flags
 # expire about then, so an admission may kick a drain meanwhile (a few more tasks, nothing late). On
@@ -45,7 +45,7 @@ def _consumer(task: Task) -> str:
 
 
 @app.task(
-    name="flashdeal.drain_deal",
+    name=task_names.DRAIN_DEAL,
     bind=True,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
@@ -54,26 +54,24 @@ def _consumer(task: Task) -> str:
     max_retries=12,
 )
 def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[str, Any]:
-    """Persist one deal's outbox (sent by web nodes at most once per kick interval per deal)."""
+    """Persist one deal's outbox (sent by web nodes at most once per kick interval per deal: shared/kick.py)."""
     ctx = get_context()
     deal_id = int(deal_id)
     dk = ctx.keys.deal(deal_id)
 
     def fan_out() -> None:
-        # A full batch means a backlog: bring one more node in, at most once per kick interval. A flag of
-        # its own, because the kick flag is held by this very task while it drains.
-        if ctx.redis.set(dk.fanout, "1", nx=True, px=ctx.settings.drain_kick_ms):
+        # A full batch means a backlog: bring one more node in, at most once per kick interval.
+        if kick.claim_fan_out(ctx.redis, dk, ctx.settings.drain_kick_ms):
             drain_deal_task.apply_async((deal_id,))
 
     if follow_up:
-        ctx.redis.delete(dk.follow_up)  # this is the scheduled look: the next one may be booked from now on
+        kick.follow_up_started(ctx.redis, dk)
     # Workers sweep too, not only beat: a deal being drained gets its due orders expired first, and the
     # expiries are in the outbox this very drain reads.
     sweep_deal(ctx.gate, deal_id, time.monotonic() + 0.2, SweepReport(), ctx.settings.expiry_sweep_batch)
-    # Hold the kick flag while this task runs, so admissions do not queue tasks for what it is about to
-    # drain anyway (on a busy machine a task outlives the flag's 100 ms). The drain deletes the flag
-    # before its last look at the stream, as it always did.
-    ctx.redis.set(dk.kick, "draining", px=int(ctx.settings.drain_budget_seconds * 1000) + SAFETY_NET_MS)
+    # On a busy machine a task outlives the flag's 100 ms: hold it while this task runs. The drain clears it
+    # before its last look at the stream.
+    kick.hold_while_draining(ctx.redis, dk, ctx.settings.drain_budget_seconds)
     try:
         result = drain_deal(
             ctx.db,
@@ -89,16 +87,11 @@ def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[s
         raise
     if result.more:
         drain_deal_task.apply_async((deal_id,))  # budget spent: yield the process, carry on in a fresh task
-    elif result.follow_up:
+    elif result.follow_up and kick.book_follow_up(ctx.redis, dk):
         # A trickle: one look per kick interval persists what came in meanwhile, so batches grow with the
-        # rate instead of one transaction per few orders. At most one look is booked per deal (the
-        # follow-up flag); the kick flag stays set meanwhile, so admissions send no task of their own.
-        # Both flags expire after the safety-net interval: if the booked look is lost, beat's drain of
-        # every live deal (each second) takes over and the next admission kicks again.
-        ctx.redis.set(dk.kick, "follow-up", px=SAFETY_NET_MS)
-        if ctx.redis.set(dk.follow_up, "1", nx=True, px=SAFETY_NET_MS):
-            countdown = max(ctx.settings.drain_kick_ms / 1000, MIN_COUNTDOWN_S)
-            drain_deal_task.apply_async((deal_id, True), countdown=countdown)
+        # rate instead of one transaction per few orders (shared/kick.py: book_follow_up).
+        countdown = max(ctx.settings.drain_kick_ms / 1000, MIN_COUNTDOWN_S)
+        drain_deal_task.apply_async((deal_id, True), countdown=countdown)
     return result.as_dict()
 
 
@@ -106,10 +99,10 @@ def _hold_kick(deal_id: int, retries: int) -> None:
     """While a retry is pending, hold the deal's kick flag so web nodes do not queue one more task per interval."""
     ctx = get_context()
     with contextlib.suppress(redis.RedisError):  # Redis may be the thing that is down: nothing to hold then
-        ctx.redis.set(ctx.keys.deal(deal_id).kick, "retry", px=1000 * min(2**retries, RETRY_BACKOFF_MAX))
+        kick.hold_for_retry(ctx.redis, ctx.keys.deal(deal_id), min(2**retries, RETRY_BACKOFF_MAX))
 
 
-@app.task(name="flashdeal.drain_active", bind=True)
+@app.task(name=task_names.DRAIN_ACTIVE, bind=True)
 def drain_active_task(self: Task) -> dict[str, Any]:
     """Safety net run by beat every second: drain every live deal a little."""
     ctx = get_context()
@@ -131,7 +124,7 @@ def drain_active_task(self: Task) -> dict[str, Any]:
     return {"deals": done}
 
 
-@app.task(name="flashdeal.expire_due")
+@app.task(name=task_names.EXPIRE_DUE)
 def expire_due_task() -> dict[str, Any]:
     """Beat runs this every second: every live deal's unpaid orders past pay_by give their units back."""
     ctx = get_context()
@@ -143,7 +136,7 @@ def expire_due_task() -> dict[str, Any]:
     return {"expired": {str(k): v for k, v in report.expired.items()}}
 
 
-@app.task(name="flashdeal.expire_due_deal")
+@app.task(name=task_names.EXPIRE_DUE_DEAL)
 def expire_due_deal_task(deal_id: int) -> dict[str, Any]:
     """Sweep one deal (sent when a sweep of every deal ran out of time on it)."""
     ctx = get_context()
@@ -155,7 +148,7 @@ def expire_due_deal_task(deal_id: int) -> dict[str, Any]:
     return {"expired": {str(k): v for k, v in report.expired.items()}}
 
 
-@app.task(name="flashdeal.tick")
+@app.task(name=task_names.TICK)
 def tick_task() -> dict[str, Any]:
     """Move deals along their lifecycle (load ahead, open, sold out, ended, retired); beat runs it every second."""
     ctx = get_context()
@@ -173,7 +166,7 @@ def tick_task() -> dict[str, Any]:
     }
 
 
-@app.task(name="flashdeal.reconcile", ignore_result=False)
+@app.task(name=task_names.RECONCILE, ignore_result=False)
 def reconcile_task(deal_id: int | None = None, repair: bool = False) -> dict[str, Any]:
     """Compare Redis stock with PostgreSQL plus the outbox; report drift, repair on request."""
     ctx = get_context()

@@ -13,7 +13,7 @@ from redis.cluster import PRIMARY, ClusterNode, RedisCluster
 from shared.redis.base import Client, Node, RedisTopology, client_options, credentials
 from shared.redis.cluster_router import ClusterRouter
 
-# The nodes ``FLASHDEAL_REDIS_TOPOLOGY=cluster make up`` starts (scripts/cluster_topology.py); any one will do.
+# The nodes ``FLASHDEAL_REDIS_TOPOLOGY=cluster make up`` starts (scripts/local_redis/cluster.py); any one will do.
 LOCAL_NODES = ",".join(f"127.0.0.1:{port}" for port in range(7001, 7007))
 
 

@@ -14,7 +14,7 @@ from redis.sentinel import Sentinel
 from shared.redis.base import Client, client_options, credentials, url_db
 from shared.redis.single import SingleRedis
 
-# The sentinels ``FLASHDEAL_REDIS_TOPOLOGY=sentinel make up`` starts (scripts/sentinel_topology.py), watching the
+# The sentinels ``FLASHDEAL_REDIS_TOPOLOGY=sentinel make up`` starts (scripts/local_redis/sentinel.py), watching the
 # primary on 127.0.0.1:6391 as master ``flashdeal``: the CLI in a second terminal finds them without variables.
 LOCAL_SENTINELS = ",".join(f"127.0.0.1:{port}" for port in (26391, 26392, 26393))
 # Timeouts for asking the sentinels only.

@@ -1,4 +1,4 @@
-"""Payment windows in the gate (lua/settle.lua): every order ends paid or expired exactly once, on the real Redis."""
+"""Payment windows in the gate (shared/lua/settle.lua): every order ends paid or expired exactly once, on real Redis."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from celeryconfig import celery_config
-from scripts.sentinel_topology import MASTER_NAME, SentinelPorts
+from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts
 from shared.settings import DEFAULT_AMQP_URL, DEV_SECRET, TOPOLOGIES, ConfigError, Settings, env_name
 from tests.environment import ROOT, base_env
 from tests.helpers import make_deal, make_users

@@ -23,7 +23,7 @@ from redis.exceptions import RedisClusterException
 from sqlalchemy import text
 
 from harness.waits import wait_until
-from scripts.cluster_topology import node_client
+from scripts.local_redis.cluster import node_client
 from shared.db import Database
 from shared.deals import deal_stats
 from shared.gate import Admission, Cancellation, Gate

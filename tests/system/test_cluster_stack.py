@@ -26,7 +26,7 @@ from redis.crc import key_slot
 from sqlalchemy import text
 
 from harness.waits import wait_until
-from scripts.cluster_topology import ClusterTopology, node_client
+from scripts.local_redis.cluster import ClusterTopology, node_client
 from shared.cache import invalidate_deal, read_through
 from shared.deals import close_now, deal_stats
 from shared.gate import Admission, Gate, Settlement

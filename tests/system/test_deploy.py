@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.cluster_topology import ClusterPorts
-from scripts.sentinel_topology import SentinelPorts
+from scripts.local_redis.cluster import ClusterPorts
+from scripts.local_redis.sentinel import SentinelPorts
 from shared.settings import DEFAULT_AMQP_URL, Settings
 from tests.environment import ROOT
 from tests.helpers import require_tool

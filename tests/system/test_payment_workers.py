@@ -17,7 +17,7 @@ import requests
 from sqlalchemy import text
 
 from harness.waits import wait_until
-from shared.gate import Admission, Gate
+from shared.gate import Admission, Gate, lua_source
 from shared.keys import Keys
 from shared.payments.dev import dev_webhook_secret, payment_id_of, sign
 from tests.helpers import ORIGIN, PASSWORD, CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
@@ -139,7 +139,7 @@ def test_sweep_sigkilled_mid_storm_expires_each_order_exactly_once(db, gate, cel
     set_payment_window_ms(gate, deal.id, 50)
     users = make_users(db, 100)
     k = gate.keys.deal(deal.id)
-    sha = gate.redis.script_load(open("lua/admit.lua").read())  # noqa: SIM115
+    sha = gate.redis.script_load(lua_source("admit"))
     pipe = gate.redis.pipeline(transaction=False)
     for i in range(n):
         pipe.evalsha(sha, len(k.gate_keys()), *k.gate_keys(), users[i % 100], 1, str(uuid.uuid4()), "", 100)

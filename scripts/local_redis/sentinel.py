@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from harness.waits import wait_for
-from scripts.redis_nodes import HOST, RedisNodes, ping
+from scripts.local_redis.nodes import HOST, RedisNodes, ping
 
 MASTER_NAME = "flashdeal"
 # Why 1 s: a failover within a few seconds; lower makes a busy machine's pauses look like deaths.

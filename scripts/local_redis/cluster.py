@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from harness.waits import wait_for
-from scripts.redis_nodes import HOST, RedisNodes, ping
+from scripts.local_redis.nodes import HOST, RedisNodes, ping
 
 # Why 1.5 s: a primary's death is noticed and its replica promoted within a few seconds;
 # lower makes a busy machine's pauses look like deaths.

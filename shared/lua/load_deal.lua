@@ -27,7 +27,7 @@ if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then
   return -1
 end
 -- Nothing of the sale is left in Redis: the buyers' totals are rebuilt with the stock, so the
--- per-user limit holds on the rebuilt deal as it did before.
+-- purchase cap holds on the rebuilt deal as it did before.
 redis.call('DEL', KEYS[3])
 local pairs_end = 10 + 2 * tonumber(ARGV[10])
 for i = 11, pairs_end, 2 do
