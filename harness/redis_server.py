@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,10 +22,14 @@ def redis_server_binary() -> str | None:
 
 
 class PrivateRedis:
-    """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all."""
+    """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all.
 
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    ``args`` come last, so they override the defaults (``--appendonly yes``, ``--replicaof HOST PORT``).
+    """
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (), binary: str | None = None) -> None:
         self.workdir = workdir
+        self.args = list(args)
         self.binary = binary or redis_server_binary() or "redis-server"
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
@@ -34,7 +38,8 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         """Start the server and wait until it answers PING."""
         cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir)]
+        cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir), *self.args]
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         proc = self.proc
