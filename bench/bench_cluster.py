@@ -21,7 +21,6 @@ import argparse
 import multiprocessing
 import random
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,7 +33,8 @@ import redis
 from redis.crc import key_slot
 
 from bench.common import save
-from harness.ports import free_port
+from harness.redis_server import PrivateRedis
+from harness.waits import wait_for
 from scripts.local_redis.cluster import ClusterPorts, ClusterTopology, free_cluster_ports, node_client
 from shared.clock import now_ms
 from shared.gate import Admission, DealRules, Gate
@@ -50,37 +50,28 @@ class ReplicatedRedis:
     """One redis-server and one replica of it (AOF on both), the single topology's counterpart of a shard."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ports = (free_port(), free_port())
-        self.procs: list[subprocess.Popen] = []
+        aof = ("--appendonly", "yes", "--appendfsync", "everysec")
+        self.primary = PrivateRedis(root / "primary", aof)
+        self.replica = PrivateRedis(root / "replica", (*aof, "--replicaof", "127.0.0.1", str(self.primary.port)))
+        self.ports = (self.primary.port, self.replica.port)
 
     def start(self) -> ReplicatedRedis:
         """Start both and wait until the replica is in sync."""
-        binary = shutil.which("redis-server") or "redis-server"
-        for i, port in enumerate(self.ports):
-            d = self.root / str(port)
-            d.mkdir(parents=True)
-            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--appendonly", "yes",
-                    "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction"]  # fmt: skip
-            if i:
-                args += ["--replicaof", "127.0.0.1", str(self.ports[0])]
-            self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if node_client(self.ports[1]).info("replication").get("master_link_status") == "up":
-                    return self
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the replica did not sync")
-            time.sleep(0.05)
+        self.primary.start()
+        self.replica.start()
+        wait_for(self._in_sync, 20, "the replica did not sync")
+        return self
+
+    def _in_sync(self) -> bool:
+        try:
+            return node_client(self.ports[1]).info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         """Stop both (only the processes this object started)."""
-        for p in self.procs:
-            p.terminate()
-            p.wait(10)
+        self.replica.stop()
+        self.primary.stop()
 
 
 def _rules(deal_id: int) -> DealRules:

@@ -24,19 +24,12 @@ from bench.bench_http import orders_lua
 from bench.common import Context, open_sale, save, wrk
 from bench.users import login_all, make_users
 from harness.granian import start_granian
-from harness.ports import free_port
+from harness.ports import free_port, free_ports
 from harness.processes import stop_process
 from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.gate import Gate
 from shared.redis import text_client
 from shared.settings import Settings
-
-
-def _ports(n: int) -> tuple[int, ...]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return tuple(sorted(ports))
 
 
 def _failover(base: str, cookie: str, deal_id: int, topology: SentinelTopology, buyers: int = 4) -> dict[str, float]:
@@ -101,7 +94,7 @@ def main() -> None:
 
     base_ctx = Context.create(args.database)
     root = Path(tempfile.mkdtemp(prefix="flashdeal-sentinel-bench-"))
-    ports = _ports(6)
+    ports = free_ports(6)
     topology = SentinelTopology(root, SentinelPorts(data=ports[:3], sentinels=ports[3:]))
     procs = []
     env: dict[str, str] = {}

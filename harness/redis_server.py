@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,11 +22,14 @@ def redis_server_binary() -> str | None:
 
 
 class PrivateRedis:
-    """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all."""
+    """One redis-server of our own (no persistence, noeviction); ``restart_empty`` is a crash that loses all.
 
-    def __init__(self, workdir: Path, binary: str | None = None, replica_of: str | None = None) -> None:
+    ``args`` come last, so they override the defaults (``--appendonly yes``, ``--replicaof HOST PORT``).
+    """
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (), binary: str | None = None) -> None:
         self.workdir = workdir
-        self.replica_of = replica_of  # the URL of a primary this server replicates
+        self.args = list(args)
         self.binary = binary or redis_server_binary() or "redis-server"
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
@@ -35,10 +38,8 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         """Start the server and wait until it answers PING."""
         cmd = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir)]
-        if self.replica_of is not None:
-            primary = redis.Redis.from_url(self.replica_of).connection_pool.connection_kwargs
-            cmd += ["--replicaof", str(primary["host"]), str(primary["port"])]
+        cmd += ["--maxmemory-policy", "noeviction", "--dir", str(self.workdir), *self.args]
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         proc = self.proc
@@ -49,7 +50,8 @@ class PrivateRedis:
             try:
                 if not client.ping():
                     return False
-                return self.replica_of is None or client.info("replication").get("master_link_status") == "up"
+                # A replica counts as started once its link to the primary is up (the initial sync is done).
+                return "--replicaof" not in self.args or client.info("replication").get("master_link_status") == "up"
             except redis.ConnectionError:
                 return False
 
@@ -82,7 +84,11 @@ def private_redis(replica_of: str | None = None) -> Iterator[str]:
     if redis_server_binary() is None:
         raise SystemExit("redis-server is missing: apt-get install redis-server")
     workdir = Path(tempfile.mkdtemp(prefix="flashdeal-redis-"))
-    server = PrivateRedis(workdir, replica_of=replica_of).start()
+    args: list[str] = []
+    if replica_of is not None:
+        primary = redis.Redis.from_url(replica_of).connection_pool.connection_kwargs
+        args = ["--replicaof", str(primary["host"]), str(primary["port"])]
+    server = PrivateRedis(workdir, args).start()
     try:
         yield server.url
     finally:

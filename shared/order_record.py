@@ -2,7 +2,7 @@
 
 Format: ``user|qty|price|admitted_ms|status[|pay_by_ms]`` (``pay_by_ms`` only for deals with a payment
 window). The Lua scripts cannot import this module: they spell the same format, named once in
-``shared/lua/admit.lua`` ("ORDER RECORD"), and tests/test_gate.py checks that what they write parses here.
+``shared/lua/admit.lua`` ("ORDER RECORD"), and tests/integration/test_gate.py checks that what they write parses here.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ class OrderLimits:
     value, then the endpoint as scope), and the counters bumped by the storage's own fixed-window
     script. Only the transport differs: all counters in one round trip on a DirectCalls
     connection, where Flask-Limiter makes one redis-py call per limit (docs/architecture.md, "Fast path").
-    ``tests/test_fastpath.py`` checks that both paths count into the same windows.
+    ``tests/integration/test_fastpath.py`` checks that both paths count into the same windows.
     """
 
     storage: Any

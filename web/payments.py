@@ -259,7 +259,7 @@ def dev_checkout_context(payment_id: str) -> dict[str, Any]:
 
 
 # Not in /openapi.json: this is the built-in test provider's own page and form (a real provider's checkout is
-# on its side), an HTML page and its JSON POST on one path; tests/test_payment_providers.py covers both.
+# on its side), an HTML page and its JSON POST on one path; tests/integration/test_payment_providers.py covers both.
 @bp.post("/payments/dev/checkout/<payment_id>")
 def dev_checkout(payment_id: str) -> Any:
     """4242… pays, 4000 0000 0000 0002 is declined; either way the signed event goes to the webhook over HTTP."""

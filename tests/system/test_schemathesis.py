@@ -39,7 +39,7 @@ CHECKS = [
     "missing_required_header",
 ]
 # The shop, its logged-in buyer and admin and the open deal are module fixtures: without this mark the
-# per-test wipe (tests/conftest.py) would truncate their users and delete their sessions before the test runs.
+# per-test wipe (tests/fixtures/services.py) would truncate their users and delete their sessions before the test runs.
 pytestmark = pytest.mark.shared_state
 
 
@@ -90,7 +90,7 @@ def _schemathesis(url: str, workdir: Path, *extra: str) -> tuple[int, str]:
         "--max-examples", "5", "--max-time", str(SECONDS_PER_RUN), "--request-timeout", "15",
         "--header", "X-Requested-With: fetch",
         # Every event without the provider's HMAC of its body is refused (400), and no schema can generate
-        # one: the webhook's signature checks are tests/test_payments_api.py and test_payment_providers.py.
+        # one: the webhook's signature checks are tests/integration/test_payments_api.py and test_payment_providers.py.
         "--exclude-path", "/api/payments/webhook", *extra,
     ]  # fmt: skip
     env = {**os.environ, "NO_COLOR": "1"}
