@@ -137,12 +137,15 @@ def replica_check(ctx: Context, users: list[int], n: int, rounds: int) -> list[d
                 s.execute(text("DELETE FROM orders WHERE deal_id = ANY(:d)"), {"d": deals})
             gate.redis.close()
     off, on = statistics.median(rates[0]), statistics.median(rates[1])
+    # Each round's pair ran back to back: its ratio is the least disturbed by the machine's other work.
+    pairs = statistics.median(b / a for a, b in zip(rates[0], rates[1], strict=True))
     return [
         {"measure": "drain, 1 process, primary + replica, no replication check", "orders": n, "rounds": rounds,
          "orders/s": round(off), "each": [round(x) for x in rates[0]]},
         {"measure": "drain, 1 process, primary + replica, WAIT 1 per batch", "orders": n, "rounds": rounds,
          "orders/s": round(on), "each": [round(x) for x in rates[1]]},
-        {"measure": "ratio with check / without (target >= 0.8)", "orders/s": f"{on / off:.2f}x"},
+        {"measure": "ratio with check / without, of the medians (target >= 0.8)", "orders/s": f"{on / off:.2f}x"},
+        {"measure": "ratio with check / without, median of the rounds' pairs", "orders/s": f"{pairs:.2f}x"},
     ]  # fmt: skip
 
 

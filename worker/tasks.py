@@ -111,7 +111,7 @@ def drain_active_task(self: Task) -> dict[str, Any]:
     try:
         for deal_id in ctx.gate.live_deal_ids():
             res = drain_deal(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts)
-            if res.entries:
+            if res.entries or res.unreplicated:
                 done[str(deal_id)] = res.as_dict()
             if res.more:
                 drain_deal_task.apply_async((deal_id,))
