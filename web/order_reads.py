@@ -104,7 +104,7 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
                 DeadLetter.order_id.not_in(select(Order.id).where(Order.user_id == user_id)),
             )
             .order_by(DeadLetter.id.desc())
-            .limit(MY_ORDERS_LIMIT)
+            .limit(MY_ORDERS_MAX_ROWS)
         ).all()
     items = {str(r.id): _order_out(r, r.status) for r in rows}
     for dead in letters:
