@@ -23,6 +23,7 @@ from web.deals import deal_detail, deal_list
 from web.errors import ApiError
 from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
 from web.order_reads import buyer_orders
+from web.redirects import safe_next
 from web.roles import is_admin
 from web.schemas import DealListQuery, LoginIn, SignupIn
 from web.services import services
@@ -86,13 +87,6 @@ def _http_error(exc: HTTPException) -> tuple[str, int]:
     if status == 429:
         message = "Too many attempts. Wait a minute and try again."
     return render_template("pages/error.html", status=status, message=message), status
-
-
-def _safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything else (other sites) falls back to the deal list."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("pages.deals_page")
 
 
 def _login_redirect() -> Response:
@@ -186,7 +180,7 @@ def admin_deal_page(deal_id: int) -> Any:
 def login_form() -> Any:
     """The login form."""
     if current_user_id() is not None:
-        return redirect(_safe_next(request.args.get("next")))
+        return redirect(safe_next(request.args.get("next")))
     return render_template("pages/login.html", next=request.args.get("next", ""), email="", error=None)
 
 
@@ -218,14 +212,14 @@ def login_submit() -> Any:
         return html, 401
     login_session(current_app, user.id, user.role)
     session["name"] = user.name
-    return redirect(_safe_next(nxt), code=303)
+    return redirect(safe_next(nxt), code=303)
 
 
 @bp.get("/signup")
 def signup_form() -> Any:
     """The signup form."""
     if current_user_id() is not None:
-        return redirect(url_for("pages.deals_page"))
+        return redirect(safe_next(request.args.get("next")))
     return render_template("pages/signup.html", form={}, errors={}, next=request.args.get("next", ""))
 
 
@@ -254,7 +248,7 @@ def signup_submit() -> Any:
         return render_template("pages/signup.html", form=form, errors=errors, next=nxt), 422
     login_session(current_app, user_id, role)
     session["name"] = name
-    return redirect(_safe_next(nxt), code=303)
+    return redirect(safe_next(nxt), code=303)
 
 
 @bp.post("/logout")
