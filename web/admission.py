@@ -44,7 +44,7 @@ class Admitted:
     order_id: str
     deal_id: int
     quantity: int
-    status: str = "accepted"  # a replay's is the order's current one: accepted, confirmed, canceled or failed
+    status: str = "accepted"  # a replay's is the order's current one (web/schemas.py OrderStatus)
     replay: bool = False
     replicated: bool = True  # False: on the primary only (WAIT timed out); the answer says so in a header
 
