@@ -18,9 +18,9 @@ from shared.accounts import EmailTaken, authenticate, create_user
 from shared.clock import now_ms
 from shared.deals import DealNotFound, deal_stats
 from web.csrf import FIELD as CSRF_FIELD
-from web.csrf import check_csrf, csrf_token
+from web.csrf import check_csrf, csrf_token, set_csrf_cookie
 from web.deals import deal_detail, deal_list
-from web.errors import ApiError
+from web.errors import ApiError, outage
 from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
 from web.order_reads import buyer_orders
 from web.redirects import safe_next
@@ -47,16 +47,17 @@ _SECURITY_HEADERS = {
 
 @bp.before_request
 def _csrf_protect() -> None:
-    """Every page POST is a form post and must carry the session's CSRF token."""
+    """Every page POST is a form post and must carry its CSRF token (web/csrf.py)."""
     if request.method == "POST":
         check_csrf()
 
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
-    """Add the page security headers."""
+    """Add the page security headers, and the anonymous form token's cookie (web/csrf.py)."""
     for name, value in _SECURITY_HEADERS.items():
         resp.headers.setdefault(name, value)
+    set_csrf_cookie(resp)
     return resp
 
 
@@ -80,10 +81,14 @@ def _api_error(exc: ApiError) -> tuple[str, int]:
 
 
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> tuple[str, int]:
-    """HTTP errors (CSRF failure, rate limit, 404) as an HTML page."""
+def _http_error(exc: HTTPException) -> Any:
+    """HTTP errors (CSRF failure, rate limit, 404; Redis failing around the view) as an HTML page."""
     status = exc.code or 500
     message = exc.description or exc.name
+    answer = outage(getattr(exc, "original_exception", None)) if status == 500 else None
+    if answer is not None:  # Redis down or full while the session was opened or saved: 503, never 500
+        status, body, headers = answer
+        return render_template("pages/error.html", status=status, message=body["error"]["message"]), status, headers
     if status == 429:
         message = "Too many attempts. Wait a minute and try again."
     return render_template("pages/error.html", status=status, message=message), status
