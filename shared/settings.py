@@ -86,8 +86,11 @@ class Settings(BaseSettings):
     fast_path: bool = True
     ratelimit_order: str = "30/second;600/minute"
     ratelimit_order_ip: str = "2000/second"
-    ratelimit_login: str = "10/minute"
+    # Login throttling (web/login_throttle.py): failed attempts per (account, address) pair, with back-off;
+    # every attempt per address; failed attempts per account from devices it was never used on.
+    ratelimit_login: str = "5/minute;20/hour;100/day"
     ratelimit_login_ip: str = "100/minute"
+    ratelimit_login_account: str = "100/hour"
     ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
     trusted_proxies: NonNegative = 0
     deal_cache_ttl: Positive = 5
@@ -118,6 +121,7 @@ class Settings(BaseSettings):
         "ratelimit_order_ip",
         "ratelimit_login",
         "ratelimit_login_ip",
+        "ratelimit_login_account",
         "ratelimit_signup_ip",
     )
 

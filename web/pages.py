@@ -21,7 +21,8 @@ from web.csrf import FIELD as CSRF_FIELD
 from web.csrf import check_csrf, csrf_token, set_csrf_cookie
 from web.deals import deal_detail, deal_list
 from web.errors import ApiError, outage
-from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
+from web.limits import SIGNUP_SCOPE, limiter, signup_ip_limit
+from web.login_throttle import login_limits, remember_device
 from web.order_reads import buyer_orders
 from web.redirects import safe_next
 from web.roles import is_admin
@@ -189,15 +190,8 @@ def login_form() -> Any:
     return render_template("pages/login.html", next=request.args.get("next", ""), email="", error=None)
 
 
-def _form_email_key() -> str:
-    """Rate-limit key of a page login: the email it tries (same limit as the API's)."""
-    email = request.form.get("email", "").strip().lower()[:254]
-    return f"login:{email}" if email else f"login-ip:{request.remote_addr}"
-
-
 @bp.post("/login")
-@limiter.limit(login_ip_limit)
-@limiter.limit(login_user_limit, key_func=_form_email_key)
+@login_limits  # the API login's windows (web/login_throttle.py)
 def login_submit() -> Any:
     """Check the password and start a session under a new id."""
     email = request.form.get("email", "").strip()
@@ -217,7 +211,9 @@ def login_submit() -> Any:
         return html, 401
     login_session(current_app, user.id, user.role)
     session["name"] = user.name
-    return redirect(safe_next(nxt), code=303)
+    resp = redirect(safe_next(nxt), code=303)
+    remember_device(resp, user.email)
+    return resp
 
 
 @bp.get("/signup")
