@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 # A 202 or 200 whose write the replicas did not confirm within ORDER_ACK_TIMEOUT_MS carries this header.
 REPLICATION_HEADER = "Flashdeal-Replication"
 UNCONFIRMED = "unconfirmed"
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"  # visible ASCII; also the OpenAPI parameter's pattern
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Sent again with a retried order: the first order it placed is answered (200), never a second.",
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+}
 SOLD_OUT_TTL_S = 0.2
 
 # Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a

@@ -48,6 +48,10 @@ def init_origin_check(app: Flask) -> None:
     def _require_origin() -> None:
         if request.method not in STATE_CHANGING or not request.path.startswith("/api/") or has_proof_of_origin():
             return
+        if request.routing_exception is not None:
+            # No such path, or not this method (404, 405 with Allow): that answer first, as for any client.
+            # Nothing runs for such a request, so there is nothing a forged call could trigger.
+            return
         if request.mimetype:
             # A form or text body: what a cross-site form sends. Answered as the JSON endpoints
             # always have (web/validation.py: require_json).
