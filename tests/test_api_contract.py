@@ -43,7 +43,17 @@ def test_the_idempotency_key_is_declared_with_the_rule_the_code_applies(spec) ->
 
     op = spec["paths"]["/api/deals/{deal_id}/orders"]["post"]
     (header,) = [p for p in op["parameters"] if p["in"] == "header" and p["name"] == "Idempotency-Key"]
-    assert header["schema"]["pattern"] == IDEMPOTENCY_KEY.pattern
+    assert IDEMPOTENCY_KEY.pattern in header["schema"]["pattern"]
+
+
+def test_a_blank_or_bad_idempotency_key_is_refused_not_ignored(client, db) -> None:
+    from tests.helpers import PASSWORD, email_of, make_users
+
+    (uid,) = make_users(db, 1)
+    assert client.post("/api/auth/login", json={"email": email_of(db, uid), "password": PASSWORD}).status_code == 200
+    for value in ("", " ", "\t", "a b", "\u00e9"):
+        r = client.post("/api/deals/1/orders", json={"quantity": 1}, headers={"Idempotency-Key": value})
+        assert r.status_code == 422, (value, r.status_code)
 
 
 def test_an_order_answer_may_carry_every_order_status(spec) -> None:

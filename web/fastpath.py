@@ -187,7 +187,7 @@ class FastPath:
         if found is None:
             return None
         user_id, quantity = found
-        idem = environ.get("HTTP_IDEMPOTENCY_KEY", "")
+        idem = environ.get("HTTP_IDEMPOTENCY_KEY")  # None: no header (a blank one is refused, not ignored)
 
         def build() -> Answer:
             admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)

@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 
 from web.ids import OPENAPI_ID_SCHEMA
+from web.origin import HEADER_VALUE
 from web.schemas import ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +78,7 @@ ORIGIN_HEADER = {
     "in": "header",
     "required": True,
     "description": "Proof of origin for a call without a JSON body (any value; or send X-CSRF-Token).",
-    "schema": {"type": "string", "minLength": 1, "pattern": "^[!-~]+$"},
+    "schema": {"type": "string", "pattern": f"^{HEADER_VALUE.pattern}$"},
 }
 
 
