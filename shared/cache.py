@@ -112,7 +112,10 @@ def read_through(
                     return orjson.loads(cached)
                 with _renewed(lock):
                     value = build()
-                client.set(key, orjson.dumps(value, default=str), ex=ttl)
+                if value is not None:
+                    # Absence is not cached: one key per unknown id would let anyone fill Redis with
+                    # lookups of ids that do not exist (one primary-key query each is cheap instead).
+                    client.set(key, orjson.dumps(value, default=str), ex=ttl)
                 return value
             finally:
                 with contextlib.suppress(LockError):

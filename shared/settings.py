@@ -136,8 +136,13 @@ class Settings(BaseSettings):
     )
     ratelimit_order: str = _doc("30/second;600/minute", "order attempts per logged-in user")
     ratelimit_order_ip: str = _doc("2000/second", "order attempts per client IP")
-    ratelimit_login: str = _doc("10/minute", "login attempts per account (email)")
+    ratelimit_login: str = _doc(
+        "5/minute;20/hour;100/day", "failed logins per (account, client IP) pair, with back-off (docs/security.md)"
+    )
     ratelimit_login_ip: str = _doc("100/minute", "login attempts per client IP")
+    ratelimit_login_account: str = _doc(
+        "100/hour", "failed logins per account from devices it was never used on (docs/security.md)"
+    )
     ratelimit_signup_ip: str = _doc(
         "10/minute;100/hour", "signups per client IP, API and page together (each costs a 64 MiB argon2id hash)"
     )
@@ -187,6 +192,7 @@ class Settings(BaseSettings):
         "ratelimit_order_ip",
         "ratelimit_login",
         "ratelimit_login_ip",
+        "ratelimit_login_account",
         "ratelimit_signup_ip",
     )
 

@@ -23,7 +23,16 @@ log = logging.getLogger(__name__)
 # A 202 or 200 whose write the replicas did not confirm within ORDER_ACK_TIMEOUT_MS carries this header.
 REPLICATION_HEADER = "Flashdeal-Replication"
 UNCONFIRMED = "unconfirmed"
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII
+# The header as sent: HTTP drops spaces and tabs around a field value (RFC 9110, 5.5), so servers and
+# proxies may hand us the key without them; the document allows them and admit_order drops them too.
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Sent again with a retried order: the first order it placed is answered (200), never a second.",
+    "schema": {"type": "string", "pattern": rf"^[\t ]*{IDEMPOTENCY_KEY.pattern}[\t ]*$"},
+}
 SOLD_OUT_TTL_S = 0.2
 
 # Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a
@@ -44,7 +53,7 @@ class Admitted:
     order_id: str
     deal_id: int
     quantity: int
-    status: str = "accepted"  # a replay's is the order's current one: accepted, confirmed, canceled or failed
+    status: str = "accepted"  # a replay's is the order's current one (web/schemas.py OrderStatus)
     replay: bool = False
     replicated: bool = True  # False: on the primary only (WAIT timed out); the answer says so in a header
 
@@ -62,13 +71,17 @@ class Admitted:
         return {} if self.replicated else {REPLICATION_HEADER: UNCONFIRMED}
 
 
-def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str) -> Admitted:
+def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str | None) -> Admitted:
     """One order attempt through the gate; raises ApiError (409/422/404) when refused.
 
     Shared by the Flask view and the WSGI fast path (web/fastpath.py): needs no request context.
     """
-    if idem and not IDEMPOTENCY_KEY.match(idem):
-        raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
+    if idem is not None:
+        idem = idem.strip(" \t")
+        if not IDEMPOTENCY_KEY.fullmatch(idem):  # a blank header too: the buyer meant to send a key
+            raise ApiError(422, "invalid", "Idempotency-Key: 1 to 128 visible ASCII characters")
+    else:
+        idem = ""
     if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
         record_admission(Admission.SOLD_OUT.value)
         raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])

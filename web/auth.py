@@ -10,7 +10,8 @@ from shared.accounts import EmailTaken, authenticate, create_user
 from shared.models import User
 from web.access import login_required, require_user
 from web.errors import ApiError
-from web.limits import SIGNUP_SCOPE, limiter, login_email_key, login_ip_limit, login_user_limit, signup_ip_limit
+from web.limits import SIGNUP_SCOPE, limiter, signup_ip_limit
+from web.login_throttle import login_limits, remember_device
 from web.openapi import doc
 from web.schemas import LoginIn, SignupIn, UserOut
 from web.services import services
@@ -39,8 +40,7 @@ def signup() -> Any:
 
 
 @bp.post("/auth/login")
-@limiter.limit(login_ip_limit)
-@limiter.limit(login_user_limit, key_func=login_email_key)
+@login_limits
 @doc("Log in; sets the session cookie", body=LoginIn, responses={200: UserOut, 401: None, 422: None, 429: None})
 def login() -> Any:
     """Check the password and start a session under a new id."""
@@ -50,7 +50,9 @@ def login() -> Any:
     if user is None:
         raise ApiError(401, "invalid_credentials", "Wrong email or password.")
     login_session(current_app, user.id, user.role)
-    return jsonify(_user_out(user))
+    resp = jsonify(_user_out(user))
+    remember_device(resp, data.email)
+    return resp
 
 
 @bp.post("/auth/logout")

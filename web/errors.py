@@ -11,6 +11,8 @@ from werkzeug.exceptions import HTTPException
 
 from shared.readable import UnreadableDeal
 from shared.redis import is_unavailable_reply
+from shared.redis.memory import is_full_reply
+from web.metrics import record_redis_full
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,25 @@ _HTTP_CODES = {
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 UNAVAILABLE = "The service is briefly unavailable; try again."
 UNAVAILABLE_RETRY_AFTER = "1"  # seconds: Redis restarts and failovers take about that long
+FULL = "The shop cannot take this request right now; try again shortly."
+FULL_RETRY_AFTER = "5"  # seconds: memory comes back as the drain empties the outboxes and keys expire
+
+
+def outage(exc: BaseException | None) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """The 503 answer (status, JSON body, headers) when ``exc`` is a Redis outage, else None.
+
+    Redis unreachable, a node that may not take writes now (a failover: UNAVAILABLE_REPLIES) or a
+    full Redis (OOM, shared/redis/memory.py): nothing was written, the client can wait it out, so
+    503 with Retry-After, never a 500. One rule for Flask's handlers, the pages and the fast path.
+    """
+    if isinstance(exc, REDIS_DOWN) or (exc is not None and is_unavailable_reply(exc)):
+        log.warning("Redis unavailable: %s", exc)
+        return 503, error_body("unavailable", UNAVAILABLE), {"Retry-After": UNAVAILABLE_RETRY_AFTER}
+    if exc is not None and is_full_reply(exc):
+        log.warning("Redis is full (OOM): %s", exc)
+        record_redis_full()
+        return 503, error_body("unavailable", FULL), {"Retry-After": FULL_RETRY_AFTER}
+    return None
 
 
 class ApiError(Exception):
@@ -64,6 +85,13 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return resp
 
 
+def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    resp = jsonify(body)
+    resp.status_code = status
+    resp.headers.update(headers)
+    return resp
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, expected or not, in the JSON shape."""
 
@@ -76,9 +104,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        if status == 500 and isinstance(getattr(exc, "original_exception", None), REDIS_DOWN):
-            # Raised while Flask opened the session (outside the view): Flask wraps it in a 500.
-            return _redis_down(exc.original_exception)  # type: ignore[attr-defined]
+        # Redis failing while Flask opened or saved the session (outside the view): Flask wraps it in a 500.
+        answer = outage(getattr(exc, "original_exception", None)) if status == 500 else None
+        if answer is not None:
+            return _json(*answer)
         code = _HTTP_CODES.get(status, "error")
         message = exc.description or "error"
         if status == 429:
@@ -96,20 +125,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
-    def _redis_down(exc: Exception) -> Response:
-        # A dependency outage, not a bug: 503 tells clients to retry (an order with its
-        # Idempotency-Key is never admitted twice).
-        log.warning("Redis unavailable: %s", exc)
-        resp = error_response(503, "unavailable", UNAVAILABLE)
-        resp.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
-        return resp
-
     @app.errorhandler(redis.ResponseError)
-    def _redis_refused(exc: redis.ResponseError) -> Response:
-        # NOREPLICAS, READONLY, ...: the node cannot take writes during a failover; nothing was written.
-        if is_unavailable_reply(exc):
-            return _redis_down(exc)
-        return _unexpected(exc)
+    def _redis_error(exc: redis.RedisError) -> Response:
+        # A dependency outage, not a bug (see outage); any other error reply is a bug.
+        answer = outage(exc)
+        return _json(*answer) if answer is not None else _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

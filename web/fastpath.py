@@ -29,13 +29,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+import redis
 from flask import Flask
 from pydantic import ValidationError
 
 from shared.bounds import ID_PATTERN, parse_id
 from web.admission import admit_order
 from web.deals import deal_detail, deal_list
-from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
+from web.errors import UNAVAILABLE_RETRY_AFTER, ApiError, error_body, outage
 from web.limits import OrderLimits
 from web.metrics import record_request
 from web.schemas import DealListQuery, OrderIn
@@ -85,18 +86,18 @@ def _error(exc: ApiError) -> Answer:
     return exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details))
 
 
-_UNAVAILABLE = 503, orjson.dumps(error_body("unavailable", UNAVAILABLE))
-
-
 def _answer(build: Callable[[], Answer]) -> Answer:
-    """``build()``'s answer; an ApiError as its JSON error, Redis unreachable as the 503 (as Flask's handlers)."""
+    """``build()``'s answer; an ApiError as its JSON error, a Redis outage (down, failing over, full) as its 503."""
     try:
         return build()
     except ApiError as exc:
         return _error(exc)
-    except REDIS_DOWN as exc:
-        log.warning("Redis unavailable: %s", exc)
-        return _UNAVAILABLE
+    except redis.RedisError as exc:
+        answer = outage(exc)  # the rule of Flask's handlers (web/errors.py)
+        if answer is None:
+            raise
+        status, body, headers = answer
+        return status, orjson.dumps(body), headers
 
 
 def _read(build: Callable[[], Answer], what: str) -> Answer | None:
@@ -134,10 +135,10 @@ class FastPath:
                 headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
                 if method == "POST":
                     headers.append(("Vary", "Cookie"))  # as Flask-Session marks any answer that read the session
-                if status == 503:
-                    headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
                 for more in extra:
                     headers.extend(more.items())
+                if status == 503 and not any(name == "Retry-After" for name, _ in headers):
+                    headers.append(("Retry-After", UNAVAILABLE_RETRY_AFTER))
                 start_response(f"{status} {HTTPStatus(status).phrase}", headers)
                 return [payload]
         return self.inner(environ, start_response)
@@ -186,7 +187,7 @@ class FastPath:
         if found is None:
             return None
         user_id, quantity = found
-        idem = environ.get("HTTP_IDEMPOTENCY_KEY", "")
+        idem = environ.get("HTTP_IDEMPOTENCY_KEY")  # None: no header (a blank one is refused, not ignored)
 
         def build() -> Answer:
             admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, request, session
+from flask import Flask, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import RateLimitItem, parse_many
@@ -38,23 +38,6 @@ def init_limits(app: Flask, settings: Settings) -> None:
     # made every later single-Redis app's counters fail (swallowed: no limit at all).
     limiter._storage_options.clear()
     limiter.init_app(app)
-
-
-def login_ip_limit() -> str:
-    """Login attempts per client IP."""
-    return services().settings.ratelimit_login_ip
-
-
-def login_user_limit() -> str:
-    """Login attempts per account (email)."""
-    return services().settings.ratelimit_login
-
-
-def login_email_key() -> str:
-    """Rate-limit key of a login attempt: the email it tries."""
-    data = request.get_json(silent=True)
-    email = data.get("email") if isinstance(data, dict) else None
-    return f"login:{str(email).strip().lower()[:254]}" if email else f"login-ip:{get_remote_address()}"
 
 
 def signup_ip_limit() -> str:

@@ -57,8 +57,17 @@ UNREPLICATED = Counter(
     "Admissions and cancels answered before ORDER_ACK_REPLICAS replicas confirmed them (WAIT timed out).",
     ["op"],
 )
+REDIS_FULL = Counter(
+    "flashdeal_redis_full_total",
+    "Requests answered 503 because Redis refused a write for memory (OOM: maxmemory reached, noeviction).",
+)
 
 bp = Blueprint("metrics", __name__)
+
+
+def record_redis_full() -> None:
+    """Count one request refused because Redis is full."""
+    REDIS_FULL.inc()
 
 
 def record_payment_event(outcome: str) -> None:

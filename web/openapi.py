@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 
 from web.ids import OPENAPI_ID_SCHEMA
+from web.origin import HEADER_VALUE
 from web.schemas import ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +30,8 @@ class Doc:
     query: type[BaseModel] | None = None
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     auth: str | None = None  # None, "session" or "admin"
+    headers: tuple[dict[str, Any], ...] = ()  # request header parameters the view reads
+    raw_body: bool = False  # the body is someone else's JSON (a provider's event), not one of our models
 
 
 def doc(
@@ -38,11 +41,13 @@ def doc(
     query: type[BaseModel] | None = None,
     responses: dict[int, type[BaseModel] | None] | None = None,
     auth: str | None = None,
+    headers: tuple[dict[str, Any], ...] = (),
+    raw_body: bool = False,
 ) -> Callable[[F], F]:
     """Attach OpenAPI information to a view function."""
 
     def wrap(fn: F) -> F:
-        fn.__openapi__ = Doc(summary, body, query, responses or {}, auth)  # type: ignore[attr-defined]
+        fn.__openapi__ = Doc(summary, body, query, responses or {}, auth, headers, raw_body)  # type: ignore[attr-defined]
         return fn
 
     return wrap
@@ -65,13 +70,15 @@ STATUS_MEANINGS = {
     429: "rate limited; see Retry-After",
     503: "a dependency (Redis, PostgreSQL) is briefly unavailable; see Retry-After",
 }
-# Bodyless state changes prove their origin with this header (web/origin.py); JSON bodies need none.
+# Bodyless state changes must prove their origin with this header (web/origin.py refuses them without it,
+# 403); JSON bodies need none. Required: the document says what the code requires (X-CSRF-Token with the
+# session's page token also passes, an alternative OpenAPI cannot state for one parameter).
 ORIGIN_HEADER = {
     "name": "X-Requested-With",
     "in": "header",
-    "required": False,
+    "required": True,
     "description": "Proof of origin for a call without a JSON body (any value; or send X-CSRF-Token).",
-    "schema": {"type": "string", "minLength": 1, "pattern": "^[!-~]+$"},
+    "schema": {"type": "string", "pattern": f"^{HEADER_VALUE.pattern}$"},
 }
 
 
@@ -131,13 +138,18 @@ def build_spec(app: Flask) -> dict[str, Any]:
             }
             if params:
                 op["parameters"] = list(params)
+            op["parameters"] = op.get("parameters", []) + list(info.headers)
+            if not op["parameters"]:
+                del op["parameters"]
             if info.body is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(info.body)}}}
+            elif info.raw_body:
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
             if info.auth:
                 op["security"] = [{"session": []}]
                 op["x-required-role"] = "admin" if info.auth == "admin" else "any"
             changes_state = method in STATE_CHANGING
-            if changes_state and info.body is None:
+            if changes_state and info.body is None and not info.raw_body:
                 op.setdefault("parameters", []).append(ORIGIN_HEADER)
             declared = dict.fromkeys(implied_statuses(info, rule.arguments, changes_state)) | info.responses
             for status, model in sorted(declared.items()):

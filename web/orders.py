@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 from shared.clock import ms_to_dt
 from shared.gate import Cancellation
 from web.access import is_admin, login_required, require_user
-from web.admission import REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
+from web.admission import IDEMPOTENCY_HEADER, REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
 from web.errors import ApiError
 from web.ids import parse_order_id
 from web.limits import limiter, order_ip_limit, order_user_limit, user_key
@@ -32,12 +32,13 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
     body=OrderIn,
     responses={200: OrderAccepted, 202: OrderAccepted, 401: None, 404: None, 409: None, 422: None, 429: None},
     auth="session",
+    headers=(IDEMPOTENCY_HEADER,),
 )
 def place_order(deal_id: int) -> Any:
     """Admit an order through the gate; 202 with the order id, 409 when refused."""
     user_id = require_user()
     body = parse_body(OrderIn)
-    admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
+    admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key"))
     return jsonify(admitted.body()), admitted.http_status, admitted.headers()
 
 

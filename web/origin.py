@@ -19,6 +19,7 @@ already carries the proof.
 from __future__ import annotations
 
 import hmac
+import re
 
 from flask import Flask, request, session
 
@@ -29,11 +30,14 @@ from web.validation import JSON_ONLY
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HEADER = "X-Requested-With"
 TOKEN_HEADER = "X-CSRF-Token"
+# What counts as a value of HEADER (the OpenAPI document states the same pattern): visible ASCII, spaces
+# and tabs, at least one visible character ("XMLHttpRequest", "fetch", ...).
+HEADER_VALUE = re.compile(r"[\t ]*[!-~][\t !-~]*")
 
 
 def has_proof_of_origin() -> bool:
     """True when the request shows it comes from our pages or an API client (see the module docstring)."""
-    if request.mimetype == "application/json" or request.headers.get(HEADER):
+    if request.mimetype == "application/json" or HEADER_VALUE.fullmatch(request.headers.get(HEADER, "")):
         return True
     sent = request.headers.get(TOKEN_HEADER, "")
     expected = str(session.get(SESSION_KEY) or "") if sent else ""
@@ -47,6 +51,10 @@ def init_origin_check(app: Flask) -> None:
     @app.before_request
     def _require_origin() -> None:
         if request.method not in STATE_CHANGING or not request.path.startswith("/api/") or has_proof_of_origin():
+            return
+        if request.routing_exception is not None:
+            # No such path, or not this method (404, 405 with Allow): that answer first, as for any client.
+            # Nothing runs for such a request, so there is nothing a forged call could trigger.
             return
         if request.mimetype:
             # A form or text body: what a cross-site form sends. Answered as the JSON endpoints

@@ -19,11 +19,13 @@ from shared.clock import now_ms
 from shared.deals import DealNotFound, deal_stats
 from web.access import current_role, current_user_id, is_admin
 from web.csrf import FIELD as CSRF_FIELD
-from web.csrf import check_csrf, csrf_token
+from web.csrf import check_csrf, csrf_token, set_csrf_cookie
 from web.deals import deal_detail, deal_list
-from web.errors import ApiError
-from web.limits import SIGNUP_SCOPE, limiter, login_ip_limit, login_user_limit, signup_ip_limit
+from web.errors import ApiError, outage
+from web.limits import SIGNUP_SCOPE, limiter, signup_ip_limit
+from web.login_throttle import login_limits, remember_device
 from web.order_reads import buyer_orders
+from web.redirects import safe_next
 from web.schemas import DealListQuery, LoginIn, SignupIn
 from web.services import services
 from web.sessions import login_session, logout_session
@@ -46,16 +48,17 @@ _SECURITY_HEADERS = {
 
 @bp.before_request
 def _csrf_protect() -> None:
-    """Every page POST is a form post and must carry the session's CSRF token."""
+    """Every page POST is a form post and must carry its CSRF token (web/csrf.py)."""
     if request.method == "POST":
         check_csrf()
 
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
-    """Add the page security headers."""
+    """Add the page security headers, and the anonymous form token's cookie (web/csrf.py)."""
     for name, value in _SECURITY_HEADERS.items():
         resp.headers.setdefault(name, value)
+    set_csrf_cookie(resp)
     return resp
 
 
@@ -79,20 +82,17 @@ def _api_error(exc: ApiError) -> tuple[str, int]:
 
 
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> tuple[str, int]:
-    """HTTP errors (CSRF failure, rate limit, 404) as an HTML page."""
+def _http_error(exc: HTTPException) -> Any:
+    """HTTP errors (CSRF failure, rate limit, 404; Redis failing around the view) as an HTML page."""
     status = exc.code or 500
     message = exc.description or exc.name
+    answer = outage(getattr(exc, "original_exception", None)) if status == 500 else None
+    if answer is not None:  # Redis down or full while the session was opened or saved: 503, never 500
+        status, body, headers = answer
+        return render_template("pages/error.html", status=status, message=body["error"]["message"]), status, headers
     if status == 429:
         message = "Too many attempts. Wait a minute and try again."
     return render_template("pages/error.html", status=status, message=message), status
-
-
-def _safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything else (other sites) falls back to the deal list."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("pages.deals_page")
 
 
 def _login_redirect() -> Response:
@@ -186,19 +186,12 @@ def admin_deal_page(deal_id: int) -> Any:
 def login_form() -> Any:
     """The login form."""
     if current_user_id() is not None:
-        return redirect(_safe_next(request.args.get("next")))
+        return redirect(safe_next(request.args.get("next")))
     return render_template("pages/login.html", next=request.args.get("next", ""), email="", error=None)
 
 
-def _form_email_key() -> str:
-    """Rate-limit key of a page login: the email it tries (same limit as the API's)."""
-    email = request.form.get("email", "").strip().lower()[:254]
-    return f"login:{email}" if email else f"login-ip:{request.remote_addr}"
-
-
 @bp.post("/login")
-@limiter.limit(login_ip_limit)
-@limiter.limit(login_user_limit, key_func=_form_email_key)
+@login_limits  # the API login's windows (web/login_throttle.py)
 def login_submit() -> Any:
     """Check the password and start a session under a new id."""
     email = request.form.get("email", "").strip()
@@ -218,14 +211,16 @@ def login_submit() -> Any:
         return html, 401
     login_session(current_app, user.id, user.role)
     session["name"] = user.name
-    return redirect(_safe_next(nxt), code=303)
+    resp = redirect(safe_next(nxt), code=303)
+    remember_device(resp, user.email)
+    return resp
 
 
 @bp.get("/signup")
 def signup_form() -> Any:
     """The signup form."""
     if current_user_id() is not None:
-        return redirect(url_for("pages.deals_page"))
+        return redirect(safe_next(request.args.get("next")))
     return render_template("pages/signup.html", form={}, errors={}, next=request.args.get("next", ""))
 
 
@@ -254,7 +249,7 @@ def signup_submit() -> Any:
         return render_template("pages/signup.html", form=form, errors=errors, next=nxt), 422
     login_session(current_app, user_id, role)
     session["name"] = name
-    return redirect(_safe_next(nxt), code=303)
+    return redirect(safe_next(nxt), code=303)
 
 
 @bp.post("/logout")

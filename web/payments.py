@@ -129,7 +129,11 @@ def pay(order_id: str) -> Any:
 
 
 @bp.post("/api/payments/webhook")
-@doc("The payment provider's signed events", responses={200: WebhookOut, 400: None, 413: None, 503: None})
+@doc(
+    "The payment provider's signed events",
+    responses={200: WebhookOut, 400: None, 413: None, 503: None},
+    raw_body=True,  # the provider's JSON: that content type is its proof of origin (web/origin.py)
+)
 def webhook() -> Any:
     """Verify, de-duplicate (in the gate, by event id) and apply one event; a bad signature changes nothing."""
     if (request.content_length or 0) > MAX_EVENT_BYTES:

@@ -240,11 +240,15 @@ class OrderIn(Strict):
     quantity: int = Field(ge=1, le=1000)
 
 
+# Every state an order can be in (a replay answers the current one, paid and expired included).
+OrderStatus = Literal["accepted", "confirmed", "paid", "expired", "canceled", "failed"]
+
+
 class OrderAccepted(BaseModel):
     """Answer of an order attempt: 202 accepted now, or 200 for a replayed Idempotency-Key (current status)."""
 
     order_id: str
-    status: Literal["accepted", "confirmed", "canceled", "failed"]
+    status: OrderStatus
     deal_id: int
     quantity: int
 
@@ -257,7 +261,7 @@ class OrderOut(BaseModel):
     user_id: int
     quantity: int
     unit_price: str
-    status: Literal["accepted", "confirmed", "paid", "expired", "canceled", "failed"]
+    status: OrderStatus
     admitted_at: datetime
     pay_by: datetime | None = None  # deals with a payment window: unpaid at this moment, the order expires
 

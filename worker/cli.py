@@ -171,11 +171,40 @@ def admin() -> None:
     """Admin accounts."""
 
 
-@admin.command("create")
+def read_password() -> str:
+    """The new admin's password: a hidden prompt asked twice on a terminal, else one line of stdin.
+
+    Never an argument: argv is readable by every user through ``ps`` and lands in shell history.
+    From a pipe the first line is the password and a second line, if any, must repeat it
+    (what ``printf 'pw\\npw\\n' |`` and answers piped to the prompt both send).
+    """
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            raise click.ClickException("the two passwords differ")
+        return password
+    lines = sys.stdin.read(64 * 1024).splitlines()
+    if not lines:
+        raise click.ClickException("no password on standard input (one line, optionally repeated on a second)")
+    if len(lines) > 1 and lines[1] != lines[0]:
+        raise click.ClickException("the two password lines on standard input differ")
+    return lines[0]
+
+
+ADMIN_CREATE_HELP = (
+    "Create an admin account. The password is asked for twice at a hidden prompt, or read as one line of "
+    "standard input when it is not a terminal (a second, identical line is taken as the confirmation). "
+    f"{PASSWORD_RULE}."
+)
+
+
+@admin.command("create", help=ADMIN_CREATE_HELP)
 @click.option("--email", required=True, help="Login email of the new admin.")
-@click.option("--password", required=True, help=f"{PASSWORD_RULE}.")
 @click.option("--name", default="Admin", show_default=True, help="Display name.")
-def admin_create(email: str, password: str, name: str) -> None:
+def admin_create(email: str, name: str) -> None:
     """Create an admin account (the admin API and role need one)."""
     from email_validator import EmailNotValidError, validate_email
 
@@ -185,13 +214,14 @@ def admin_create(email: str, password: str, name: str) -> None:
         email = validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise click.BadParameter(str(exc), param_hint="--email") from None
-    # The rules of signup (shared/bounds.py, also behind web/schemas.py SignupIn).
-    problem = password_problem(password)
-    if problem is not None:
-        raise click.BadParameter(problem, param_hint="--password")
     problem = name_problem(name)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--name")
+    password = read_password()
+    # The rules of signup (shared/bounds.py, also behind web/schemas.py SignupIn).
+    problem = password_problem(password)
+    if problem is not None:
+        raise click.ClickException(f"password: {problem}")
     o = ops()
     try:
         with o.db.transaction() as s:

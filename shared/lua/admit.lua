@@ -21,10 +21,12 @@ if not st[1] then
   return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
 
--- The same order id again is a client retry of this very attempt (the reply was lost with a
--- dropped connection): answer as the first run did instead of admitting it twice.
+-- The same order id again is the web node's own resend of this very attempt (order ids are new
+-- for every attempt; the first reply was lost with a dropped connection): answer it as the first
+-- run was, accepted, never as a replay and never admitted twice. Always with a kick: the first
+-- run's kick went down with its reply (one extra drain task after a rare resend costs nothing).
 if redis.call('HEXISTS', KEYS[5], order_id) == 1 then
-  return {'replay', order_id, 0, -1}
+  return {'accepted', order_id, 1, -1}
 end
 
 -- A replayed Idempotency-Key answers with the first order, whatever happened since.

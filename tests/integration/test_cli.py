@@ -37,7 +37,7 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def cli(*args: str, ok: bool = True, real: bool = False) -> Result:
+def cli(*args: str, ok: bool = True, real: bool = False, stdin: str | None = None) -> Result:
     """Run one flashdeal command; never a traceback, whatever the outcome.
 
     ``real=True`` runs the actual ``celery -A worker flashdeal`` command (entry point, Celery's
@@ -47,11 +47,11 @@ def cli(*args: str, ok: bool = True, real: bool = False) -> Result:
     if real:
         p = subprocess.run(
             [CELERY, "-A", "worker", "flashdeal", *args], cwd=ROOT, env=base_env(), capture_output=True, text=True,
-            timeout=60,
+            timeout=60, input=stdin or "",
         )  # fmt: skip
         r = Result(p.returncode, p.stdout, p.stderr)
     else:
-        out = CliRunner().invoke(flashdeal, list(args), env=base_env(), catch_exceptions=True)
+        out = CliRunner().invoke(flashdeal, list(args), input=stdin or "", env=base_env(), catch_exceptions=True)
         if out.exception is not None and not isinstance(out.exception, SystemExit):
             raise out.exception
         r = Result(out.exit_code, out.stdout, out.stderr)
@@ -86,23 +86,78 @@ def test_the_cli_and_the_api_state_the_one_password_rule(client) -> None:
     assert (field["minLength"], field["maxLength"]) == (PASSWORD_MIN, PASSWORD_MAX)
 
 
+PW = "s3cret-admin-pw"
+
+
 def test_admin_create(db: Database) -> None:
     email = unique_email("admin")
-    r = cli("admin", "create", "--email", email, "--password", "s3cret-admin-pw", "--name", "Ops")
-    assert email in r.stdout
+    r = cli("admin", "create", "--email", email, "--name", "Ops", stdin=f"{PW}\n")
+    assert email in r.stdout and PW not in r.stdout + r.stderr
     with db.read() as s:
         user = s.scalar(select(User).where(User.email == email))
         assert user is not None and user.role == "admin" and user.name == "Ops"
-    dup = cli("admin", "create", "--email", email, "--password", "s3cret-admin-pw", ok=False)
+    dup = cli("admin", "create", "--email", email, stdin=f"{PW}\n", ok=False)
     assert dup.returncode == 1 and "already registered" in dup.stderr
-    bad = cli("admin", "create", "--email", "not-an-email", "--password", "s3cret-admin-pw", ok=False)
+    bad = cli("admin", "create", "--email", "not-an-email", stdin=f"{PW}\n", ok=False)
     assert bad.returncode == 2 and "--email" in bad.stderr
-    weak = cli("admin", "create", "--email", unique_email(), "--password", "short", ok=False)
-    assert weak.returncode == 2 and "--password" in weak.stderr
+    weak = cli("admin", "create", "--email", unique_email(), stdin="short\n", ok=False)
+    assert weak.returncode == 1 and "password" in weak.stderr
     # The display name follows signup's rule (shared/bounds.py name_problem): within users.name, no control characters.
     for name in ("x" * (NAME_MAX + 1), "   ", "bad\x07name"):
-        r = cli("admin", "create", "--email", unique_email(), "--password", "s3cret-admin-pw", "--name", name, ok=False)
+        r = cli("admin", "create", "--email", unique_email(), "--name", name, stdin=f"{PW}\n", ok=False)
         assert r.returncode == 2 and "--name" in r.stderr, (name, r.stderr)
+
+
+def test_admin_password_is_never_an_argument(db: Database) -> None:
+    """No --password option; stdin gives it (a second, identical line confirms it; a different one is refused)."""
+    gone = cli("admin", "create", "--email", unique_email(), "--password", PW, ok=False)
+    assert gone.returncode == 2 and "No such option" in gone.stderr
+    email = unique_email("admin")
+    assert email in cli("admin", "create", "--email", email, stdin=f"{PW}\n{PW}\n", real=True).stdout
+    differ = cli("admin", "create", "--email", unique_email(), stdin=f"{PW}\nother-password\n", ok=False)
+    assert differ.returncode == 1 and "differ" in differ.stderr
+    empty = cli("admin", "create", "--email", unique_email(), stdin="", ok=False)
+    assert empty.returncode == 1 and "standard input" in empty.stderr
+    with db.read() as s:
+        assert s.scalar(select(User.role).where(User.email == email)) == "admin"
+
+
+def test_admin_password_from_a_hidden_prompt_on_a_terminal(db: Database) -> None:
+    """On a terminal: asked twice with echo off (the password never appears on the screen)."""
+    import os
+    import pty
+    import select as select_mod
+
+    email = unique_email("admin")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real command, its stdin/stdout/stderr the terminal
+        os.chdir(ROOT)
+        os.execve(CELERY, [CELERY, "-A", "worker", "flashdeal", "admin", "create", "--email", email], base_env())
+    screen = b""
+    deadline = time.monotonic() + 60
+    answered = 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select_mod.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break  # the child exited and closed the terminal
+            if not chunk:
+                break
+            screen += chunk
+            prompts = screen.count(b"assword: ")
+            while answered < prompts:
+                os.write(fd, f"{PW}\n".encode())
+                answered += 1
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert answered == 2 and PW.encode() not in screen, screen
+    with db.read() as s:
+        assert s.scalar(select(User.role).where(User.email == email)) == "admin"
 
 
 def test_deal_create_open_now_and_stats(settings: Settings) -> None:

@@ -258,8 +258,8 @@ def test_lb_sets_x_forwarded_for_and_nodes_trust_one_hop(stack: Stack) -> None:
         body = {"email": f"nobody-{uuid.uuid4().hex[:8]}@example.com", "password": "wrong-password-1"}
         r = requests.post(f"{LB}/api/auth/login", json=body, headers={"X-Forwarded-For": ip}, timeout=10)
         assert r.status_code == 401, r.text
-    keys = list(rds.scan_iter(match=f"LIMITS:LIMITER/{RUN_PREFIX}*/auth.login/*", count=1000))
-    assert any("/127.0.0.1/auth.login/" in k for k in keys), keys
+    keys = list(rds.scan_iter(match=f"LIMITS:LIMITER/{RUN_PREFIX}*/login-ip/*", count=1000))
+    assert any("/127.0.0.1/login-ip/" in k for k in keys), keys
     assert not any(ip in k for k in keys for ip in forged), keys
     r = requests.get(f"{LB}/lb-healthz", timeout=5)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
