@@ -25,9 +25,9 @@ def is_full_reply(exc: BaseException) -> bool:
 
 def _full(info: dict[str, Any]) -> bool:
     """Redis's own test (evict.c, getMaxmemoryState): memory counted for eviction above maxmemory."""
-    limit = int(info.get("maxmemory", 0))
+    maxmemory = int(info.get("maxmemory", 0))
     counted = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
-    return limit > 0 and counted > limit
+    return maxmemory > 0 and counted > maxmemory
 
 
 def full_problem(client: redis.Redis | RedisCluster) -> str | None:
