@@ -17,6 +17,8 @@ BEAT_SCHEDULE = {
     "drain-active": {"task": "flashdeal.drain_active", "schedule": 1.0, "options": {"expires": 5}},
     # Payment windows: unpaid orders past pay_by give their units back within about a second.
     "expire-due": {"task": "flashdeal.expire_due", "schedule": 1.0, "options": {"expires": 5}},
+    # Payments whose webhook never came: asked at the provider near and past pay_by (shared/payments/check.py).
+    "check-payments": {"task": "flashdeal.check_payments", "schedule": 3.0, "options": {"expires": 10}},
     "reconcile": {"task": "flashdeal.reconcile", "schedule": 30.0, "options": {"expires": 25}},
 }
 

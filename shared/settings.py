@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = Field("", repr=False)
     stripe_api_base: str = ""  # empty: the stripe package's own default; tests point it at a local server
     dev_webhook_url: str = ""  # dev provider: where its events go (default: this web node's own port)
+    # Every call to the provider (and the dev provider's webhook delivery): a short timeout, a bounded retry.
+    payment_timeout_seconds: float = Field(4.0, gt=0, le=30)
+    payment_max_retries: int = Field(1, ge=0, le=3)
+    # Provider calls one web process makes at once; more are refused with a 503 at once (the order path
+    # keeps its threads whatever the provider does).
+    payment_max_concurrent: Positive = 2
+    # An unpaid order with an open payment is held past pay_by until the provider was asked (the check job),
+    # at most this long; then it expires anyway and a success after that is refunded.
+    payment_hold_seconds: Positive = 120
+    # The check job asks the provider about open payments whose pay_by is this close, or past.
+    payment_check_ahead_seconds: NonNegative = 10
 
     _KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset({"env", "key_prefix"})
     _RATE_LIMITS: ClassVar[tuple[str, ...]] = (

@@ -18,11 +18,11 @@ from sqlalchemy import text
 
 from shared.gate import Admission, Gate
 from shared.keys import Keys
-from shared.payments.dev import dev_webhook_secret, payment_id_of, sign
+from shared.payments.providers.dev import dev_webhook_secret, payment_id_of
 from tests.celery_procs import CeleryProcs, celery_procs, wait_until  # noqa: F401  (fixture)
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
 from tests.test_drain_workers import outbox_empty
-from tests.test_payments_api import event
+from tests.test_payments_api import dev_headers, event
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def deliver(server, payload: bytes, secret: str) -> requests.Response:
     return requests.post(
         server.url + "/api/payments/webhook",
         data=payload,
-        headers={"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json; charset=utf-8"},
+        headers=dev_headers(payload, secret),
     )
 
 

@@ -277,10 +277,9 @@ class OrderList(BaseModel):
 class PaymentOut(BaseModel):
     """Answer of POST /api/orders/{id}/pay: the same payment for every call on one order."""
 
-    provider: Literal["dev", "stripe"]
+    provider: str  # PAYMENT_PROVIDER's name
     payment_id: str
-    checkout_url: str | None
-    client_secret: str | None = None  # stripe: what Stripe.js confirms the PaymentIntent with
+    checkout_url: str | None  # where the buyer pays: a hosted page (Stripe Checkout) or the dev checkout
     pay_by: datetime
 
 
