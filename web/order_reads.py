@@ -24,7 +24,7 @@ GATE_DECIDED = ("canceled", "paid", "expired")
 OrderView = dict[str, Any]  # an OrderOut, JSON-ready
 
 
-def _order_out(order: Order | LiveOrder, status: str) -> OrderView:
+def _order_out(order: Order | LiveOrder, status: str, currency: str) -> OrderView:
     oid = order.order_id if isinstance(order, LiveOrder) else str(order.id)
     return OrderOut(
         order_id=oid,
@@ -32,9 +32,11 @@ def _order_out(order: Order | LiveOrder, status: str) -> OrderView:
         user_id=order.user_id,
         quantity=order.quantity,
         unit_price=f"{order.unit_price:.2f}",
+        currency=currency.upper(),
         status=status,  # type: ignore[arg-type]
         admitted_at=order.admitted_at,
         pay_by=order.pay_by,
+        awaiting_payment=order.pay_by is not None and status in ("accepted", "confirmed"),
     ).model_dump(mode="json")
 
 
@@ -58,10 +60,10 @@ def read_order(svc: Services, order_id: str) -> tuple[OrderView, LiveOrder | Non
     if row is not None:
         # A cancel, a payment or an expiry is recorded in Redis first and reaches PostgreSQL through the outbox.
         status = live.state if (live is not None and live.state in GATE_DECIDED) else row.status
-        return _order_out(row, status), live
+        return _order_out(row, status, svc.settings.payment_currency), live
     if live is not None:
         status = live.state if live.state in GATE_DECIDED else ("failed" if dead is not None else "accepted")
-        return _order_out(live, status), live
+        return _order_out(live, status, svc.settings.payment_currency), live
     if dead is not None:
         # The gate no longer holds the deal: the dead letter's payload (the outbox entry) is all that is left.
         entry = parse_payload(dead.entry_id, dead.payload)
@@ -69,7 +71,7 @@ def read_order(svc: Services, order_id: str) -> tuple[OrderView, LiveOrder | Non
             return None
         price, admitted_at = Decimal(entry.unit_price), ms_to_dt(entry.admitted_ms)
         held = LiveOrder(order_id, dead.deal_id, entry.user_id, entry.quantity, price, admitted_at, False)
-        return _order_out(held, "canceled" if entry.kind == CANCEL else "failed"), None
+        return _order_out(held, "canceled" if entry.kind == CANCEL else "failed", svc.settings.payment_currency), None
     return None
 
 
@@ -83,12 +85,12 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
         rows = s.scalars(
             select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_LIMIT)
         ).all()
-    items = {str(r.id): _order_out(r, r.status) for r in rows}
+    items = {str(r.id): _order_out(r, r.status, svc.settings.payment_currency) for r in rows}
     for entry in inflight:
         order = entry.order
         status = "canceled" if entry.cancel else (order.state if order.state in GATE_DECIDED else "accepted")
         if order.order_id in items and status == "accepted":
             continue  # persisted already (committed, not yet acknowledged): PostgreSQL's row is as new
-        items[order.order_id] = _order_out(order, status)
+        items[order.order_id] = _order_out(order, status, svc.settings.payment_currency)
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
     return ordered[:MY_ORDERS_LIMIT]
