@@ -221,3 +221,36 @@ def test_a_success_while_redis_lost_the_deal_is_answered_503_never_refunded_and_
     assert post_event(client, svc, ok).json["outcome"] == "paid"  # the provider's resend
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
     assert _refunds(db, oid) == []
+
+
+def test_prices_carry_their_currency_a_deal_its_regular_price_and_orders_awaiting_payment_say_so(
+    app, db, svc, client
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    admin = login(app, db, make_users(db, 1, role="admin")[0])
+    now = datetime.now(UTC)
+    body = {"title": "Blender", "price": "30.00", "regular_price": "40.00", "stock": 5, "per_user_limit": 2,
+            "starts_at": (now - timedelta(minutes=1)).isoformat(), "ends_at": (now + timedelta(hours=1)).isoformat(),
+            "payment_window_seconds": 600}  # fmt: skip
+    r = admin.post("/api/admin/deals", json=body)
+    assert r.status_code == 201, r.json
+    assert (r.json["price"], r.json["currency"], r.json["regular_price"], r.json["discount_percent"]) == (
+        "30.00",
+        "EUR",
+        "40.00",
+        25,
+    )
+    below = admin.post("/api/admin/deals", json={**body, "regular_price": "20.00"})
+    assert below.status_code == 422 and below.json["error"]["code"] == "invalid"
+    deal_id = r.json["id"]
+    item = next(d for d in client.get("/api/deals").json["items"] if d["id"] == deal_id)
+    assert (item["currency"], item["regular_price"], item["discount_percent"]) == ("EUR", "40.00", 25)
+    _deal, _user, c, _other = buy(app, db, svc)  # a buyer of another deal, logged in
+    oid = c.post(f"/api/deals/{deal_id}/orders", json={"quantity": 1}).json["order_id"]
+    mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
+    assert mine["awaiting_payment"] is True and mine["currency"] == "EUR" and mine["pay_by"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
+    assert post_event(client, svc, event(oid, deal_id, pid, amount=3000)).json["outcome"] == "paid"
+    mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
+    assert (mine["status"], mine["awaiting_payment"]) == ("paid", False)
