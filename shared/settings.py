@@ -114,8 +114,8 @@ class Settings(BaseSettings):
     # Every call to the provider (and the dev provider's webhook delivery): a short timeout, a bounded retry.
     payment_timeout_seconds: float = Field(4.0, gt=0, le=30)
     payment_max_retries: int = Field(1, ge=0, le=3)
-    # Provider calls one web process makes at once; more are refused with a 503 at once (the order path
-    # keeps its threads whatever the provider does).
+    # Payments one web process opens at once (the provider calls a click starts); more are refused with a
+    # 503 at once, so the order path keeps its threads whatever the provider does.
     payment_max_concurrent: Positive = 2
     # An unpaid order with an open payment is held past pay_by until the provider was asked (the check job),
     # at most this long; then it expires anyway and a success after that is refunded.

@@ -7,7 +7,11 @@ from typing import Any
 
 from shared.payments.base import ProviderError
 
-GUARDED = ("create_payment", "refund", "look_up", "close", "deliver")
+# What a buyer's click starts (opening a payment, the dev checkout's delivery): as many as buyers click. A
+# refund is started by the provider's own event (at the provider's pace, rare: late or wrong payments) and
+# look-ups run in workers; both keep their short timeouts. Guarding refunds too turned a burst of late
+# payments into 503s the provider had to resend (tests/test_payment_workers.py's race, 16 at once).
+GUARDED = ("create_payment", "deliver")
 
 
 class ProviderBusy(ProviderError):
@@ -15,7 +19,7 @@ class ProviderBusy(ProviderError):
 
 
 class Bulkhead:
-    """Wraps a provider; the network-calling methods take a slot, or raise ProviderBusy without waiting.
+    """Wraps a provider; the GUARDED methods take a slot, or raise ProviderBusy without waiting.
 
     Why not only timeouts: a timeout bounds one call, not how many threads wait on a slow provider at once.
     With N web threads and a provider that answers after the timeout, every buyer who presses "Pay" holds a
