@@ -8,7 +8,7 @@ from kombu import Exchange, Queue
 
 from shared.redis import celery_result_backend, celery_result_backend_options
 from shared.settings import Settings
-from shared.task_names import DRAIN_ACTIVE, EXPIRE_DUE, RECONCILE, TICK
+from shared.task_names import CHECK_PAYMENTS, DRAIN_ACTIVE, EXPIRE_DUE, RECONCILE, TICK
 
 # Interval-only schedule: nothing needs remembering between restarts; the file beat is given (`-s var/...`)
 # only keeps last-run times, and losing it sends each task once more at start.
@@ -18,6 +18,8 @@ BEAT_SCHEDULE = {
     "drain-active": {"task": DRAIN_ACTIVE, "schedule": 1.0, "options": {"expires": 5}},
     # Payment windows: unpaid orders past pay_by give their units back within about a second.
     "expire-due": {"task": EXPIRE_DUE, "schedule": 1.0, "options": {"expires": 5}},
+    # Payments whose webhook never came: asked at the provider near and past pay_by (shared/payments/check.py).
+    "check-payments": {"task": CHECK_PAYMENTS, "schedule": 3.0, "options": {"expires": 10}},
     "reconcile": {"task": RECONCILE, "schedule": 30.0, "options": {"expires": 25}},
 }
 

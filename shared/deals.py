@@ -53,6 +53,7 @@ class NewDeal:
     product_id: int | None = None
     description: str = ""
     payment_window_seconds: int = 0  # 0: no payment step
+    regular_price: Decimal | None = None  # the product's price outside the deal (set on the product)
 
     def __post_init__(self) -> None:
         # The last guard before PostgreSQL: the API and the CLI refuse these with a clear message
@@ -70,8 +71,12 @@ def create_deal(session: Session, spec: NewDeal) -> Deal:
         product = session.get(Product, spec.product_id)
         if product is None:
             raise DealNotFound(f"product {spec.product_id} does not exist")
+        if spec.regular_price is not None:
+            product.regular_price = spec.regular_price
     else:
-        product = Product(name=spec.product_name or spec.title, description=spec.description)
+        product = Product(
+            name=spec.product_name or spec.title, description=spec.description, regular_price=spec.regular_price
+        )
         session.add(product)
         session.flush()
     deal = Deal(

@@ -106,6 +106,25 @@ class SettleResult:
 
 
 @dataclass(frozen=True)
+class CloseResult:
+    """Reply of the script's 'close' mode: expired | closed (not due yet) | settled (detail: state) | not_found."""
+
+    outcome: str
+    detail: str
+    kick: bool
+
+
+@dataclass(frozen=True)
+class OpenPayment:
+    """An unpaid order whose payment the provider opened and the shop has not closed."""
+
+    deal_id: int
+    order_id: str
+    pay_by_ms: int
+    record: str  # the payments hash's value (shared.payments.Payment.from_record)
+
+
+@dataclass(frozen=True)
 class SweepResult:
     """Reply of one expiry sweep call on a deal."""
 
@@ -181,8 +200,10 @@ class Gate:
         kick_ms: int = default_of("drain_kick_ms"),
         ack_replicas: int = 0,
         ack_timeout_ms: int = default_of("order_ack_timeout_ms"),
+        hold_ms: int = default_of("payment_hold_seconds") * 1000,
     ) -> None:
         self.redis = client
+        self.hold_ms = hold_ms  # how long an order with an open payment is held past pay_by (shared/lua/settle.lua)
         self.keys = keys
         self.kick_ms = kick_ms
         # Durable acknowledgement: after each admission or cancel, WAIT for this many replicas.
@@ -202,7 +223,7 @@ class Gate:
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Gate:
         """The gate as the settings configure it (kick interval, durable acknowledgement)."""
         return cls(client, Keys(settings.key_prefix), settings.drain_kick_ms, settings.order_ack_replicas,
-                   settings.order_ack_timeout_ms)  # fmt: skip
+                   settings.order_ack_timeout_ms, settings.payment_hold_seconds * 1000)  # fmt: skip
 
     def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
         """Run the admission script for one order attempt."""
@@ -277,7 +298,7 @@ class Gate:
         (outcome, detail, kick), acked = self.direct.script_then_wait(
             self._settle,
             self.keys.deal(deal_id).settle_keys(),
-            [mode, order_id, event_id, payment_id, self.kick_ms],
+            [mode, order_id, event_id, payment_id, self.kick_ms, self.hold_ms],
             self.ack_replicas,
             self.ack_timeout_ms,
         )
@@ -286,9 +307,32 @@ class Gate:
     def expire_due(self, deal_id: int, batch: int = default_of("expiry_sweep_batch")) -> SweepResult:
         """Expire up to ``batch`` of the deal's orders that are past pay_by and unpaid (one atomic step)."""
         expired, seen, kick = self._settle(
-            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", batch, "", "", self.kick_ms]
+            keys=self.keys.deal(deal_id).settle_keys(), args=["expire", batch, "", "", self.kick_ms, self.hold_ms]
         )
         return SweepResult(int(expired), int(seen), bool(kick))
+
+    def close_payment(self, deal_id: int, order_id: str, payment_id: str) -> CloseResult:
+        """The provider closed the order's payment: remember it, and expire the order if its deadline passed."""
+        outcome, detail, kick = self._settle(
+            keys=self.keys.deal(deal_id).settle_keys(),
+            args=["close", order_id, "", payment_id, self.kick_ms, self.hold_ms],
+        )
+        return CloseResult(str(outcome), str(detail), bool(kick))
+
+    def open_payments_due(self, deal_id: int, until_ms: int, max_rows: int) -> list[OpenPayment]:
+        """Unpaid orders of the deal due by ``until_ms`` whose payment is open at the provider (not closed)."""
+        k = self.keys.deal(deal_id)
+        due = self.redis.zrangebyscore(k.due, "-inf", until_ms, start=0, num=max_rows, withscores=True)
+        if not due:
+            return []
+        fields = [f for oid, _ in due for f in (oid, f"{oid}:closed")]
+        recs = self.redis.hmget(k.payments, fields)
+        out = []
+        for i, (oid, score) in enumerate(due):
+            rec, closed = recs[2 * i], recs[2 * i + 1]
+            if rec and not closed:
+                out.append(OpenPayment(deal_id, str(oid), int(score), str(rec)))
+        return out
 
     def payment_of(self, deal_id: int, order_id: str) -> tuple[str | None, str | None]:
         """The order's recorded payment ("provider|payment id|checkout url") and when a card was last declined."""

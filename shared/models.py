@@ -56,10 +56,13 @@ class Product(Base):
     """Something that can be put on a deal."""
 
     __tablename__ = "products"
+    __table_args__ = (CheckConstraint("regular_price > 0", name="ck_products_regular_price"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # What the product costs outside a deal (shown beside the deal price, with the discount); None: not given.
+    regular_price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

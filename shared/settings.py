@@ -185,6 +185,20 @@ class Settings(BaseSettings):
     dev_webhook_url: str = _doc(
         "", "`dev`: where the dev checkout posts its signed events", shown="this web node's own port"
     )
+    payment_timeout_seconds: float = _doc(
+        4.0, "every call to the provider (and the dev provider's webhook delivery) gives up after this", gt=0, le=30
+    )
+    payment_max_retries: int = _doc(1, "retries of a provider call that failed on the network", ge=0, le=3)
+    payment_max_concurrent: Positive = _doc(
+        2,
+        "provider calls one web process makes at once; more are answered 503 at once (orders keep their threads)",
+    )
+    payment_hold_seconds: Positive = _doc(
+        120, "an unpaid order with an open payment is held past pay_by this long at most, until the provider was asked"
+    )
+    payment_check_ahead_seconds: NonNegative = _doc(
+        10, "the check job asks the provider about open payments whose pay_by is this close, or past"
+    )
 
     _KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset({"env", "key_prefix"})
     _RATE_LIMITS: ClassVar[tuple[str, ...]] = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -25,14 +26,23 @@ bp = Blueprint("deals", __name__, url_prefix="/api")
 LIST_MAX_ROWS = 500  # deals kept in the cached list (newest first); a flash-sale site runs few at once
 
 
-def static_view(deal: Deal, sold: int) -> dict[str, Any]:
+def price_view(price: Decimal, regular: Decimal | None, currency: str) -> dict[str, Any]:
+    """A deal's prices as buyers see them: the deal price, its currency, the regular price and the discount."""
+    view: dict[str, Any] = {"price": f"{price:.2f}", "currency": currency.upper()}
+    if regular is not None and regular > 0:
+        view["regular_price"] = f"{regular:.2f}"
+        view["discount_percent"] = int(((regular - price) * 100 / regular).quantize(Decimal(1), ROUND_HALF_UP))
+    return view
+
+
+def static_view(deal: Deal, sold: int, currency: str) -> dict[str, Any]:
     """The cacheable part of a deal (everything but the live stock and status)."""
     return {
+        **price_view(deal.price, deal.product.regular_price, currency),
         "id": deal.id,
         "title": deal.title,
         "product": deal.product.name,
         "description": deal.product.description,
-        "price": f"{deal.price:.2f}",
         "total_stock": deal.total_stock,
         "per_user_limit": deal.per_user_limit,
         "starts_at": deal.starts_at.isoformat(),
@@ -85,7 +95,7 @@ def _build_detail(svc: Services, deal_id: int) -> dict[str, Any] | None:
             return None  # logged; not cached, so a repaired row shows at once
         if deal is None:
             return None
-        return static_view(deal, sold_quantity(s, deal_id))
+        return static_view(deal, sold_quantity(s, deal_id), svc.settings.payment_currency)
 
 
 def deal_detail(svc: Services, deal_id: int) -> dict[str, Any]:
@@ -111,7 +121,7 @@ def _build_list(svc: Services) -> list[dict[str, Any]]:
         )
         # One grouped query for every ended deal of the list (up to LIST_MAX_ROWS), not one per deal.
         sold = sold_quantities(s, [d.id for d in deals if d.status == "ended"])
-        return [static_view(d, sold.get(d.id, 0)) for d in deals]
+        return [static_view(d, sold.get(d.id, 0), svc.settings.payment_currency) for d in deals]
 
 
 def deal_list(svc: Services, q: DealListQuery) -> dict[str, Any]:

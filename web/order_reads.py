@@ -26,7 +26,7 @@ _LETTER_STATUS = {CANCEL: "canceled", PAID: "paid", EXPIRED: "expired"}
 OrderView = dict[str, Any]  # an OrderOut, JSON-ready
 
 
-def _order_out(order: Order | LiveOrder, status: str) -> OrderView:
+def _order_out(order: Order | LiveOrder, status: str, currency: str) -> OrderView:
     oid = order.order_id if isinstance(order, LiveOrder) else str(order.id)
     return OrderOut(
         order_id=oid,
@@ -34,9 +34,11 @@ def _order_out(order: Order | LiveOrder, status: str) -> OrderView:
         user_id=order.user_id,
         quantity=order.quantity,
         unit_price=f"{order.unit_price:.2f}",
+        currency=currency.upper(),
         status=status,  # type: ignore[arg-type]
         admitted_at=order.admitted_at,
         pay_by=order.pay_by,
+        awaiting_payment=order.pay_by is not None and status in ("accepted", "confirmed"),
     ).model_dump(mode="json")
 
 
@@ -60,29 +62,30 @@ def read_order(svc: Services, order_id: str) -> tuple[OrderView, LiveOrder | Non
     if row is not None:
         # A cancel, a payment or an expiry is recorded in Redis first and reaches PostgreSQL through the outbox.
         status = live.state if (live is not None and live.state in GATE_DECIDED) else row.status
-        return _order_out(row, status), live
+        return _order_out(row, status, svc.settings.payment_currency), live
     if dead is not None:
-        view = _dead_letter_view(dead, live)
+        view = _dead_letter_view(dead, live, svc.settings.payment_currency)
         return (view, live) if view is not None else None
     if live is not None:
-        return _order_out(live, live.state if live.state in GATE_DECIDED else "accepted"), live
+        status = live.state if live.state in GATE_DECIDED else "accepted"
+        return _order_out(live, status, svc.settings.payment_currency), live
     return None
 
 
-def _dead_letter_view(dead: DeadLetter, live: LiveOrder | None) -> OrderView | None:
+def _dead_letter_view(dead: DeadLetter, live: LiveOrder | None, currency: str) -> OrderView | None:
     """A dead-lettered order (no row): the gate's decision while it holds the order, else the letter's; else failed.
 
     The one rule for the order's page and "my orders". None for a letter that was never an order (unparsable).
     """
     if live is not None:
-        return _order_out(live, live.state if live.state in GATE_DECIDED else "failed")
+        return _order_out(live, live.state if live.state in GATE_DECIDED else "failed", currency)
     # The gate no longer holds the deal: the dead letter's payload (the outbox entry) is all that is left.
     entry = parse_payload(dead.entry_id, dead.payload)
     if isinstance(entry, Unparsable):
         return None
     price, admitted_at = Decimal(entry.unit_price), ms_to_dt(entry.admitted_ms)
     held = LiveOrder(str(dead.order_id), dead.deal_id, entry.user_id, entry.quantity, price, admitted_at, False)
-    return _order_out(held, _LETTER_STATUS.get(entry.kind, "failed"))
+    return _order_out(held, _LETTER_STATUS.get(entry.kind, "failed"), currency)
 
 
 def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
@@ -106,9 +109,10 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
             .order_by(DeadLetter.id.desc())
             .limit(MY_ORDERS_MAX_ROWS)
         ).all()
-    items = {str(r.id): _order_out(r, r.status) for r in rows}
+    currency = svc.settings.payment_currency
+    items = {str(r.id): _order_out(r, r.status, currency) for r in rows}
     for dead in letters:
-        view = _dead_letter_view(dead, svc.gate.find_order(str(dead.order_id), dead.deal_id))
+        view = _dead_letter_view(dead, svc.gate.find_order(str(dead.order_id), dead.deal_id), currency)
         if view is not None:
             items[view["order_id"]] = view
     for entry in inflight:
@@ -116,6 +120,6 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
         status = "canceled" if entry.cancel else (order.state if order.state in GATE_DECIDED else "accepted")
         if order.order_id in items and status == "accepted":
             continue  # persisted already (committed, not yet acknowledged): PostgreSQL's row is as new
-        items[order.order_id] = _order_out(order, status)
+        items[order.order_id] = _order_out(order, status, svc.settings.payment_currency)
     ordered = sorted(items.values(), key=lambda o: o["admitted_at"], reverse=True)
     return ordered[:MY_ORDERS_MAX_ROWS]

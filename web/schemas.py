@@ -144,13 +144,15 @@ class DealIn(Strict):
     ends_at: datetime
     # 0: no payment step; N: an accepted order must be paid within N seconds or its units go back.
     payment_window_seconds: int = Field(default=0, ge=0, le=MAX_PAYMENT_WINDOW_SECONDS)
+    # The product's price outside the deal: shown beside the deal price with the discount. Not below the price.
+    regular_price: Decimal | None = Field(default=None, gt=0, le=MAX_PRICE, max_digits=12, decimal_places=2)
 
     model_config = ConfigDict(strict=False, extra="forbid", str_strip_whitespace=True)
 
-    @field_validator("price", mode="before")
+    @field_validator("price", "regular_price", mode="before")
     @classmethod
     def _price_type(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
             raise ValueError("price must be a number or a decimal string")
         return value
 
@@ -176,6 +178,8 @@ class DealIn(Strict):
     def _window(self) -> DealIn:
         if self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
+        if self.regular_price is not None and self.regular_price < self.price:
+            raise ValueError("regular_price must not be below price")
         if self.product_id is None and self.product_name is None:
             self.product_name = self.title
         return self
@@ -189,6 +193,9 @@ class DealOut(BaseModel):
     product: str
     description: str
     price: str
+    currency: str  # ISO 4217, upper case (PAYMENT_CURRENCY): every price in this answer is in it
+    regular_price: str | None = None  # the product's price outside the deal, when known
+    discount_percent: int | None = None  # (regular − price) / regular, rounded; with regular_price only
     total_stock: int
     per_user_limit: int
     remaining_stock: int
@@ -261,9 +268,12 @@ class OrderOut(BaseModel):
     user_id: int
     quantity: int
     unit_price: str
+    currency: str  # ISO 4217, upper case: the unit price's currency
     status: OrderStatus
     admitted_at: datetime
     pay_by: datetime | None = None  # deals with a payment window: unpaid at this moment, the order expires
+    # True while the order waits for its payment (a payment window, neither paid nor expired nor canceled yet).
+    awaiting_payment: bool = False
 
 
 class OrderDetail(OrderOut):
@@ -281,10 +291,9 @@ class OrderList(BaseModel):
 class PaymentOut(BaseModel):
     """Answer of POST /api/orders/{id}/pay: the same payment for every call on one order."""
 
-    provider: Literal["dev", "stripe"]
+    provider: str  # PAYMENT_PROVIDER's name
     payment_id: str
-    checkout_url: str | None
-    client_secret: str | None = None  # stripe: what Stripe.js confirms the PaymentIntent with
+    checkout_url: str | None  # where the buyer pays: a hosted page (Stripe Checkout) or the dev checkout
     pay_by: datetime
 
 

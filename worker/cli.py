@@ -144,16 +144,16 @@ def parse_when(value: str | None, param: str) -> datetime | None:
         raise click.BadParameter(str(exc), param_hint=param) from None
 
 
-def parse_price(value: str) -> Decimal:
+def parse_price(value: str, hint: str = "--price") -> Decimal:
     """A positive amount with at most two decimals."""
     try:
         price = Decimal(value)
     except InvalidOperation:
-        raise click.BadParameter(f"{value!r} is not a number", param_hint="--price") from None
+        raise click.BadParameter(f"{value!r} is not a number", param_hint=hint) from None
     if not price.is_finite() or price <= 0:
-        raise click.BadParameter("must be greater than 0", param_hint="--price")
+        raise click.BadParameter("must be greater than 0", param_hint=hint)
     if price.as_tuple().exponent < -2 or price >= Decimal("1e10"):  # type: ignore[operator]
-        raise click.BadParameter("at most 10 digits before the point and 2 after it", param_hint="--price")
+        raise click.BadParameter("at most 10 digits before the point and 2 after it", param_hint=hint)
     return price
 
 
@@ -246,8 +246,11 @@ def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
 
     with o.db.read() as s:
         d = deal_row(s, deal_id)
+        regular = d.product.regular_price
         rules = {
             "price": str(d.price),
+            "currency": o.settings.payment_currency.upper(),
+            "regular_price": str(regular) if regular is not None else None,
             "per_user_limit": d.per_user_limit,
             "starts_at": d.starts_at.astimezone(UTC).isoformat(),
             "ends_at": d.ends_at.astimezone(UTC).isoformat(),
@@ -259,7 +262,9 @@ def _deal_view(o: Ops, deal_id: int) -> dict[str, Any]:
 def _human(view: dict[str, Any]) -> str:
     return (
         f"deal {view['id']} {view['title']!r}: {view['status']}, {view['remaining_stock']}/{view['total_stock']} left, "
-        f"price {view['price']}, limit {view['per_user_limit']} per buyer, "
+        f"price {view['price']} {view['currency']}"
+        + (f" (regular {view['regular_price']})" if view.get("regular_price") else "")
+        + f", limit {view['per_user_limit']} per buyer, "
         f"{view['starts_at']} .. {view['ends_at']}"
     )
 
@@ -267,6 +272,7 @@ def _human(view: dict[str, Any]) -> str:
 @deal.command("create")
 @click.option("--title", required=True, help="Deal title shown to buyers.")
 @click.option("--price", required=True, help="Unit price, e.g. 49.90.")
+@click.option("--regular-price", help="The product's price outside the deal (shown with the discount).")
 @click.option("--stock", required=True, type=click.IntRange(1, 10_000_000), help="Units for sale.")
 @click.option("--limit", "per_user_limit", required=True, type=click.IntRange(1, 1000), help="Units per buyer.")
 @click.option("--open-now", is_flag=True, help="Open at once (ends after --ends-at or one hour).")
@@ -285,6 +291,7 @@ def _human(view: dict[str, Any]) -> str:
 def deal_create(
     title: str,
     price: str,
+    regular_price: str | None,
     stock: int,
     per_user_limit: int,
     open_now: bool,
@@ -305,6 +312,9 @@ def deal_create(
         if problem is not None:
             raise click.BadParameter(problem, param_hint=hint)
     unit_price = parse_price(price)
+    regular = parse_price(regular_price, "--regular-price") if regular_price is not None else None
+    if regular is not None and regular < unit_price:
+        raise click.BadParameter("must not be below --price", param_hint="--regular-price")
     start, end = parse_when(starts_at, "--starts-at"), parse_when(ends_at, "--ends-at")
     now = datetime.now(UTC)
     if open_now:
@@ -327,6 +337,7 @@ def deal_create(
         end,
         product_name=product_name,
         payment_window_seconds=payment_window,
+        regular_price=regular,
     )
     # As the admin API creates one: loaded into the gate at once when it starts soon, caches dropped.
     deal_id = publish_deal(o.db, o.gate, spec, o.settings.deal_load_ahead_seconds, open_now=open_now).id

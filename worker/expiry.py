@@ -34,7 +34,9 @@ def sweep_deal(gate: Gate, deal_id: int, deadline: float, report: SweepReport, b
             report.expired[deal_id] = report.expired.get(deal_id, 0) + r.expired
         if r.kick and deal_id not in report.kicked:
             report.kicked.append(deal_id)
-        if r.seen < batch:
+        if r.seen < batch or not r.expired:
+            # A full batch that expired nothing holds orders with an open payment only (lua/settle.lua keeps
+            # them for the check job): reading it again in this pass would find the same ones.
             return
         if time.monotonic() >= deadline:
             report.more.append(deal_id)

@@ -20,7 +20,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import kick, task_names
 from shared.deals import tick
+from shared.payments import build_provider
+from shared.payments.check import check_payments
+from shared.payments.decision import Decisions
 from shared.retire import retire_ended
+from shared.settings import ConfigError
 from worker.celery_app import app
 from worker.context import get_context
 from worker.drain import DrainOptions, drain_deal, prune_consumers
@@ -146,6 +150,32 @@ def expire_due_deal_task(deal_id: int) -> dict[str, Any]:
     for d in report.more:
         expire_due_deal_task.apply_async((d,))
     return {"expired": {str(k): v for k, v in report.expired.items()}}
+
+
+_decisions: Decisions | None = None
+
+
+def _payment_decisions() -> Decisions:
+    """This worker process's provider and decisions (built on first use, after the fork)."""
+    global _decisions
+    ctx = get_context()
+    if _decisions is None or _decisions.gate is not ctx.gate:
+        prov = build_provider(ctx.settings, ctx.redis)
+        _decisions = Decisions(ctx.db, ctx.gate, ctx.settings, prov, lambda d: drain_deal_task.apply_async((d,)))
+    return _decisions
+
+
+@app.task(name=task_names.CHECK_PAYMENTS)
+def check_payments_task() -> dict[str, Any]:
+    """Beat runs this every few seconds: open payments near or past pay_by are looked up and decided."""
+    try:
+        decisions = _payment_decisions()
+    except ConfigError as exc:  # e.g. stripe without its keys: payments are off, nothing to check
+        return {"error": str(exc)}
+    report = check_payments(decisions)
+    if report.decided:
+        log.info("check_payments: %s", report.decided)
+    return {"decided": report.decided, "errors": report.errors}
 
 
 @app.task(name=task_names.TICK)

@@ -1,31 +1,37 @@
-"""The payment interface: what a provider does for an order, and the verified events it sends back."""
+"""The payment interface every provider module implements, and the plain values that cross it."""
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
-
-import stripe
-
-# Stripe's event names; the dev provider sends the same events, so both go through one webhook path.
-SUCCEEDED = "payment_intent.succeeded"
-FAILED = "payment_intent.payment_failed"
-WEBHOOK_TOLERANCE_S = 300  # a signed event older than this is refused (replay of an old capture)
 
 # ISO 4217 currencies without a minor unit, as Stripe lists them: the amount is sent as is.
 ZERO_DECIMAL = frozenset(
     "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
 )
+WEBHOOK_TOLERANCE_S = 300  # a signed event older than this is refused (replay of an old capture)
 
 
 class ProviderError(RuntimeError):
-    """The provider could not be reached or refused the call (the caller answers 502/503 and retries)."""
+    """The provider could not be reached in time or refused the call (the caller answers 502/503 and retries)."""
 
 
 class BadEvent(ValueError):
-    """A webhook payload whose signature does not verify, or that is not JSON."""
+    """A webhook payload whose signature does not verify, or that is not an event."""
+
+
+class Kind(enum.StrEnum):
+    """What a provider says about a payment, in the shop's words (each provider maps its own events)."""
+
+    SUCCEEDED = "succeeded"  # the money is taken
+    FAILED = "failed"  # this attempt failed; the buyer may try again while time remains
+    CLOSED = "closed"  # no success can follow (expired or canceled at the provider)
+    OPEN = "open"  # nothing decided yet
+    OTHER = "other"  # an event the shop does not act on (acknowledged, ignored)
 
 
 @dataclass(frozen=True)
@@ -35,36 +41,38 @@ class Payment:
     provider: str
     payment_id: str
     checkout_url: str | None
-    client_secret: str | None = None
 
     def record(self) -> str:
-        """The form kept in the deal's payments hash."""
-        return "|".join((self.provider, self.payment_id, self.checkout_url or "", self.client_secret or ""))
+        """The form kept in the deal's payments hash (lua/settle.lua reads the payment id from it)."""
+        return "|".join((self.provider, self.payment_id, self.checkout_url or ""))
 
     @classmethod
     def from_record(cls, rec: str) -> Payment:
         """Parse ``record()``."""
-        provider, payment_id, url, secret = (rec.split("|") + ["", "", ""])[:4]
-        return cls(provider, payment_id, url or None, secret or None)
+        provider, payment_id, url = (rec.split("|") + ["", ""])[:3]
+        return cls(provider, payment_id, url or None)
 
 
 @dataclass(frozen=True)
 class PayableOrder:
-    """What a provider needs to charge one order."""
+    """What a provider needs to charge one order, and where the buyer comes back to."""
 
     order_id: str
     deal_id: int
     user_id: int
     amount_minor: int
     currency: str
+    pay_by_ms: int = 0
+    title: str = ""
+    return_url: str = ""  # absolute URL of the order's page (a hosted checkout sends the buyer back there)
 
 
 @dataclass(frozen=True)
 class PaymentEvent:
-    """A verified provider event about one of our orders."""
+    """A verified provider event (or a looked-up state) about one of our orders."""
 
     event_id: str
-    kind: str  # SUCCEEDED | FAILED | anything else (ignored)
+    kind: Kind
     payment_id: str
     order_id: str | None  # None: not one of ours (no or bad metadata)
     deal_id: int | None
@@ -73,7 +81,11 @@ class PaymentEvent:
 
 
 class PaymentProvider(Protocol):
-    """A payment provider: opens a payment for an order and refunds one (both idempotent)."""
+    """One provider: a module of shared/payments/providers/ whose ``PROVIDER`` builds this from the settings.
+
+    Every method is safe to call again (idempotent at the provider) and every network call has a short
+    timeout and a bounded number of retries; failures raise ProviderError, never hang.
+    """
 
     name: str
 
@@ -81,8 +93,20 @@ class PaymentProvider(Protocol):
         """Open (or find again) the order's payment; the order id is the idempotency key."""
         ...
 
+    def parse_webhook(self, payload: bytes, headers: Mapping[str, str]) -> PaymentEvent:
+        """Verify a webhook with the provider's own scheme and read it; BadEvent when it does not verify."""
+        ...
+
     def refund(self, payment_id: str, order_id: str, amount_minor: int, reason: str) -> str:
         """Refund a payment in full; returns the refund id. Safe to call again for the same payment."""
+        ...
+
+    def look_up(self, payment: Payment, order: PayableOrder) -> PaymentEvent:
+        """The payment's state now, as an event (kind SUCCEEDED, FAILED, CLOSED or OPEN)."""
+        ...
+
+    def close(self, payment: Payment, order: PayableOrder) -> PaymentEvent:
+        """Close the payment so that no success can follow; returns its state after (CLOSED, or SUCCEEDED)."""
         ...
 
 
@@ -92,30 +116,10 @@ def minor_units(amount: Decimal, currency: str) -> int:
     return int((amount * (10**exponent)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def verify_event(payload: bytes, signature: str, secret: str) -> PaymentEvent:
-    """Verify a signed webhook payload (Stripe's scheme, for both providers) and read the order it is about."""
-    try:
-        event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_S)
-    except (stripe.SignatureVerificationError, ValueError) as exc:
-        raise BadEvent(str(exc)) from None
-    try:
-        data = event.to_dict()  # plain dicts: StripeObject refuses dict methods such as .get
-        obj = data["data"]["object"]
-        meta = obj.get("metadata") or {}
-        order_id = _uuid(meta.get("order_id"))
-        deal_id = _deal_id(meta.get("deal_id"))
-        amount = obj.get("amount_received") if data["type"] == SUCCEEDED else obj.get("amount")
-        return PaymentEvent(
-            event_id=str(data["id"]),
-            kind=str(data["type"]),
-            payment_id=str(obj["id"]),
-            order_id=order_id if deal_id is not None else None,
-            deal_id=deal_id if order_id is not None else None,
-            amount_minor=int(amount or 0),
-            currency=str(obj.get("currency") or "").lower(),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BadEvent(f"not a payment event: {type(exc).__name__}: {exc}") from None
+def order_ref(meta: Mapping[str, object]) -> tuple[str | None, int | None]:
+    """(order id, deal id) from a payment's metadata, both or neither (a provider event not about our orders)."""
+    order_id, deal_id = _uuid(meta.get("order_id")), _deal_id(meta.get("deal_id"))
+    return (order_id, deal_id) if order_id is not None and deal_id is not None else (None, None)
 
 
 def _uuid(value: object) -> str | None:

@@ -218,6 +218,8 @@ def test_deal_create_scheduled_then_open_and_close(app, settings: Settings) -> N
         (["--price", "1", "--open-now", "--starts-at", "2030-01-01T00:00:00Z"], "exclude"),
         (["--price", "1", "--open-now", "--payment-window", "-1"], "--payment-window"),
         (["--price", "1", "--open-now", "--payment-window", "86401"], "--payment-window"),
+        (["--price", "5", "--open-now", "--regular-price", "4"], "--regular-price"),
+        (["--price", "5", "--open-now", "--regular-price", "x"], "--regular-price"),
     ],
 )
 def test_deal_create_rejects_bad_arguments(args: list[str], message: str) -> None:
@@ -310,9 +312,10 @@ def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(sett
     from worker.expiry import sweep
 
     r = cli("deal", "create", "--title", f"Pay {uuid.uuid4().hex[:6]}", "--price", "5", "--stock", "5", "--limit", "2",
-            "--open-now", "--payment-window", "600", "--json")  # fmt: skip
+            "--open-now", "--payment-window", "600", "--regular-price", "8.00", "--json")  # fmt: skip
     deal = json.loads(r.stdout)
     assert deal["payment_window_seconds"] == 600 and {"paid", "expired"} <= set(deal)
+    assert (deal["price"], deal["regular_price"], deal["currency"]) == ("5.00", "8.00", "EUR")
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
     db = Database(settings)
     with db.transaction() as s:

@@ -171,7 +171,7 @@ def test_topology_settings() -> None:
     assert s.order_ack_replicas == 1 and s.celery_broker_url == DEFAULT_AMQP_URL  # RabbitMQ with Sentinel
     assert sentinel_broker_url(s.redis_url, s.redis_sentinels) == "sentinel://h1:26391/4;sentinel://h2:26392/4"
     assert Settings.from_env({}).order_ack_replicas == 0
-    # (Sentinel without REDIS_SENTINELS is the local topology of `make up`: tests/test_settings.py.)
+    # (Sentinel without REDIS_SENTINELS is the local topology of `make up`: tests/integration/test_settings.py.)
     for bad in ({"FLASHDEAL_REDIS_TOPOLOGY": "ring"},
                 {"FLASHDEAL_REDIS_TOPOLOGY": "sentinel", "REDIS_SENTINELS": "nohost"}):  # fmt: skip
         with pytest.raises(ConfigError):
@@ -199,9 +199,8 @@ def test_primary_without_its_replicas_refuses_orders_with_503_and_writes_nothing
 
 def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_it_again(settings, db) -> None:
     """The webhook's decision gets the same durable acknowledgement as an order: unconfirmed means resend."""
-    import json
-
-    from shared.payments.dev import dev_webhook_secret, sign
+    from shared.payments.providers.dev import dev_webhook_secret
+    from tests.integration.test_payments_api import dev_headers, event
 
     app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=1, order_ack_timeout_ms=20))
     svc = app.extensions["flashdeal"]
@@ -209,11 +208,8 @@ def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_i
     c = _login(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    obj = {"id": pid, "object": "payment_intent", "amount": 999, "amount_received": 999, "currency": "eur",
-           "metadata": {"order_id": oid, "deal_id": str(deal.id)}}  # fmt: skip
-    payload = json.dumps({"id": "evt_unreplicated", "object": "event", "type": "payment_intent.succeeded",
-                          "data": {"object": obj}}).encode()  # fmt: skip
-    headers = {"Stripe-Signature": sign(payload, dev_webhook_secret(svc.settings)), "Content-Type": "application/json"}
+    payload = event(oid, deal.id, pid, eid="evt_unreplicated")
+    headers = dev_headers(payload, dev_webhook_secret(svc.settings))
     before = _unreplicated("payment")
     r = app.test_client().post("/api/payments/webhook", data=payload, headers=headers)
     assert r.status_code == 503 and r.json["error"]["code"] == "unavailable"

@@ -120,6 +120,8 @@ def test_order_lookup_owner_admin_other(app, db, svc) -> None:
         "status": "accepted",
         "admitted_at": None,
         "pay_by": None,  # a deal without a payment window
+        "awaiting_payment": False,
+        "currency": "EUR",
     }
     assert cx.get(f"/api/orders/{oid}").status_code == 404
     assert ca.get(f"/api/orders/{oid}").status_code == 200

@@ -1,7 +1,7 @@
 """Payment API through Flask on the real services: the pay endpoint and signed webhooks (dev provider).
 
-Events are built and signed here exactly as Stripe signs them (``t=…,v1=HMAC-SHA256(secret, "t.payload")``,
-which is how stripe-python's own tests make their headers), and verified by ``stripe.Webhook.construct_event``.
+Events are built and signed here as the dev provider sends them (its own shape, ``Flashdeal-Dev-Signature:
+t=…,v1=HMAC-SHA256(secret, "t.payload")``); Stripe's events are tests/integration/test_payment_providers.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from shared.payments.dev import dev_webhook_secret, sign
+from shared.payments.providers.dev import SIGNATURE_HEADER, dev_webhook_secret, sign
 from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
 
 
@@ -29,28 +29,30 @@ def svc(app):
 
 
 def event(order_id: str, deal_id: int, payment_id: str, *, ok: bool = True, amount: int = 999, eid: str = "") -> bytes:
-    obj = {
-        "id": payment_id,
-        "object": "payment_intent",
-        "amount": amount,
-        "amount_received": amount if ok else 0,
-        "currency": "eur",
-        "metadata": {"order_id": order_id, "deal_id": str(deal_id)},
-    }
+    """The dev provider's event about a payment (succeeded, or failed)."""
     return json.dumps(
         {
-            "id": eid or f"evt_{uuid.uuid4().hex}",
-            "object": "event",
-            "type": "payment_intent.succeeded" if ok else "payment_intent.payment_failed",
-            "data": {"object": obj},
+            "id": eid or f"devevt_{uuid.uuid4().hex}",
+            "type": "payment.succeeded" if ok else "payment.failed",
+            "payment": {
+                "id": payment_id,
+                "amount": amount,
+                "currency": "eur",
+                "metadata": {"order_id": order_id, "deal_id": str(deal_id)},
+            },
         }
     ).encode()
+
+
+def dev_headers(payload: bytes, secret: str) -> dict[str, str]:
+    """The headers the dev provider posts an event with."""
+    return {SIGNATURE_HEADER: sign(payload, secret), "Content-Type": "application/json; charset=utf-8"}
 
 
 def post_event(client, svc, payload: bytes, header: str | None = None):
     header = header if header is not None else sign(payload, dev_webhook_secret(svc.settings))
     return client.post(
-        "/api/payments/webhook", data=payload, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
+        "/api/payments/webhook", data=payload, headers={SIGNATURE_HEADER: header, "Content-Type": "application/json"}
     )
 
 
@@ -127,6 +129,7 @@ def test_bad_signatures_are_400_and_change_nothing(app, db, svc, client, attack)
     }[attack]
     if attack == "tampered":
         payload = payload.replace(b'"amount": 999', b'"amount": 1')
+        assert b'"amount": 1,' in payload
     r = post_event(client, svc, payload, header)
     assert r.status_code == 400 and r.json["error"]["code"] == "bad_signature"
     assert c.get(f"/api/orders/{oid}").json["status"] == "accepted"
@@ -159,7 +162,7 @@ def test_wrong_amount_is_never_marked_paid(app, db, svc, client) -> None:
 
 
 def test_events_not_about_our_orders_are_acknowledged_and_ignored(app, db, svc, client) -> None:
-    other = json.dumps({"id": "evt_x", "object": "event", "type": "charge.updated", "data": {"object": {"id": "ch_1"}}})
+    other = json.dumps({"id": "evt_x", "type": "payment.other", "payment": {"id": "ch_1"}})
     assert post_event(client, svc, other.encode()).json["outcome"] == "ignored"
     assert post_event(client, svc, event("nope", 1, "pi_1")).json["outcome"] == "ignored"
 
@@ -190,3 +193,64 @@ def test_an_unpaid_order_keeps_its_deal_and_a_resend_after_retirement_refunds_no
     assert other.status_code == 200
     assert [r[0] for r in _refunds(db, oid)] == ["duplicate_payment"]
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
+    # Events after retirement are decided from PostgreSQL and written nowhere in Redis: no key of the deal is
+    # recreated (nothing would ever delete it), whatever the event says.
+    assert post_event(client, svc, event(oid, deal.id, pid, ok=False)).status_code == 200
+    assert post_event(client, svc, event(oid, deal.id, pid)).status_code == 200
+    assert svc.redis.exists(*svc.keys.deal(deal.id).all_keys()) == 0
+
+
+def test_a_success_while_redis_lost_the_deal_is_answered_503_never_refunded_and_pays_after_the_rebuild(
+    app, db, svc, client
+) -> None:
+    """Redis restarted empty, the deal not rebuilt yet: the event comes again later, the money is kept."""
+    from shared.deals import deal_row, load_deal
+    from worker.drain import DrainOptions, drain_deal
+
+    deal, _user, c, oid = buy(app, db, svc)
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
+    drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-lost", DrainOptions(batch_size=100, budget_s=10.0))
+    svc.gate.unload(deal.id)  # what a Redis restarted empty holds of the deal: nothing; PostgreSQL: confirmed
+    ok = event(oid, deal.id, pid)
+    r = post_event(client, svc, ok)
+    assert r.status_code == 503 and r.json["error"]["code"] == "deal_not_loaded" and r.headers["Retry-After"]
+    assert _refunds(db, oid) == []
+    assert svc.redis.exists(*svc.keys.deal(deal.id).all_keys()) == 0  # nothing written meanwhile
+    with db.transaction() as s:
+        load_deal(s, svc.gate, deal_row(s, deal.id))  # the rebuild (beat's tick) restores the unpaid order
+    assert post_event(client, svc, ok).json["outcome"] == "paid"  # the provider's resend
+    assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
+    assert _refunds(db, oid) == []
+
+
+def test_prices_carry_their_currency_a_deal_its_regular_price_and_orders_awaiting_payment_say_so(
+    app, db, svc, client
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    admin = login(app, db, make_users(db, 1, role="admin")[0])
+    now = datetime.now(UTC)
+    body = {"title": "Blender", "price": "30.00", "regular_price": "40.00", "stock": 5, "per_user_limit": 2,
+            "starts_at": (now - timedelta(minutes=1)).isoformat(), "ends_at": (now + timedelta(hours=1)).isoformat(),
+            "payment_window_seconds": 600}  # fmt: skip
+    r = admin.post("/api/admin/deals", json=body)
+    assert r.status_code == 201, r.json
+    assert (r.json["price"], r.json["currency"], r.json["regular_price"], r.json["discount_percent"]) == (
+        "30.00",
+        "EUR",
+        "40.00",
+        25,
+    )
+    below = admin.post("/api/admin/deals", json={**body, "regular_price": "20.00"})
+    assert below.status_code == 422 and below.json["error"]["code"] == "invalid"
+    deal_id = r.json["id"]
+    item = next(d for d in client.get("/api/deals").json["items"] if d["id"] == deal_id)
+    assert (item["currency"], item["regular_price"], item["discount_percent"]) == ("EUR", "40.00", 25)
+    _deal, _user, c, _other = buy(app, db, svc)  # a buyer of another deal, logged in
+    oid = c.post(f"/api/deals/{deal_id}/orders", json={"quantity": 1}).json["order_id"]
+    mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
+    assert mine["awaiting_payment"] is True and mine["currency"] == "EUR" and mine["pay_by"]
+    pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
+    assert post_event(client, svc, event(oid, deal_id, pid, amount=3000)).json["outcome"] == "paid"
+    mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
+    assert (mine["status"], mine["awaiting_payment"]) == ("paid", False)

@@ -112,3 +112,61 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
             ctx.close()
     finally:
         procs.close()
+
+
+def test_pay_with_stripe_checkout_from_the_deal_page_and_back_to_a_paid_order(
+    browser,  # noqa: F811
+    web_server,
+    db,
+    settings,
+) -> None:
+    """PAYMENT_PROVIDER=stripe: "Pay now" redirects to the Checkout Session's hosted page (the local stand-in),
+    which sends the buyer back to the deal page; Stripe's signed event has made the order paid."""
+    from playwright.sync_api import expect
+
+    from tests.stripe_fake import WEBHOOK_SECRET, FakeStripe
+
+    fake = FakeStripe()
+    try:
+        server = web_server(
+            {
+                "PAYMENT_PROVIDER": "stripe",
+                "STRIPE_SECRET_KEY": "sk_test_flashdeal",
+                "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "STRIPE_API_BASE": fake.url,
+            }
+        )
+        fake.webhook_url = server.url + "/api/payments/webhook"
+        gate = _gate(settings)
+        deal = make_deal(db, gate, stock=2, limit=1, price="59.00", payment_window=300, title="Espresso machine")
+        with db.transaction() as s:
+            s.execute(text("UPDATE products SET regular_price = 99.00 WHERE id = :p"), {"p": deal.product_id})
+        invalidate_deal(gate.redis, gate.keys, deal.id)
+        (buyer,) = make_users(db, 1)
+        ctx = _context(browser, server.url)
+        page = ctx.new_page()
+        login(page, email_of(db, buyer))
+        page.goto(f"/deals/{deal.id}")
+        expect(page.locator('[data-field="price"]')).to_contain_text("59.00 EUR")
+        expect(page.locator('[data-field="regular-price"]')).to_contain_text("99.00 EUR")
+        expect(page.locator('[data-field="discount"]')).to_have_text("−40%")
+        page.locator("#buy").click()
+        expect(page.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 0[45]:\d\d"))
+        oid = page.locator("#order-id").inner_text()
+        # My orders lists it as awaiting payment, with its deadline and a Pay action that goes to Checkout.
+        page.goto("/orders")
+        row = page.locator(f'tr[data-order="{oid}"]')
+        expect(row.locator('[data-field="status"]')).to_have_text("awaiting payment", timeout=10_000)
+        expect(row.locator('[data-field="pay-by"]')).to_have_text(re.compile(r"\d\d:\d\d"))
+        expect(row.locator('[data-field="unit-price"]')).to_have_text("59.00 EUR")
+        row.get_by_role("button", name=re.compile("^Pay")).click()
+        page.wait_for_url(re.compile(re.escape(fake.url) + r"/pay/cs_test_"))
+        expect(page.get_by_role("heading")).to_have_text("Pay 59.00 EUR")
+        page.get_by_role("button", name="Pay 59.00 EUR").click()
+        page.wait_for_url(f"{server.url}/deals/{deal.id}")
+        expect(page.locator("#order-state")).to_have_text("paid")
+        expect(page.locator("#order-message")).to_have_text("Paid. The order is yours.")
+        assert fake.deliveries == [200]
+        ctx.close()
+    finally:
+        fake.close()

@@ -19,9 +19,9 @@ from sqlalchemy import text
 from harness.waits import wait_until
 from shared.gate import Admission, Gate, lua_source
 from shared.keys import Keys
-from shared.payments.dev import dev_webhook_secret, payment_id_of, sign
+from shared.payments.providers.dev import dev_webhook_secret, payment_id_of
 from tests.helpers import ORIGIN, PASSWORD, CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
-from tests.integration.test_payments_api import event
+from tests.integration.test_payments_api import dev_headers, event
 from tests.system.test_drain_workers import outbox_empty
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def deliver(server, payload: bytes, secret: str) -> requests.Response:
     return requests.post(
         server.url + "/api/payments/webhook",
         data=payload,
-        headers={"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json; charset=utf-8"},
+        headers=dev_headers(payload, secret),
     )
 
 
@@ -202,3 +202,29 @@ def test_cancel_racing_payment_ends_one_way(db, gate, web_server, celery_procs: 
             assert c[oid] == 200 and p[oid] == "refund"  # the payment was given back
     assert set(refunds(db, deal.id)) == {o for o, s in final.items() if s == "canceled"}
     assert stock(gate, deal.id) + 2 * sum(1 for s in final.values() if s == "paid") == total
+
+
+def test_a_payment_whose_webhook_never_came_is_decided_by_beats_check_job(
+    db,
+    gate,
+    web_server,
+    celery_procs: CeleryProcs,  # noqa: F811
+) -> None:
+    """The provider took the money, its event never reached us: the order is paid, never expired or refunded."""
+    deal = make_deal(db, gate, stock=3, limit=3, payment_window=4, price="2.50")
+    # The dev provider's events go to a port nothing listens on: every delivery fails.
+    server = web_server({"CELERY_QUEUE": celery_procs.queue, "DEV_WEBHOOK_URL": "http://127.0.0.1:9"})
+    s = session_for(server, db, make_users(db, 1)[0])
+    paid = s.post(f"{server.url}/api/deals/{deal.id}/orders", json={"quantity": 1}).json()["order_id"]
+    unpaid = s.post(f"{server.url}/api/deals/{deal.id}/orders", json={"quantity": 1}).json()["order_id"]
+    url = server.url + s.post(f"{server.url}/api/orders/{paid}/pay", headers=ORIGIN).json()["checkout_url"]
+    s.post(f"{server.url}/api/orders/{unpaid}/pay", headers=ORIGIN)  # opened, never paid
+    r = requests.post(url, json={"card": "4242424242424242"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "webhook_failed"  # taken; its event lost
+    celery_procs.worker("w1")
+    celery_procs.beat()
+    assert wait_until(lambda: statuses(db, deal.id) == {paid: "paid", unpaid: "expired"}, 60, 0.2), statuses(
+        db, deal.id
+    )
+    assert refunds(db, deal.id) == {}
+    assert stock(gate, deal.id) == 2

@@ -393,16 +393,33 @@
     const table = document.getElementById("orders");
     const msg = document.getElementById("orders-message");
     if (!table) return;
+    const open = (status) => status === "accepted" || status === "confirmed" || status === "awaiting_payment";
+    const shown = (o) => (o.awaiting_payment ? "awaiting_payment" : o.status);
     function setRow(row, status) {
       row.dataset.status = status;
       const badge = row.querySelector('[data-field="status"]');
-      badge.textContent = status;
+      badge.textContent = status.replace("_", " ");
       badge.className = "badge order-" + status;
       const btn = row.querySelector("button.cancel");
-      if (btn && !(status === "accepted" || status === "confirmed")) btn.remove();
+      if (btn && !open(status)) btn.remove();
+      const pay = row.querySelector("button.pay");
+      if (pay && status !== "awaiting_payment") pay.remove();
       const due = row.querySelector('[data-field="pay-by"]');
-      if (due && !(status === "accepted" || status === "confirmed")) due.classList.add("settled");
+      if (due && !open(status)) due.classList.add("settled");
     }
+    table.addEventListener("click", async (ev) => {
+      const payBtn = ev.target.closest("button.pay");
+      if (!payBtn) return;
+      payBtn.disabled = true;
+      const r = await api("POST", `/api/orders/${encodeURIComponent(payBtn.dataset.order)}/pay`, {});
+      if (r.status === 200 && r.data.checkout_url) {
+        window.location.assign(r.data.checkout_url); // the provider's checkout; it comes back to the deal page
+        return;
+      }
+      payBtn.disabled = false;
+      msg.textContent = (r.data && r.data.error && r.data.error.message) || "The payment could not be opened. Try again.";
+      msg.className = "message error";
+    });
     table.addEventListener("click", async (ev) => {
       const btn = ev.target.closest("button.cancel");
       if (!btn) return;
@@ -411,7 +428,7 @@
       const r = await api("POST", `/api/orders/${encodeURIComponent(id)}/cancel`, {});
       const row = table.querySelector(`tr[data-order="${CSS.escape(id)}"]`);
       if (r.status === 200) {
-        setRow(row, r.data.status);
+        setRow(row, shown(r.data));
         msg.textContent = "Order canceled. The stock went back on sale.";
         msg.className = "message ok";
       } else {
@@ -422,12 +439,12 @@
     });
     every(2000, async () => {
       // Nothing can change by itself but an accepted order, or one waiting for its payment.
-      if (!table.querySelector('tr[data-status="accepted"], tr[data-pay-by][data-status="confirmed"]')) return;
+      if (!table.querySelector('tr[data-status="accepted"], tr[data-status="awaiting_payment"]')) return;
       const r = await api("GET", "/api/orders");
       if (r.status !== 200) return;
       r.data.items.forEach((o) => {
         const row = table.querySelector(`tr[data-order="${CSS.escape(o.order_id)}"]`);
-        if (row && row.dataset.status !== o.status) setRow(row, o.status);
+        if (row && row.dataset.status !== shown(o)) setRow(row, shown(o));
       });
     });
   }

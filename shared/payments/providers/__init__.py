@@ -1,0 +1,1 @@
+"""One module per payment provider (see shared/payments/registry.py)."""
