@@ -1,0 +1,110 @@
+"""Nemeses: faults on real processes, each bounded in time and healed before it returns.
+
+Each one runs while the buyers load the shop, and leaves the topology whole again: every data node up,
+one primary with its replicas online (roles may have moved). What it did is returned as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import redis
+
+from scripts.redis_nodes import HOST, wait_for
+from scripts.sentinel_topology import DOWN_AFTER_MS, SentinelTopology
+
+FAILOVER_S = 30.0  # a failover on a busy 2-core machine, with margin
+# Paused replicas: under min-replicas-max-lag (5 s), so the primary keeps admitting (answered "unconfirmed").
+LAG_S = 3.0
+# A paused primary: past the sentinels' down-after, long enough for the failover to finish while it sleeps.
+ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
+
+Nemesis = Callable[[SentinelTopology], str]
+
+
+def role(port: int) -> str:
+    """The node's role (master / slave), '' when it does not answer."""
+    try:
+        return str(redis.Redis(HOST, port, socket_timeout=1).info("replication")["role"])
+    except redis.RedisError:
+        return ""
+
+
+def healed(t: SentinelTopology) -> int:
+    """Wait until one primary has every other data node online as its replica; its port."""
+    want = len(t.ports.data) - 1
+    wait_for(lambda: t.replicas_online(t.primary()) == want, FAILOVER_S, "the topology did not heal")
+    return t.primary()
+
+
+def _failover_from(t: SentinelTopology, old: int) -> int:
+    wait_for(lambda: t.primary() != old and role(t.primary()) == "master", FAILOVER_S, "no failover")
+    return t.primary()
+
+
+@contextlib.contextmanager
+def _stopped(t: SentinelTopology, ports: list[int]) -> Iterator[None]:
+    """SIGSTOP the nodes on ports; SIGCONT them on the way out, whatever happens in between."""
+    pids = [p for p in (t.pid(port) for port in ports) if p is not None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def none(t: SentinelTopology) -> str:
+    """No fault: the baseline row."""
+    return "no fault"
+
+
+def kill_primary(t: SentinelTopology) -> str:
+    """SIGKILL the primary; the sentinels promote a replica; the old one restarts on its AOF as a replica."""
+    old = healed(t)
+    t.kill(old)
+    new = _failover_from(t, old)
+    t.restart(old)
+    healed(t)
+    return f"SIGKILL {old}, {new} promoted, {old} back as replica"
+
+
+def pause_primary(t: SentinelTopology) -> str:
+    """SIGSTOP the primary past down-after: a replica is promoted while it sleeps; SIGCONT: the zombie wakes."""
+    old = healed(t)
+    t0 = time.monotonic()
+    with _stopped(t, [old]):
+        new = _failover_from(t, old)
+        time.sleep(max(1.0, ZOMBIE_S - (time.monotonic() - t0)))  # the new primary serves while the old one sleeps
+        paused = time.monotonic() - t0
+    # The zombie wakes believing it is primary until the sentinels demote it.
+    wait_for(lambda: role(old) == "slave", FAILOVER_S, f"the zombie {old} was not demoted")
+    healed(t)
+    return f"SIGSTOP {old} {paused:.1f}s, {new} promoted, {old} demoted after SIGCONT"
+
+
+def lag_then_kill(t: SentinelTopology) -> str:
+    """Replicas paused (behind) while the primary admits; the primary dies; a lagging replica is promoted."""
+    old = healed(t)
+    replicas = [p for p in t.ports.data if p != old]
+    with _stopped(t, replicas):
+        time.sleep(LAG_S)  # admitted on the primary only: answered "unconfirmed", drained by the workers
+        t.kill(old)
+    new = _failover_from(t, old)
+    t.restart(old)
+    healed(t)
+    return f"SIGSTOP replicas {replicas} {LAG_S:.0f}s, SIGKILL {old}, {new} promoted"
+
+
+SENTINEL_NEMESES: dict[str, Nemesis] = {
+    "none": none,
+    "kill-primary": kill_primary,
+    "pause-primary": pause_primary,
+    "lag": lag_then_kill,
+}
