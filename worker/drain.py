@@ -15,6 +15,7 @@ from shared.db import Database
 from shared.keys import Keys
 from shared.order_record import parse_order_record
 from shared.outbox_entry import OutboxRow, Unparsable, inflight_member, parse_entry
+from shared.redis_client import Client, DirectCalls
 from shared.settings import Settings
 from worker.dlq import dead_letter_entry
 from worker.outbox import is_transient, reason_of, write_rows
@@ -36,12 +37,22 @@ class DrainOptions:
     # look again one kick interval later (``DrainResult.follow_up``), instead of polling the stream
     # for a few entries at a time: one transaction per interval, not per few orders.
     follow_up: bool = False
+    # Replicas that must hold a batch's entries before it is committed (0: no check, the ``single`` topology),
+    # and how long one WAIT may block. The same figures as an admission's (ORDER_ACK_REPLICAS, _TIMEOUT_MS).
+    replicas: int = 0
+    replica_timeout_ms: int = 250
 
     @classmethod
     def from_settings(cls, settings: Settings, budget_s: float = 2.0, follow_up: bool = False) -> DrainOptions:
         """Options from the process settings."""
         return cls(
-            settings.drain_batch_size, settings.drain_claim_idle_ms, settings.dlq_max_attempts, budget_s, follow_up
+            settings.drain_batch_size,
+            settings.drain_claim_idle_ms,
+            settings.dlq_max_attempts,
+            budget_s,
+            follow_up,
+            settings.order_ack_replicas or 0,
+            settings.order_ack_timeout_ms,
         )
 
 
@@ -59,6 +70,7 @@ class DrainResult:
     seconds: float = 0.0
     more: bool = False  # the budget ran out with entries left: carry on at once
     follow_up: bool = False  # stopped at a trickle with the kick flag still set: look again soon
+    unreplicated: int = 0  # entries read but left pending because too few replicas held them yet
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form (task results)."""
@@ -74,21 +86,44 @@ class BatchOutcome:
     dead_lettered: int
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than asked acknowledged the entries just read: they stay pending, nothing is committed."""
+
+
 class Drainer:
-    """Drains one deal's outbox as one consumer of the ``persisters`` group."""
+    """Drains one deal's outbox as one consumer of the ``persisters`` group.
+
+    Only what the replicas hold reaches PostgreSQL. Why: an entry the primary wrote but no replica has yet
+    vanishes if the primary dies, and the promoted replica sells its units again; committed to PostgreSQL
+    first, it would stay there as units sold twice. So with ``options.replicas`` > 0 every batch is read,
+    then ``WAIT replicas timeout`` is sent on the connection that read it, and the batch is committed only
+    when enough replicas acknowledged. Why WAIT and not a comparison of replication offsets: WAIT waits for
+    this connection's last write, and reading a batch is one (XREADGROUP ``>``, XAUTOCLAIM and XCLAIM
+    propagate the consumer group's change), which Redis replicates after the entries it read, since they were
+    written before; a replica that acknowledged it holds every entry of the batch. Replicas report their
+    offset by themselves once a second only, while WAIT makes them answer at once. A reread of our own pending
+    entries (XREADGROUP ``0``) writes nothing, so it is followed by an XCLAIM of the same ids (JUSTID, idle 0:
+    they stay ours, no delivery is counted), whose write WAIT can follow. A batch the replicas do not
+    acknowledge in time stays pending and the drain stops (``DrainResult.unreplicated``): the next drain
+    reads it again (its ``0`` pass), or another worker claims it once idle. Cancels, payment decisions and
+    expiries are outbox entries like orders: the same check covers them.
+    """
 
     def __init__(
         self,
         db: Database,
-        rds: redis.Redis,
+        rds: Client,
         keys: Keys,
         deal_id: int,
         consumer: str,
         options: DrainOptions,
         on_backlog: Callable[[], None] | None = None,
+        direct: DirectCalls | None = None,
     ) -> None:
         self.db = db
         self.rds = rds
+        # The connection whose writes WAIT follows: the caller's (a worker's gate), or one of our own.
+        self.direct = (direct or DirectCalls(rds)) if options.replicas > 0 else None
         self.deal_id = deal_id
         self.dk = keys.deal(deal_id)
         self.stream = self.dk.outbox
@@ -128,6 +163,10 @@ class Drainer:
                     break
             self.result.more = time.monotonic() >= deadline and self.rds.xlen(self.stream) > 0
             return self.result
+        except NotReplicated as exc:
+            # The kick flag stays as it is: beat's drain of every live deal (each second) looks again.
+            log.warning("deal %s: %s; left pending until the replicas catch up", self.deal_id, exc)
+            return self.result
         finally:
             self.result.seconds = round(time.monotonic() - t0, 4)
 
@@ -157,13 +196,48 @@ class Drainer:
 
     def _read(self, start: str) -> Entries:
         try:
+            if self.direct is not None and start == ">":
+                return self._read_replicated()
             reply = self.rds.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.opt.batch_size)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._ensure_group()  # the stream was deleted (a deal retired) and maybe re-created (reloaded)
             return []
-        return reply[0][1] if reply else []
+        entries = reply[0][1] if reply else []
+        self._check_replicated(entries)
+        return entries
+
+    def _read_replicated(self) -> Entries:
+        """New entries and the replicas' WAIT in one round trip on one connection (the hot path)."""
+        assert self.direct is not None
+        read = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.opt.batch_size)
+        reply, acked = self.direct.pipeline(
+            (*read, "STREAMS", self.stream, ">"), ("WAIT", self.opt.replicas, self.opt.replica_timeout_ms)
+        )
+        if isinstance(reply, BaseException):
+            raise reply
+        entries: Entries = []
+        for entry_id, flat in reply[0][1] if reply else []:
+            entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
+        if entries and int(acked) < self.opt.replicas:
+            self.result.unreplicated += len(entries)
+            raise NotReplicated(f"{len(entries)} entries read, {acked} of {self.opt.replicas} replicas hold them")
+        return entries
+
+    def _check_replicated(self, entries: Entries) -> None:
+        """NotReplicated unless enough replicas hold these entries (read by a command that wrote nothing)."""
+        ids = [entry_id for entry_id, fields in entries if fields]
+        if self.direct is None or not ids:
+            return
+        # XCLAIM to ourselves: a write, replicated after the entries, for WAIT to follow (see the class).
+        claimed, acked = self.direct.pipeline(
+            ("XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"),
+            ("WAIT", self.opt.replicas, self.opt.replica_timeout_ms),
+        )
+        if isinstance(claimed, BaseException) or not claimed or int(acked) < self.opt.replicas:
+            self.result.unreplicated += len(ids)
+            raise NotReplicated(f"{len(ids)} pending entries, {acked} of {self.opt.replicas} replicas hold them")
 
     def _read_and_write(self, start: str) -> int:
         """Read one batch and persist it; returns how many entries it held."""
@@ -184,6 +258,7 @@ class Drainer:
             if deleted:
                 self.rds.xack(self.stream, self.group, *deleted)  # pending but gone from the stream: nothing to write
             if entries:
+                self._check_replicated(entries)
                 self.result.claimed += len(entries)
                 self._write_and_ack(entries)
             if cursor == "0-0":
@@ -262,15 +337,16 @@ class Drainer:
 
 def drain_deal(
     db: Database,
-    rds: redis.Redis,
+    rds: Client,
     keys: Keys,
     deal_id: int,
     consumer: str,
     options: DrainOptions,
     on_backlog: Callable[[], None] | None = None,
+    direct: DirectCalls | None = None,
 ) -> DrainResult:
     """Drain one deal's outbox into PostgreSQL (see ``Drainer``)."""
-    return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog).run()
+    return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog, direct).run()
 
 
 def prune_consumers(rds: redis.Redis, keys: Keys, deal_id: int, idle_ms: int = 86_400_000) -> int:
