@@ -54,8 +54,10 @@ class Result:
 class FaultStack:
     """A Sentinel topology, web nodes and Celery workers (and beat) on it; logged-in buyers. ``close`` ends all."""
 
-    def __init__(self, settings: Settings, root: Path, web_nodes: int = 2, workers: int = 2) -> None:
-        self.root, self.n_web, self.n_workers = root, web_nodes, workers
+    def __init__(
+        self, settings: Settings, root: Path, web_nodes: int = 2, workers: int = 2, buyers: int = BUYERS
+    ) -> None:
+        self.root, self.n_web, self.n_workers, self.n_buyers = root, web_nodes, workers, buyers
         ports = sorted({free_port() for _ in range(12)})[:6]
         self.topology = SentinelTopology(
             root / "redis", SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
@@ -98,7 +100,7 @@ class FaultStack:
             proc = subprocess.Popen(cmd, cwd=ROOT, env={**base_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
             self.web.append(Server(port, proc))
             wait_http(f"{self.web[-1].url}/healthz", 60)
-        users = make_users(self.db, BUYERS)
+        users = make_users(self.db, self.n_buyers)
         self.sessions = [(u, login(self.web[0].url, email_of(self.db, u), PASSWORD)) for u in users]
         return self
 
@@ -186,11 +188,16 @@ def table(results: list[Result]) -> str:
 
 
 def run(
-    settings: Settings, scenarios: list[str], warmup: float, after: float, keep: Path | None = None
+    settings: Settings,
+    scenarios: list[str],
+    warmup: float,
+    after: float,
+    keep: Path | None = None,
+    size: tuple[int, int, int] = (2, 2, BUYERS),
 ) -> list[Result]:
-    """Run the scenarios on one stack, in order; print each row's fault and violations as it goes."""
+    """Run the scenarios on one stack (web nodes, workers, buyers), in order; print each row as it goes."""
     root = Path(tempfile.mkdtemp(prefix="flashdeal-faults-"))
-    stack = FaultStack(settings, root)
+    stack = FaultStack(settings, root, *size)
     results = []
     try:
         stack.start()
