@@ -21,12 +21,15 @@ from faults.checker import FATAL, Report, check, read_state
 from faults.client import Buyer, login
 from faults.history import History
 from faults.nemesis import SENTINEL_NEMESES, Nemesis, healed
+from faults.postgres import PrivatePostgres
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
+from shared.clock import now_ms
 from shared.db import Database
 from shared.gate import Gate
+from shared.migrations import upgrade
 from shared.redis_client import text_client
 from shared.settings import DEFAULT_AMQP_URL, Settings
-from tests.celery_procs import CeleryProcs
+from tests.celery_procs import CeleryProc, CeleryProcs
 from tests.conftest import ROOT, RUN_PREFIX, Server, base_env, free_port, wait_http
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 
@@ -55,9 +58,21 @@ class FaultStack:
     """A Sentinel topology, web nodes and Celery workers (and beat) on it; logged-in buyers. ``close`` ends all."""
 
     def __init__(
-        self, settings: Settings, root: Path, web_nodes: int = 2, workers: int = 2, buyers: int = BUYERS
+        self,
+        settings: Settings,
+        root: Path,
+        web_nodes: int = 2,
+        workers: int = 2,
+        buyers: int = BUYERS,
+        private_pg: bool = False,
     ) -> None:
         self.root, self.n_web, self.n_workers, self.n_buyers = root, web_nodes, workers, buyers
+        self.postgres = PrivatePostgres(root, free_port()) if private_pg else None
+        if self.postgres is not None:
+            settings = settings.with_(database_url=self.postgres.url)
+        self.deals: list[int] = []  # the running scenario's
+        self.workers: list[CeleryProc] = []
+        self._spawned = 0
         ports = sorted({free_port() for _ in range(12)})[:6]
         self.topology = SentinelTopology(
             root / "redis", SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
@@ -71,6 +86,7 @@ class FaultStack:
             "ORDER_ACK_TIMEOUT_MS": str(ACK_TIMEOUT_MS),
             "RATELIMIT_ENABLED": "false",
             "DRAIN_CLAIM_IDLE_MS": "1000",
+            "DATABASE_URL": settings.database_url,
         }
         self.settings = settings.with_(
             redis_topology="sentinel",
@@ -86,11 +102,13 @@ class FaultStack:
 
     def start(self) -> FaultStack:
         """Start everything, log the buyers in; the gate follows the primary through the sentinels."""
+        if self.postgres is not None:
+            self.postgres.start()
+        upgrade(self.settings.database_url)
         self.topology.start()
         self.gate = Gate.from_settings(text_client(self.settings), self.settings)
         env = {**self.env, "CELERY_QUEUE": self.procs.queue}
-        for i in range(self.n_workers):
-            self.procs.worker(f"faults{i + 1}", env)
+        self.start_workers()
         self.procs.beat(env)
         for i in range(self.n_web):
             port = free_port()
@@ -104,6 +122,28 @@ class FaultStack:
         self.sessions = [(u, login(self.web[0].url, email_of(self.db, u), PASSWORD)) for u in users]
         return self
 
+    def start_workers(self) -> None:
+        """Start the worker nodes (fresh names, so a restarted node is told apart in the logs)."""
+        env = {**self.env, "CELERY_QUEUE": self.procs.queue}
+        for _ in range(self.n_workers):
+            self._spawned += 1
+            self.workers.append(self.procs.worker(f"faults{self._spawned}", env))
+
+    def restart_workers(self) -> None:
+        """SIGKILL every worker node (whole process group, mid-task), then start as many again."""
+        for w in self.workers:
+            w.kill()
+        self.workers.clear()
+        self.start_workers()
+
+    def expiries_due(self) -> bool:
+        """True when an unpaid order of the running scenario is past its pay_by (the sweep has work)."""
+        now = now_ms()
+        try:
+            return any(self.gate.redis.zcount(self.gate.keys.deal(d).due, "-inf", now) for d in self.deals)
+        except Exception:  # noqa: BLE001 - a failover settling: nothing due as far as we know
+            return False
+
     def close(self) -> None:
         """Stop every process started here, drop the test queue."""
         for s in self.web:
@@ -114,6 +154,8 @@ class FaultStack:
         with contextlib.suppress(Exception), Connection(DEFAULT_AMQP_URL, connect_timeout=2) as conn:
             conn.default_channel.queue_delete(self.procs.queue)
         self.topology.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
 
     def drained(self, deal_ids: list[int]) -> bool:
         """Wait until no deal has an entry to persist or an order left to expire, twice in a row 1 s apart."""
@@ -143,6 +185,7 @@ def run_scenario(stack: FaultStack, name: str, nemesis: Nemesis, warmup: float, 
         make_deal(stack.db, stack.gate, stock=BIG_STOCK, limit=BIG_STOCK, payment_window=PAYMENT_WINDOW_S).id,
         make_deal(stack.db, stack.gate, stock=SMALL_STOCK, limit=SMALL_LIMIT, payment_window=PAYMENT_WINDOW_S).id,
     ]
+    stack.deals = deals
     history, stop = History(), threading.Event()
     nodes = [s.url for s in stack.web]
     buyers = [
@@ -194,10 +237,11 @@ def run(
     after: float,
     keep: Path | None = None,
     size: tuple[int, int, int] = (2, 2, BUYERS),
+    private_pg: bool = False,
 ) -> list[Result]:
     """Run the scenarios on one stack (web nodes, workers, buyers), in order; print each row as it goes."""
     root = Path(tempfile.mkdtemp(prefix="flashdeal-faults-"))
-    stack = FaultStack(settings, root, *size)
+    stack = FaultStack(settings, root, *size, private_pg=private_pg)
     results = []
     try:
         stack.start()
@@ -227,11 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, default=ROOT / "var" / "faults", help="histories and logs of failed rows")
     args = p.parse_args(argv)
     settings = Settings.from_env().with_(env="test", key_prefix=RUN_PREFIX)
-    from shared.migrations import upgrade
-
-    upgrade(settings.database_url)
     t0 = time.monotonic()
-    results = run(settings, args.scenarios.split(","), args.warmup, args.after, args.keep)
+    results = run(settings, args.scenarios.split(","), args.warmup, args.after, args.keep, private_pg=True)
     print()
     print(table(results))
     print(f"\n{len(results)} scenarios in {time.monotonic() - t0:.0f} s")

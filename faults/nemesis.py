@@ -11,11 +11,15 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import redis
 
 from scripts.redis_nodes import HOST, wait_for
 from scripts.sentinel_topology import DOWN_AFTER_MS, SentinelTopology
+
+if TYPE_CHECKING:
+    from faults.matrix import FaultStack
 
 FAILOVER_S = 30.0  # a failover on a busy 2-core machine, with margin
 # Paused replicas: under min-replicas-max-lag (5 s), so the primary keeps admitting (answered "unconfirmed").
@@ -23,7 +27,10 @@ LAG_S = 3.0
 # A paused primary: past the sentinels' down-after, long enough for the failover to finish while it sleeps.
 ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
 
-Nemesis = Callable[[SentinelTopology], str]
+# Each gets the running stack (topology, workers, PostgreSQL) and returns what it did, healed.
+Nemesis = Callable[["FaultStack"], str]
+WORKER_KILLS = 3  # worker nodes SIGKILLed this many times, each while expiries are due
+PG_CRASHES = 2
 
 
 def role(port: int) -> str:
@@ -60,13 +67,14 @@ def _stopped(t: SentinelTopology, ports: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
-def none(t: SentinelTopology) -> str:
+def none(stack: FaultStack) -> str:
     """No fault: the baseline row."""
     return "no fault"
 
 
-def kill_primary(t: SentinelTopology) -> str:
+def kill_primary(stack: FaultStack) -> str:
     """SIGKILL the primary; the sentinels promote a replica; the old one restarts on its AOF as a replica."""
+    t = stack.topology
     old = healed(t)
     t.kill(old)
     new = _failover_from(t, old)
@@ -75,8 +83,9 @@ def kill_primary(t: SentinelTopology) -> str:
     return f"SIGKILL {old}, {new} promoted, {old} back as replica"
 
 
-def pause_primary(t: SentinelTopology) -> str:
+def pause_primary(stack: FaultStack) -> str:
     """SIGSTOP the primary past down-after: a replica is promoted while it sleeps; SIGCONT: the zombie wakes."""
+    t = stack.topology
     old = healed(t)
     t0 = time.monotonic()
     with _stopped(t, [old]):
@@ -89,8 +98,9 @@ def pause_primary(t: SentinelTopology) -> str:
     return f"SIGSTOP {old} {paused:.1f}s, {new} promoted, {old} demoted after SIGCONT"
 
 
-def lag_then_kill(t: SentinelTopology) -> str:
+def lag_then_kill(stack: FaultStack) -> str:
     """Replicas paused (behind) while the primary admits; the primary dies; a lagging replica is promoted."""
+    t = stack.topology
     old = healed(t)
     replicas = [p for p in t.ports.data if p != old]
     with _stopped(t, replicas):
@@ -102,9 +112,35 @@ def lag_then_kill(t: SentinelTopology) -> str:
     return f"SIGSTOP replicas {replicas} {LAG_S:.0f}s, SIGKILL {old}, {new} promoted"
 
 
+def kill_workers(stack: FaultStack) -> str:
+    """SIGKILL every worker node while expiries are due (a sweep and the drains of payment decisions under
+    way), start fresh ones; the entries they held stay pending and are claimed again."""
+    for _ in range(WORKER_KILLS):
+        wait_for(stack.expiries_due, 15, "no expiry came due")
+        time.sleep(0.2)  # the sweep (beat every second, and every drain) is at work on them
+        stack.restart_workers()
+        time.sleep(1.0)
+    return f"SIGKILL every worker node {WORKER_KILLS}x while expiries were due, restarted"
+
+
+def crash_postgres(stack: FaultStack) -> str:
+    """Crash PostgreSQL (immediate stop: every connection cut, no checkpoint) mid-drain, twice, and start it."""
+    if stack.postgres is None:
+        raise RuntimeError("pg-crash needs the matrix's private PostgreSQL (--private-pg)")
+    took = []
+    for _ in range(PG_CRASHES):
+        t0 = time.monotonic()
+        stack.postgres.crash_restart()
+        took.append(time.monotonic() - t0)
+        time.sleep(1.5)
+    return f"PostgreSQL crashed and restarted {PG_CRASHES}x ({', '.join(f'{s:.1f}' for s in took)} s down)"
+
+
 SENTINEL_NEMESES: dict[str, Nemesis] = {
     "none": none,
     "kill-primary": kill_primary,
     "pause-primary": pause_primary,
     "lag": lag_then_kill,
+    "kill-workers": kill_workers,
+    "pg-crash": crash_postgres,
 }
