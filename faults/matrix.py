@@ -196,7 +196,7 @@ def run_scenario(stack: FaultStack, name: str, nemesis: Nemesis, warmup: float, 
         b.start()
     try:
         time.sleep(warmup)
-        fault = nemesis(stack.topology)
+        fault = nemesis(stack)
         time.sleep(after)
     finally:
         stop.set()
