@@ -19,10 +19,15 @@ CANCEL_SHARE, PAY_SHARE = 0.25, 0.35
 
 
 def login(base: str, email: str, password: str) -> requests.Session:
-    """A session logged in at a web node."""
+    """A session logged in at a web node, for every web node."""
     s = requests.Session()
     r = s.post(f"{base}/api/auth/login", json={"email": email, "password": password}, timeout=10)
     r.raise_for_status()
+    # The session lives in Redis, so any node serves it: send its cookie to every node, not only to ``base``.
+    cookies = [(c.name, c.value) for c in s.cookies]
+    s.cookies.clear()
+    for name, value in cookies:
+        s.cookies.set(name, value)
     return s
 
 
@@ -64,7 +69,7 @@ class Buyer(threading.Thread):
 
     def order(self, base: str, deal_id: int) -> Op:
         """Place one order of one unit under a fresh Idempotency-Key."""
-        op = self._op("order", deal_id, key=f"{self.name}-{uuid.uuid4().hex[:12]}")
+        op = self._op("order", deal_id, key=f"{self.name}-{uuid.uuid4().hex[:12]}", node=base)
         r = self._post(
             op, f"{base}/api/deals/{deal_id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": op.key}
         )
@@ -78,7 +83,7 @@ class Buyer(threading.Thread):
 
     def cancel(self, base: str, deal_id: int, order_id: str) -> Op:
         """Cancel an order (200 ok; 409 when already paid or expired: fail)."""
-        op = self._op("cancel", deal_id, order_id=order_id)
+        op = self._op("cancel", deal_id, order_id=order_id, node=base)
         r = self._post(op, f"{base}/api/orders/{order_id}/cancel", headers=ORIGIN)
         if r is not None:
             History.complete(op, _outcome(r.status_code), r.status_code, dict(r.headers))  # type: ignore[arg-type]
@@ -86,7 +91,7 @@ class Buyer(threading.Thread):
 
     def pay(self, base: str, deal_id: int, order_id: str) -> Op:
         """Open the payment and pay it on the dev provider's checkout; ok once the answer says the order is paid."""
-        op = self._op("pay", deal_id, order_id=order_id)
+        op = self._op("pay", deal_id, order_id=order_id, node=base)
         r = self._post(op, f"{base}/api/orders/{order_id}/pay", headers=ORIGIN)
         if r is None:
             return op

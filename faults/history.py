@@ -30,6 +30,7 @@ class Op:
     key: str = ""  # the order's Idempotency-Key
     order_id: str = ""  # named by the answer (order) or by the request (cancel, pay)
     quantity: int = 1
+    node: str = ""  # the web node asked
     outcome: Outcome = "invoke"
     status: int | None = None  # HTTP status, None when no answer came
     headers: dict[str, str] = field(default_factory=dict)

@@ -14,13 +14,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from faults.checker import FATAL, Report, check, read_state
 from faults.client import Buyer, login
 from faults.history import History
-from faults.nemesis import SENTINEL_NEMESES, Nemesis, healed
+from faults.nemesis import PARTITIONED, SENTINEL_NEMESES, Nemesis, healed
+from faults.partition import Netns, PartitionedTopology
 from faults.postgres import PrivatePostgres
 from scripts.sentinel_topology import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.clock import now_ms
@@ -29,7 +33,7 @@ from shared.gate import Gate
 from shared.migrations import upgrade
 from shared.redis_client import text_client
 from shared.settings import DEFAULT_AMQP_URL, Settings
-from tests.celery_procs import CeleryProc, CeleryProcs
+from tests.celery_procs import CeleryProc, CeleryProcs, TcpProxy
 from tests.conftest import ROOT, RUN_PREFIX, Server, base_env, free_port, wait_http
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 
@@ -65,6 +69,7 @@ class FaultStack:
         workers: int = 2,
         buyers: int = BUYERS,
         private_pg: bool = False,
+        partition: bool = False,
     ) -> None:
         self.root, self.n_web, self.n_workers, self.n_buyers = root, web_nodes, workers, buyers
         self.postgres = PrivatePostgres(root, free_port()) if private_pg else None
@@ -74,12 +79,19 @@ class FaultStack:
         self.workers: list[CeleryProc] = []
         self._spawned = 0
         ports = sorted({free_port() for _ in range(12)})[:6]
-        self.topology = SentinelTopology(
-            root / "redis", SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
+        sentinel_ports = SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
+        # partition: the first primary, one web node and one worker in a network namespace (faults/partition.py)
+        self.netns = Netns() if partition else None
+        self.topology: SentinelTopology = (
+            PartitionedTopology(self.netns, root / "redis", sentinel_ports)
+            if self.netns is not None
+            else SentinelTopology(root / "redis", sentinel_ports)
         )
+        sentinels = tuple((self.topology.host(p), p) for p in sentinel_ports.sentinels)
+        self.relays: list[TcpProxy] = []
         self.env = {
             "FLASHDEAL_REDIS_TOPOLOGY": "sentinel",
-            "REDIS_SENTINELS": self.topology.ports.sentinels_setting,
+            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in sentinels),
             "REDIS_SENTINEL_MASTER": MASTER_NAME,
             "CELERY_BROKER_URL": DEFAULT_AMQP_URL,
             "ORDER_ACK_REPLICAS": "1",
@@ -90,7 +102,7 @@ class FaultStack:
         }
         self.settings = settings.with_(
             redis_topology="sentinel",
-            redis_sentinels=tuple(("127.0.0.1", p) for p in self.topology.ports.sentinels),
+            redis_sentinels=sentinels,
             redis_sentinel_master=MASTER_NAME,
             order_ack_replicas=1,
             celery_broker_url=DEFAULT_AMQP_URL,
@@ -102,6 +114,8 @@ class FaultStack:
 
     def start(self) -> FaultStack:
         """Start everything, log the buyers in; the gate follows the primary through the sentinels."""
+        if self.netns is not None:
+            self.netns.create()
         if self.postgres is not None:
             self.postgres.start()
         upgrade(self.settings.database_url)
@@ -118,9 +132,35 @@ class FaultStack:
             proc = subprocess.Popen(cmd, cwd=ROOT, env={**base_env(), **env}, stdout=log, stderr=subprocess.STDOUT)
             self.web.append(Server(port, proc))
             wait_http(f"{self.web[-1].url}/healthz", 60)
+        if self.netns is not None:
+            self._start_minority(env)
         users = make_users(self.db, self.n_buyers)
         self.sessions = [(u, login(self.web[0].url, email_of(self.db, u), PASSWORD)) for u in users]
         return self
+
+    def _start_minority(self, env: dict[str, str]) -> None:
+        """A worker and a web node inside the namespace; PostgreSQL and RabbitMQ through relays on its service link."""
+        ns = self.netns
+        assert ns is not None
+        db = make_url(self.settings.database_url)
+        pg = TcpProxy((db.host or "127.0.0.1", db.port or 5432), host=ns.s_host)
+        amqp = TcpProxy(("127.0.0.1", 5672), host=ns.s_host)
+        self.relays += [pg, amqp]
+        ns_env = {
+            **env,
+            "DATABASE_URL": db.set(host=ns.s_host, port=pg.port).render_as_string(hide_password=False),
+            "CELERY_BROKER_URL": f"amqp://guest:guest@{ns.s_host}:{amqp.port}//",
+        }
+        self.procs.worker("minority", ns_env, launch=ns.launch)
+        port = free_port()
+        cmd = [*ns.launch, sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "0.0.0.0"]
+        cmd += ["--port", str(port), "--workers", "1", "--blocking-threads", "8", "web.wsgi:app"]
+        log = (self.root / "web-minority.log").open("ab")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**base_env(), **ns_env}, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(port, proc)
+        server.url = f"http://{ns.s_ns}:{port}"
+        self.web.append(server)
+        wait_http(f"{server.url}/healthz", 60)
 
     def start_workers(self) -> None:
         """Start the worker nodes (fresh names, so a restarted node is told apart in the logs)."""
@@ -153,7 +193,11 @@ class FaultStack:
 
         with contextlib.suppress(Exception), Connection(DEFAULT_AMQP_URL, connect_timeout=2) as conn:
             conn.default_channel.queue_delete(self.procs.queue)
+        for r in self.relays:
+            r.close()
         self.topology.stop()
+        if self.netns is not None:
+            self.netns.delete()
         if self.postgres is not None:
             self.postgres.stop()
 
@@ -240,15 +284,38 @@ def run(
     private_pg: bool = False,
 ) -> list[Result]:
     """Run the scenarios on one stack (web nodes, workers, buyers), in order; print each row as it goes."""
+    results: list[Result] = []
+    plain = [n for n in scenarios if n not in PARTITIONED]
+    cut = [n for n in scenarios if n in PARTITIONED]
+    for names, partition in ((plain, False), (cut, True)):
+        if names:
+            results += _run_on_stack(settings, names, warmup, after, keep, size, private_pg, partition)
+    return results
+
+
+def _run_on_stack(
+    settings: Settings,
+    scenarios: list[str],
+    warmup: float,
+    after: float,
+    keep: Path | None,
+    size: tuple[int, int, int],
+    private_pg: bool,
+    partition: bool,
+) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="flashdeal-faults-"))
-    stack = FaultStack(settings, root, *size, private_pg=private_pg)
+    # The namespace layout: one web node and one worker on each side.
+    stack = FaultStack(settings, root, *((1, 1, size[2]) if partition else size), private_pg, partition)
     results = []
     try:
         stack.start()
         for name in scenarios:
             res = run_scenario(stack, name, SENTINEL_NEMESES[name], warmup, after)
             results.append(res)
-            print(f"[faults] {name}: {res.fault}; {len(res.history)} ops, {res.seconds:.0f} s", flush=True)
+            nodes = Counter(op.node.split("//")[-1] for op in res.history if op.outcome == "ok")
+            print(
+                f"[faults] {name}: {res.fault}; {len(res.history)} ops, {res.seconds:.0f} s; ok by node {dict(nodes)}"
+            )
             for v in res.report.violations[:10]:
                 print(f"[faults]   {v.kind}: deal {v.deal_id}: {v.detail}", flush=True)
             if keep is not None and not res.report.ok:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from scripts.redis_nodes import HOST, wait_for
+from scripts.redis_nodes import wait_for
 from scripts.sentinel_topology import DOWN_AFTER_MS, SentinelTopology
 
 if TYPE_CHECKING:
@@ -31,12 +31,13 @@ ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
 Nemesis = Callable[["FaultStack"], str]
 WORKER_KILLS = 3  # worker nodes SIGKILLed this many times, each while expiries are due
 PG_CRASHES = 2
+PARTITION_S = 8.0  # past the failover and past min-replicas-max-lag (5 s) on the minority side
 
 
-def role(port: int) -> str:
+def role(t: SentinelTopology, port: int) -> str:
     """The node's role (master / slave), '' when it does not answer."""
     try:
-        return str(redis.Redis(HOST, port, socket_timeout=1).info("replication")["role"])
+        return str(redis.Redis(t.host(port), port, socket_timeout=1).info("replication")["role"])
     except redis.RedisError:
         return ""
 
@@ -49,7 +50,7 @@ def healed(t: SentinelTopology) -> int:
 
 
 def _failover_from(t: SentinelTopology, old: int) -> int:
-    wait_for(lambda: t.primary() != old and role(t.primary()) == "master", FAILOVER_S, "no failover")
+    wait_for(lambda: t.primary() != old and role(t, t.primary()) == "master", FAILOVER_S, "no failover")
     return t.primary()
 
 
@@ -93,7 +94,7 @@ def pause_primary(stack: FaultStack) -> str:
         time.sleep(max(1.0, ZOMBIE_S - (time.monotonic() - t0)))  # the new primary serves while the old one sleeps
         paused = time.monotonic() - t0
     # The zombie wakes believing it is primary until the sentinels demote it.
-    wait_for(lambda: role(old) == "slave", FAILOVER_S, f"the zombie {old} was not demoted")
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the zombie {old} was not demoted")
     healed(t)
     return f"SIGSTOP {old} {paused:.1f}s, {new} promoted, {old} demoted after SIGCONT"
 
@@ -136,6 +137,28 @@ def crash_postgres(stack: FaultStack) -> str:
     return f"PostgreSQL crashed and restarted {PG_CRASHES}x ({', '.join(f'{s:.1f}' for s in took)} s down)"
 
 
+def partition_primary(stack: FaultStack) -> str:
+    """Cut the primary (in its namespace, with a web node and a worker that still reach PostgreSQL and the
+    broker) off from its replicas and the sentinels; the majority promotes a replica; heal: the old one is demoted."""
+    t, ns = stack.topology, stack.netns
+    if ns is None:
+        raise RuntimeError("partition needs the namespace layout")
+    old = healed(t)
+    if t.launch(old) != ns.launch:
+        raise RuntimeError(f"the primary {old} is not the one inside the namespace")
+    t0 = time.monotonic()
+    ns.cut()
+    try:
+        new = _failover_from(t, old)
+        time.sleep(PARTITION_S)  # the minority admits until min-replicas-max-lag makes its primary refuse
+    finally:
+        ns.heal()
+        cut = time.monotonic() - t0
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} was not demoted")
+    healed(t)
+    return f"Redis link of {old} (+1 web node, 1 worker) cut {cut:.0f}s, {new} promoted, {old} demoted on heal"
+
+
 SENTINEL_NEMESES: dict[str, Nemesis] = {
     "none": none,
     "kill-primary": kill_primary,
@@ -143,4 +166,7 @@ SENTINEL_NEMESES: dict[str, Nemesis] = {
     "lag": lag_then_kill,
     "kill-workers": kill_workers,
     "pg-crash": crash_postgres,
+    "partition": partition_primary,
 }
+# Scenarios that need the namespace layout (faults/partition.py): run on a stack of their own.
+PARTITIONED = ("partition",)

@@ -80,10 +80,24 @@ class CeleryProcs:
         env.update(extra or {})
         return env
 
-    def _spawn(self, name: str, args: list[str], extra: dict[str, str] | None) -> CeleryProc:
+    def _spawn(
+        self, name: str, args: list[str], extra: dict[str, str] | None, launch: list[str] | None = None
+    ) -> CeleryProc:
         log = self.tmp / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", *args, "--loglevel", "INFO", "-f", str(log)],
+            [
+                *(launch or []),
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                *args,
+                "--loglevel",
+                "INFO",
+                "-f",
+                str(log),
+            ],
             cwd=ROOT,
             env=self.env(extra),
             stdout=subprocess.DEVNULL,
@@ -94,13 +108,17 @@ class CeleryProcs:
         self.started.append(p)
         return p
 
-    def worker(self, name: str, extra: dict[str, str] | None = None, wait: bool = True) -> CeleryProc:
-        """Start ``celery -A worker worker -n NAME@%h --pool prefork -c 1 -Q <queue>``."""
+    def worker(
+        self, name: str, extra: dict[str, str] | None = None, wait: bool = True, launch: list[str] | None = None
+    ) -> CeleryProc:
+        """Start ``celery -A worker worker -n NAME@%h --pool prefork -c 1 -Q <queue>`` (through ``launch``, e.g.
+        ``ip netns exec NS``)."""
         p = self._spawn(
             name,
             ["worker", "-n", f"{name}@%h", "--pool", "prefork", "-c", "1", "-Q", self.queue,
              "--without-mingle", "--without-gossip"],
             extra,
+            launch,
         )  # fmt: skip
         if wait:
             p.wait_for("ready.")
@@ -144,8 +162,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``refuse()`` cuts every connection and stops listening."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.target = target
+        self.host = host  # where it listens (a fault test: the host's end of a veth pair)
         self.port = 0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -156,7 +175,7 @@ class TcpProxy:
         """(Re)open the listening socket, on the same port after the first time."""
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        s.bind((self.host, self.port))
         s.listen(64)
         self.port = s.getsockname()[1]
         with self._lock:
