@@ -1,7 +1,8 @@
 """Drain benchmark: outbox drain by two worker nodes vs one Celery task per order; latency under a burst.
 
 Usage: .venv/bin/python -m bench.bench_drain [--backlog 100000] [--baseline 5000] [--rate 5000] [--seconds 3]
-                                              [--concurrency 2]
+                                              [--concurrency 2] [--replica-backlog 50000] [--replica-rounds 3]
+                                              [--only-replica-check]
 
 Everything runs on this machine against 127.0.0.1 (Redis, PostgreSQL, two `celery -A worker worker` nodes
 with --concurrency prefork processes each, like the Procfile's default on 2 cores, and beat for the burst), in
@@ -11,12 +12,17 @@ a private database and key prefix. The baseline stops after 30 s and reports the
 2. baseline: M orders persisted the naive way, one `bench.persist_one` task per order, same nodes.
 3. burst: orders admitted at RATE/s for SECONDS, a drain task sent whenever the script reports a kick (as a
    web node does); admission-to-confirmed latency = orders.persisted_at - orders.admitted_at.
+4. replica check: the cost of persisting only what the replicas hold. A private primary with one replica;
+   one process drains a backlog of --replica-backlog orders without the check (replicas 0: the drain as it was)
+   and with it (WAIT 1 after each batch's read), --replica-rounds times each, alternating; median orders/s of
+   each and their ratio (target >= 0.8). ``--only-replica-check`` runs this part alone (no Celery nodes).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -28,10 +34,14 @@ from pathlib import Path
 from sqlalchemy import insert, text
 
 from bench.common import ROOT, Context, save, stop
+from bench.private_redis import private_pair
 from bench.strategies.lua_celery import PERSIST_TASK
 from shared.accounts import hash_password
 from shared.deals import NewDeal, create_deal, load_deal
+from shared.gate import Gate
 from shared.models import User
+from shared.redis_client import text_client
+from worker.drain import DrainOptions, drain_deal
 
 DEADLINE_S = 180  # every wait in this benchmark gives up after this
 BASELINE_MAX_S = 30.0
@@ -102,6 +112,42 @@ def wait(pred, what: str, interval: float = 0.01) -> float:
     raise TimeoutError(what)
 
 
+def replica_check(ctx: Context, users: list[int], n: int, rounds: int) -> list[dict[str, object]]:
+    """Part 4: the drain's orders/s on a private primary + replica, without and with the replication check."""
+    with private_pair() as url:
+        settings = ctx.settings.with_(redis_url=url, order_ack_replicas=1)
+        gate = Gate.from_settings(text_client(settings), settings)
+        pctx = Context(ctx.env, settings, ctx.db, gate)
+        rates: dict[int, list[float]] = {0: [], 1: []}
+        deals: list[int] = []
+        try:
+            for r in range(rounds):
+                for replicas in (0, 1) if r % 2 == 0 else (1, 0):  # alternating: drift of the machine hits both
+                    deal = make_deal(pctx, n + 10)
+                    deals.append(deal)
+                    admit_backlog(pctx, deal, users, n)
+                    opts = DrainOptions(settings.drain_batch_size, budget_s=DEADLINE_S, replicas=replicas)
+                    t0 = time.monotonic()
+                    res = drain_deal(ctx.db, gate.redis, gate.keys, deal, "bench", opts)
+                    rates[replicas].append(n / (time.monotonic() - t0))
+                    assert res.persisted == n and res.unreplicated == 0 and count(pctx, deal) == n, res
+        finally:
+            with ctx.db.transaction() as s:
+                s.execute(text("DELETE FROM orders WHERE deal_id = ANY(:d)"), {"d": deals})
+            gate.redis.close()
+    off, on = statistics.median(rates[0]), statistics.median(rates[1])
+    # Each round's pair ran back to back: its ratio is the least disturbed by the machine's other work.
+    pairs = statistics.median(b / a for a, b in zip(rates[0], rates[1], strict=True))
+    return [
+        {"measure": "drain, 1 process, primary + replica, no replication check", "orders": n, "rounds": rounds,
+         "orders/s": round(off), "each": [round(x) for x in rates[0]]},
+        {"measure": "drain, 1 process, primary + replica, WAIT 1 per batch", "orders": n, "rounds": rounds,
+         "orders/s": round(on), "each": [round(x) for x in rates[1]]},
+        {"measure": "ratio with check / without, of the medians (target >= 0.8)", "orders/s": f"{on / off:.2f}x"},
+        {"measure": "ratio with check / without, median of the rounds' pairs", "orders/s": f"{pairs:.2f}x"},
+    ]  # fmt: skip
+
+
 def count(ctx: Context, deal_id: int) -> int:
     with ctx.db.read() as s:
         return int(s.execute(text("SELECT count(*) FROM orders WHERE deal_id = :d"), {"d": deal_id}).scalar())
@@ -131,10 +177,20 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=2, help="prefork processes per worker node")
+    ap.add_argument("--replica-backlog", type=int, default=50_000)
+    ap.add_argument("--replica-rounds", type=int, default=3)
+    ap.add_argument("--only-replica-check", action="store_true", help="part 4 alone, without Celery nodes")
     args = ap.parse_args()
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     ctx = Context.create()
+    if args.only_replica_check:
+        try:
+            rows = replica_check(ctx, make_users(ctx, 5000), args.replica_backlog, args.replica_rounds)
+            save("drain_replica", rows, {"load_average_before": load_before})
+        finally:
+            ctx.cleanup()
+        return
     os.environ.update(ctx.env)  # the Celery app below reads the bench queue and broker from here
     from worker import app  # noqa: PLC0415  (configured from the environment just set)
 
@@ -234,6 +290,7 @@ def main() -> None:
              "orders": total, "p50 ms": round(float(p50) * 1000, 1), "p99 ms": round(float(p99) * 1000, 1),
              "max ms": round(float(pmax) * 1000, 1), "drain tasks sent": kicks},
         ]  # fmt: skip
+        rows += replica_check(ctx, users, args.replica_backlog, args.replica_rounds)
         save(
             "drain",
             rows,

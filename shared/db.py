@@ -27,6 +27,17 @@ class Database:
             yield session
 
     @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """Yield a session whose reads all see one snapshot: a REPEATABLE READ transaction, rolled back at the end.
+
+        Why: under READ COMMITTED each statement sees the commits made before it, so a figure computed from
+        several reads (an expected stock) can count a row twice or not at all if a commit lands in between.
+        """
+        with self.session_factory() as session:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         """Yield a session for reads only."""
         with self.session_factory() as session:

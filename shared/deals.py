@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -19,6 +18,7 @@ from shared.db import Database
 from shared.gate import DealRules, Gate, Loaded, buyer_status
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.order_record import LiveOrder
+from shared.outbox_entry import RELEASING
 from shared.readable import UnreadableDeal, readable_deals
 
 log = logging.getLogger(__name__)
@@ -150,27 +150,32 @@ def sold_quantities(session: Session, deal_ids: list[int]) -> dict[int, int]:
     return {int(deal_id): int(qty) for deal_id, qty in rows}
 
 
+# What each buyer holds according to PostgreSQL: orders that hold their units, and dead letters of orders
+# without a row whose kind holds units too (an order, or its payment), as worker/reconcile.py counts them.
+# Why one statement: it reads one snapshot, so a ``dlq retry`` that turns a letter into a row while it runs
+# counts that order once (two reads could see neither the letter, already deleted, nor the row).
+# A letter whose buyer or quantity is not a number was never admitted by the gate: it holds nothing.
+_HELD_BY_BUYER = text(
+    """
+    SELECT user_id, SUM(quantity) FROM (
+        SELECT user_id, quantity FROM orders WHERE deal_id = :deal_id AND status = ANY(:holding)
+        UNION ALL
+        SELECT CAST(d.payload->>'u' AS bigint), CAST(d.payload->>'q' AS integer) FROM dead_letters d
+        WHERE d.deal_id = :deal_id AND NOT (COALESCE(d.payload->>'t', '') = ANY(:releasing))
+          AND d.payload->>'u' ~ '^[0-9]{1,18}$' AND d.payload->>'q' ~ '^[0-9]{1,9}$'
+          AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = d.order_id)
+    ) held
+    GROUP BY user_id
+    """
+)
+
+
 def held_by_buyer(session: Session, deal_id: int) -> dict[int, int]:
     """Quantity each buyer holds according to PostgreSQL: orders that hold their units, and dead letters."""
-    held: dict[int, int] = defaultdict(int)
     rows = session.execute(
-        select(Order.user_id, func.sum(Order.quantity))
-        .where(Order.deal_id == deal_id, Order.status.in_(HOLDING_STATUSES))
-        .group_by(Order.user_id)
+        _HELD_BY_BUYER, {"deal_id": deal_id, "holding": list(HOLDING_STATUSES), "releasing": list(RELEASING)}
     )
-    for user_id, qty in rows:
-        held[int(user_id)] += int(qty)
-    # A dead-lettered order holds its stock until an admin drops it (worker/reconcile.py counts it the same).
-    persisted = select(Order.id).where(Order.deal_id == deal_id)
-    for payload in session.scalars(
-        select(DeadLetter.payload).where(DeadLetter.deal_id == deal_id, DeadLetter.order_id.not_in(persisted))
-    ):
-        try:
-            if payload.get("t") == "o":
-                held[int(payload["u"])] += int(payload["q"])
-        except (KeyError, TypeError, ValueError):
-            continue  # an unparsable letter was never admitted by the gate: it holds nothing
-    return dict(held)
+    return {int(user_id): int(qty) for user_id, qty in rows if qty}
 
 
 def load_deal(session: Session, gate: Gate, deal: Deal) -> Loaded:

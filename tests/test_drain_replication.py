@@ -93,9 +93,7 @@ def test_orders_the_replicas_never_had_are_not_persisted_and_nothing_is_sold_twi
     assert opts.replicas == 1
 
     def drain() -> DrainResult:
-        return _through_failover(
-            lambda: drain_deal(db, gate.redis, gate.keys, deal.id, "t-lag", opts, direct=gate.direct)
-        )
+        return _through_failover(lambda: drain_deal(db, gate.redis, gate.keys, deal.id, "t-lag", opts))
 
     # Healthy replicas: orders acknowledged by WAIT are drained at once.
     for i in range(3):

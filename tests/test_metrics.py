@@ -121,6 +121,9 @@ def test_worker_records_drain_and_reconcile_results() -> None:
     )
     wm.record_drain("flashdeal.drain_active", {"deals": {"1": {"persisted": 5, "canceled": 0, "entries": 5}}}, 0.02)
     wm.record_drain("flashdeal.drain_active", {"deals": {}}, 0.001)
+    unreplicated0 = total("flashdeal_drain_unreplicated_total")
+    wm.record_drain("flashdeal.drain_active", {"deals": {"2": {"persisted": 0, "entries": 0, "unreplicated": 7}}}, 0.3)
+    assert total("flashdeal_drain_unreplicated_total") == unreplicated0 + 7
     assert total("flashdeal_orders_persisted_total", kind="order") == orders0 + 45
     assert total("flashdeal_orders_persisted_total", kind="cancel") == cancels0 + 2
     assert total("flashdeal_drain_batch_size_count") == batches0 + 2  # the idle run adds no zero-size batch

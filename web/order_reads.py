@@ -12,7 +12,7 @@ from shared.clock import ms_to_dt
 from shared.models import DeadLetter, Order
 from shared.order_ids import deal_of
 from shared.order_record import LiveOrder
-from shared.outbox_entry import CANCEL, Unparsable, parse_payload
+from shared.outbox_entry import CANCEL, EXPIRED, PAID, Unparsable, parse_payload
 from web.schemas import OrderOut
 from web.services import Services
 
@@ -20,6 +20,8 @@ MY_ORDERS_LIMIT = 200
 
 # The gate's decided states: recorded in Redis first, they reach PostgreSQL through the outbox.
 GATE_DECIDED = ("canceled", "paid", "expired")
+# A dead letter's kind as the order's status once the gate no longer holds it (an order entry: failed).
+_LETTER_STATUS = {CANCEL: "canceled", PAID: "paid", EXPIRED: "expired"}
 
 OrderView = dict[str, Any]  # an OrderOut, JSON-ready
 
@@ -59,18 +61,28 @@ def read_order(svc: Services, order_id: str) -> tuple[OrderView, LiveOrder | Non
         # A cancel, a payment or an expiry is recorded in Redis first and reaches PostgreSQL through the outbox.
         status = live.state if (live is not None and live.state in GATE_DECIDED) else row.status
         return _order_out(row, status), live
-    if live is not None:
-        status = live.state if live.state in GATE_DECIDED else ("failed" if dead is not None else "accepted")
-        return _order_out(live, status), live
     if dead is not None:
-        # The gate no longer holds the deal: the dead letter's payload (the outbox entry) is all that is left.
-        entry = parse_payload(dead.entry_id, dead.payload)
-        if isinstance(entry, Unparsable):
-            return None
-        price, admitted_at = Decimal(entry.unit_price), ms_to_dt(entry.admitted_ms)
-        held = LiveOrder(order_id, dead.deal_id, entry.user_id, entry.quantity, price, admitted_at, False)
-        return _order_out(held, "canceled" if entry.kind == CANCEL else "failed"), None
+        view = _dead_letter_view(dead, live)
+        return (view, live) if view is not None else None
+    if live is not None:
+        return _order_out(live, live.state if live.state in GATE_DECIDED else "accepted"), live
     return None
+
+
+def _dead_letter_view(dead: DeadLetter, live: LiveOrder | None) -> OrderView | None:
+    """A dead-lettered order (no row): the gate's decision while it holds the order, else the letter's; else failed.
+
+    The one rule for the order's page and "my orders". None for a letter that was never an order (unparsable).
+    """
+    if live is not None:
+        return _order_out(live, live.state if live.state in GATE_DECIDED else "failed")
+    # The gate no longer holds the deal: the dead letter's payload (the outbox entry) is all that is left.
+    entry = parse_payload(dead.entry_id, dead.payload)
+    if isinstance(entry, Unparsable):
+        return None
+    price, admitted_at = Decimal(entry.unit_price), ms_to_dt(entry.admitted_ms)
+    held = LiveOrder(str(dead.order_id), dead.deal_id, entry.user_id, entry.quantity, price, admitted_at, False)
+    return _order_out(held, _LETTER_STATUS.get(entry.kind, "failed"))
 
 
 def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
@@ -83,7 +95,22 @@ def buyer_orders(svc: Services, user_id: int) -> list[OrderView]:
         rows = s.scalars(
             select(Order).where(Order.user_id == user_id).order_by(Order.admitted_at.desc()).limit(MY_ORDERS_LIMIT)
         ).all()
+        # Orders dead-lettered without a row: neither in PostgreSQL's orders nor in flight any more, yet they
+        # hold their units until an admin retries or drops them, and their own page shows them.
+        letters = s.scalars(
+            select(DeadLetter)
+            .where(
+                DeadLetter.payload["u"].astext == str(user_id),
+                DeadLetter.order_id.not_in(select(Order.id).where(Order.user_id == user_id)),
+            )
+            .order_by(DeadLetter.id.desc())
+            .limit(MY_ORDERS_LIMIT)
+        ).all()
     items = {str(r.id): _order_out(r, r.status) for r in rows}
+    for dead in letters:
+        view = _dead_letter_view(dead, svc.gate.find_order(str(dead.order_id), dead.deal_id))
+        if view is not None:
+            items[view["order_id"]] = view
     for entry in inflight:
         order = entry.order
         status = "canceled" if entry.cancel else (order.state if order.state in GATE_DECIDED else "accepted")

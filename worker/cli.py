@@ -465,4 +465,6 @@ def dlq_drop(order_id: str) -> None:
     r = drop_dead_letter(o.db, o.gate, order_id)
     if not r.found:
         raise click.ClickException(f"no dead letter for order {order_id}")
+    if r.kept:
+        raise click.ClickException(f"dead letter {order_id} kept: {r.kept}")
     click.echo(f"dead letter {order_id} dropped" + (", stock returned" if r.stock_returned else ""))

@@ -16,18 +16,21 @@ from shared.clock import now_ms
 from shared.db import Database
 from shared.gate import Cancellation, Gate
 from shared.models import DeadLetter
-from shared.outbox_entry import CANCEL, OutboxRow, Unparsable, parse_payload, synthetic_order_id
+from shared.outbox_entry import CANCEL, ORDER, PAID, RELEASING, OutboxRow, Unparsable, parse_payload, synthetic_order_id
 from worker.outbox import is_transient, reason_of, write_rows
 
-# One dead letter per order. A cancel that fails too is merged into its order's letter (and the other way
-# round when the cancel got there first): the merged payload keeps t=c, so the letter says "canceled".
+# One dead letter per order. A decision that fails too (cancel, payment, expiry) is merged into its order's
+# letter, and the other way round when the decision got there first: the merged payload keeps the decision's
+# kind and fields (t=c/p/x, ct, pi), so the letter says how the order ended. Why the decision wins: the gate
+# decides one end per order and writes it after the order itself; the order's entry adds nothing to it
+# (``||`` keeps the right-hand side's value of a key both sides hold).
 _UPSERT_DEAD_LETTER = text(
     """
     INSERT INTO dead_letters (order_id, deal_id, entry_id, payload, reason, attempts)
     VALUES (CAST(:order_id AS uuid), :deal_id, :entry_id, CAST(:payload AS jsonb), :reason, :attempts)
     ON CONFLICT (order_id) DO UPDATE SET
-        payload = CASE WHEN EXCLUDED.payload->>'t' = 'c' THEN dead_letters.payload || EXCLUDED.payload
-                       ELSE EXCLUDED.payload || dead_letters.payload END,
+        payload = CASE WHEN EXCLUDED.payload->>'t' = 'o' THEN EXCLUDED.payload || dead_letters.payload
+                       ELSE dead_letters.payload || EXCLUDED.payload END,
         entry_id = EXCLUDED.entry_id,
         reason = EXCLUDED.reason,
         attempts = dead_letters.attempts + EXCLUDED.attempts
@@ -88,10 +91,16 @@ class DropResult:
     found: bool
     stock_returned: bool
     gate_outcome: str | None
+    kept: str = ""  # why the letter was kept instead (a paid order, a cancel no replica confirmed)
 
     def __bool__(self) -> bool:
         """True when there was a letter to drop."""
         return self.found
+
+    @property
+    def dropped(self) -> bool:
+        """True when the letter was deleted."""
+        return self.found and not self.kept
 
 
 def dead_letter(
@@ -146,7 +155,7 @@ def dead_letter_entry(
             # because the gate's record says so. Either way there is nothing left to hold.
             return False
     payload = dict(item.fields)
-    if item.kind != CANCEL and canceled_in_gate(item.order_id):
+    if item.kind == ORDER and canceled_in_gate(item.order_id):
         # The buyer canceled after admission: the letter must not claim the stock the gate gave back. The
         # cancel's own entry (with its time) may come later and merge in; until then "now" is the best bound.
         payload["t"] = CANCEL
@@ -235,9 +244,18 @@ def drop_dead_letter(db: Database, gate: Gate, order_id: str) -> DropResult:
         if letter is None:
             return DropResult(order_id, found=False, stock_returned=False, gate_outcome=None)
         outcome: str | None = None
-        if letter.payload.get("t") != CANCEL:
+        kind = letter.payload.get("t")
+        if kind == PAID:
+            # The buyer paid: the letter may be the order's only trace in PostgreSQL. Never dropped; retried.
+            return DropResult(order_id, True, False, None, kept="paid: fix the cause and run dlq retry")
+        if kind not in RELEASING:
             # Why before the delete: if the gate call fails the letter stays, and the drop can be run again.
             res = gate.cancel(letter.deal_id, str(oid), 0, admin=True, force=True)
             outcome = res.outcome.value
+            if res.outcome is Cancellation.PAID:
+                return DropResult(order_id, True, False, outcome, kept="paid: fix the cause and run dlq retry")
+            if not res.replicated:
+                # Given back on the primary alone: a failover could undo it while the letter is gone.
+                return DropResult(order_id, True, False, outcome, kept="the cancel is not replicated yet: run again")
         s.execute(delete(DeadLetter).where(DeadLetter.id == letter.id))
     return DropResult(order_id, found=True, stock_returned=outcome == Cancellation.CANCELED, gate_outcome=outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,10 +16,11 @@ from shared.db import Database
 from shared.keys import Keys
 from shared.order_record import parse_order_record
 from shared.outbox_entry import OutboxRow, Unparsable, inflight_member, parse_entry
-from shared.redis_client import Client, DirectCalls
+from shared.redis_client import Client
 from shared.settings import Settings
 from worker.dlq import dead_letter_entry
 from worker.outbox import is_transient, reason_of, write_rows
+from worker.replica_wait import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +98,18 @@ class Drainer:
     Only what the replicas hold reaches PostgreSQL. Why: an entry the primary wrote but no replica has yet
     vanishes if the primary dies, and the promoted replica sells its units again; committed to PostgreSQL
     first, it would stay there as units sold twice. So with ``options.replicas`` > 0 every batch is read,
-    then ``WAIT replicas timeout`` is sent on the connection that read it, and the batch is committed only
-    when enough replicas acknowledged. Why WAIT and not a comparison of replication offsets: WAIT waits for
-    this connection's last write, and reading a batch is one (XREADGROUP ``>``, XAUTOCLAIM and XCLAIM
-    propagate the consumer group's change), which Redis replicates after the entries it read, since they were
-    written before; a replica that acknowledged it holds every entry of the batch. Replicas report their
-    offset by themselves once a second only, while WAIT makes them answer at once. A reread of our own pending
-    entries (XREADGROUP ``0``) writes nothing, so it is followed by an XCLAIM of the same ids (JUSTID, idle 0:
-    they stay ours, no delivery is counted), whose write WAIT can follow. A batch the replicas do not
-    acknowledge in time stays pending and the drain stops (``DrainResult.unreplicated``): the next drain
-    reads it again (its ``0`` pass), or another worker claims it once idle. Cancels, payment decisions and
-    expiries are outbox entries like orders: the same check covers them.
+    then ``WAIT replicas timeout`` is sent on the connection that read it (``ReplicaWait``), and the batch's
+    transaction commits only when enough replicas acknowledged (the answer is read just before COMMIT).
+    Why WAIT and not a comparison of replication offsets: WAIT waits for this connection's last write, and
+    reading a batch is one (XREADGROUP ``>``, XCLAIM propagate the consumer group's change), which Redis
+    replicates after the entries it read, since they were written before; a replica that acknowledged it
+    holds every entry of the batch. Replicas report their offset by themselves once a second only, while
+    WAIT makes them answer at once. A reread of our own pending entries (XREADGROUP ``0``) writes nothing,
+    and XAUTOCLAIM writes on another connection, so either is followed by an XCLAIM of the same ids to
+    ourselves (JUSTID, idle 0: no delivery is counted), whose write WAIT follows. A batch the replicas do not
+    acknowledge in time is rolled back and stays pending, and the drain stops (``DrainResult.unreplicated``):
+    the next drain reads it again (its ``0`` pass), or another worker claims it once idle. Cancels, payment
+    decisions and expiries are outbox entries like orders: the same check covers them.
     """
 
     def __init__(
@@ -118,12 +121,9 @@ class Drainer:
         consumer: str,
         options: DrainOptions,
         on_backlog: Callable[[], None] | None = None,
-        direct: DirectCalls | None = None,
     ) -> None:
         self.db = db
         self.rds = rds
-        # The connection whose writes WAIT follows: the caller's (a worker's gate), or one of our own.
-        self.direct = (direct or DirectCalls(rds)) if options.replicas > 0 else None
         self.deal_id = deal_id
         self.dk = keys.deal(deal_id)
         self.stream = self.dk.outbox
@@ -194,59 +194,50 @@ class Drainer:
         self.rds.delete(self.dk.kick)
         return int(self.rds.xlen(self.stream))
 
-    def _read(self, start: str) -> Entries:
+    def _link(self) -> contextlib.AbstractContextManager[ReplicaWait | None]:
+        """The connection a batch is read on and WAIT sent on (None: no replica to wait for)."""
+        if self.opt.replicas <= 0:
+            return contextlib.nullcontext()
+        return ReplicaWait(self.rds, self.stream, self.opt.replicas, self.opt.replica_timeout_ms)
+
+    def _read(self, start: str, link: ReplicaWait | None) -> Entries:
         try:
-            if self.direct is not None and start == ">":
-                return self._read_replicated()
-            reply = self.rds.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.opt.batch_size)
+            if link is None:
+                reply = self.rds.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.opt.batch_size)
+                return reply[0][1] if reply else []
+            read = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.opt.batch_size)
+            reply = link.call(*read, "STREAMS", self.stream, start)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._ensure_group()  # the stream was deleted (a deal retired) and maybe re-created (reloaded)
             return []
-        entries = reply[0][1] if reply else []
-        self._check_replicated(entries)
+        # The reply unparsed (redis-py's callbacks are the client layer's): entries with their field lists.
+        entries = [(eid, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}) for eid, flat in
+                   (reply[0][1] if reply else [])]  # fmt: skip
+        if entries:
+            self._ask_replicas(link, entries, wrote=start == ">")
         return entries
 
-    def _read_replicated(self) -> Entries:
-        """New entries and the replicas' WAIT in one round trip on one connection (the hot path)."""
-        assert self.direct is not None
-        read = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.opt.batch_size)
-        reply, acked = self.direct.pipeline(
-            (*read, "STREAMS", self.stream, ">"), ("WAIT", self.opt.replicas, self.opt.replica_timeout_ms)
-        )
-        if isinstance(reply, BaseException):
-            raise reply
-        entries: Entries = []
-        for entry_id, flat in reply[0][1] if reply else []:
-            entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
-        if entries and int(acked) < self.opt.replicas:
-            self.result.unreplicated += len(entries)
-            raise NotReplicated(f"{len(entries)} entries read, {acked} of {self.opt.replicas} replicas hold them")
-        return entries
-
-    def _check_replicated(self, entries: Entries) -> None:
-        """NotReplicated unless enough replicas hold these entries (read by a command that wrote nothing)."""
-        ids = [entry_id for entry_id, fields in entries if fields]
-        if self.direct is None or not ids:
-            return
-        # XCLAIM to ourselves: a write, replicated after the entries, for WAIT to follow (see the class).
-        claimed, acked = self.direct.pipeline(
-            ("XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"),
-            ("WAIT", self.opt.replicas, self.opt.replica_timeout_ms),
-        )
-        if isinstance(claimed, BaseException) or not claimed or int(acked) < self.opt.replicas:
-            self.result.unreplicated += len(ids)
-            raise NotReplicated(f"{len(ids)} pending entries, {acked} of {self.opt.replicas} replicas hold them")
+    def _ask_replicas(self, link: ReplicaWait, entries: Entries, *, wrote: bool) -> None:
+        """Send WAIT for the batch just read on ``link``; its answer is read before the commit (``persist``)."""
+        if not wrote:
+            # Read by a command that wrote nothing (a reread, or XAUTOCLAIM on another connection): an XCLAIM
+            # to ourselves is the write, replicated after the entries, that WAIT follows (see the class).
+            ids = [entry_id for entry_id, fields in entries if fields]
+            if ids and not link.call("XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID"):
+                raise NotReplicated(f"{len(ids)} pending entries are no longer ours to claim")
+        link.send_wait()
 
     def _read_and_write(self, start: str) -> int:
         """Read one batch and persist it; returns how many entries it held."""
-        entries = self._read(start)
-        if not entries:
-            return 0
-        if start == ">" and len(entries) >= self.opt.batch_size and self.on_backlog is not None:
-            self.on_backlog()
-        self._write_and_ack(entries)
+        with self._link() as link:
+            entries = self._read(start, link)
+            if not entries:
+                return 0
+            if start == ">" and len(entries) >= self.opt.batch_size and self.on_backlog is not None:
+                self.on_backlog()
+            self._write_and_ack(entries, link)
         return len(entries)
 
     def _claim_abandoned(self, deadline: float) -> None:
@@ -258,13 +249,15 @@ class Drainer:
             if deleted:
                 self.rds.xack(self.stream, self.group, *deleted)  # pending but gone from the stream: nothing to write
             if entries:
-                self._check_replicated(entries)
-                self.result.claimed += len(entries)
-                self._write_and_ack(entries)
+                with self._link() as link:
+                    if link is not None:
+                        self._ask_replicas(link, entries, wrote=False)
+                    self.result.claimed += len(entries)
+                    self._write_and_ack(entries, link)
             if cursor == "0-0":
                 return
 
-    def _write_and_ack(self, entries: Entries) -> None:
+    def _write_and_ack(self, entries: Entries, link: ReplicaWait | None = None) -> None:
         ids = [entry_id for entry_id, _ in entries]
         rows: list[OutboxRow] = []
         bad: list[Unparsable] = []
@@ -273,7 +266,7 @@ class Drainer:
                 continue  # deleted from the stream after we read it: already handled elsewhere
             item = parse_entry(entry_id, fields)
             (bad if isinstance(item, Unparsable) else rows).append(item)  # type: ignore[arg-type]
-        outcome = self.persist(rows, bad)
+        outcome = self.persist(rows, bad, link)
         # Why after the commit: killed before this line, the entries stay pending and are redelivered (our own
         # read of "0", or another worker's XAUTOCLAIM); the writes are idempotent, so nothing is doubled.
         # XACK and XDEL in one MULTI: the outbox is trimmed only of acknowledged entries. The buyers' in-flight
@@ -292,8 +285,13 @@ class Drainer:
         r.canceled += outcome.canceled
         r.dead_lettered += outcome.dead_lettered
 
-    def persist(self, rows: list[OutboxRow], bad: list[Unparsable]) -> BatchOutcome:
-        """Write a batch in one transaction; a refused batch is split and retried row by row."""
+    def persist(self, rows: list[OutboxRow], bad: list[Unparsable], link: ReplicaWait | None = None) -> BatchOutcome:
+        """Write a batch in one transaction; a refused batch is split and retried row by row.
+
+        With ``link`` (a WAIT in flight for the batch) the transaction commits only if enough replicas hold the
+        batch; otherwise it rolls back and NotReplicated is raised. The WAIT's answer is read last, so the
+        replicas' round trip runs while PostgreSQL works.
+        """
         with self.db.transaction() as s:
             try:
                 # A savepoint, so a refused batch can fall back to single rows in the same transaction.
@@ -308,6 +306,11 @@ class Drainer:
             for item in bad:
                 if dead_letter_entry(s, self.deal_id, item, item.reason, 1, self._canceled_in_gate):
                     dead += 1
+            if link is not None and (acked := link.acked()) < link.replicas:
+                self.result.unreplicated += len(rows) + len(bad)
+                raise NotReplicated(
+                    f"{len(rows) + len(bad)} entries read, {acked} of {link.replicas} replicas hold them"
+                )
         return BatchOutcome(persisted, canceled, dead)
 
     def _row_by_row(self, s: Session, rows: list[OutboxRow]) -> tuple[int, int, int]:
@@ -343,10 +346,9 @@ def drain_deal(
     consumer: str,
     options: DrainOptions,
     on_backlog: Callable[[], None] | None = None,
-    direct: DirectCalls | None = None,
 ) -> DrainResult:
     """Drain one deal's outbox into PostgreSQL (see ``Drainer``)."""
-    return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog, direct).run()
+    return Drainer(db, rds, keys, deal_id, consumer, options, on_backlog).run()
 
 
 def prune_consumers(rds: redis.Redis, keys: Keys, deal_id: int, idle_ms: int = 86_400_000) -> int:

@@ -44,6 +44,10 @@ PERSISTED = Counter(
 for _kind in ("order", "cancel"):
     PERSISTED.labels(_kind)  # pre-created at 0: rate() then sees the first orders too
 DEAD_LETTERED = Counter("flashdeal_orders_dead_lettered_total", "Outbox entries moved to the dead-letter store.")
+UNREPLICATED = Counter(
+    "flashdeal_drain_unreplicated_total",
+    "Outbox entries read but left pending, uncommitted, because too few replicas held them yet.",
+)
 DRAIN_BATCH = Histogram(
     "flashdeal_drain_batch_size",
     "Outbox entries handled by one drain task run.",
@@ -126,6 +130,8 @@ def record_drain(task_name: str, retval: Any, seconds: float) -> None:
             PERSISTED.labels("cancel").inc(cancels)
         if dead:
             DEAD_LETTERED.inc(dead)
+        if unreplicated := _number(r, "unreplicated"):
+            UNREPLICATED.inc(unreplicated)
         handled = batch or orders + cancels + dead
         if handled:  # the once-a-second safety net mostly finds nothing: zeros would drown the histogram
             DRAIN_BATCH.observe(handled)

@@ -17,10 +17,12 @@ from shared.outbox_entry import CANCEL, ORDER, RELEASING, OutboxRow, parse_entry
 
 # Rows already out of the outbox at the snapshot, grouped by buyer. Rows admitted after the snapshot are left
 # out (the snapshot's stock does not include them yet), and a row canceled after it still held its stock.
+# ``released``: rows whose decision (a cancel or an expiry before the snapshot) is held in a dead letter.
 _HELD_BY_USER = text(
     """
     SELECT user_id, COALESCE(SUM(quantity), 0) FROM orders
-    WHERE deal_id = :deal_id AND NOT (id = ANY(CAST(:ids AS uuid[]))) AND admitted_at < :snap
+    WHERE deal_id = :deal_id AND NOT (id = ANY(CAST(:ids AS uuid[]))) AND NOT (id = ANY(CAST(:released AS uuid[])))
+      AND admitted_at < :snap
       AND (status IN ('accepted', 'confirmed', 'paid') OR (status = 'canceled' AND canceled_at >= :snap)
            OR (status = 'expired' AND expired_at >= :snap))
     GROUP BY user_id
@@ -30,7 +32,11 @@ _CANCELED_BEFORE = text(
     "SELECT id FROM orders WHERE id = ANY(CAST(:ids AS uuid[]))"
     " AND ((status = 'canceled' AND canceled_at < :snap) OR (status = 'expired' AND expired_at < :snap))"
 )
-_LETTERS = text("SELECT order_id, payload FROM dead_letters WHERE deal_id = :deal_id")
+# Each letter, and whether its order has a row (then the row is what holds the units, not the letter).
+_LETTERS = text(
+    "SELECT d.order_id, d.payload, o.id IS NOT NULL FROM dead_letters d LEFT JOIN orders o ON o.id = d.order_id"
+    " WHERE d.deal_id = :deal_id"
+)
 
 
 class ReconcileBusy(RuntimeError):
@@ -215,26 +221,30 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
             canceled.add(row.order_id)
     ids = list(in_outbox.keys() | canceled)
     snap = ms_to_dt(snap_ms)
-    with db.read() as s:
+    # One snapshot for every read: a ``dlq retry`` committing between two of them (a letter becoming a row)
+    # would otherwise make the order count twice or not at all, and a repair would write that stock.
+    with db.snapshot() as s:
+        letters = [(str(oid), payload, has_row) for oid, payload, has_row in s.execute(_LETTERS, {"deal_id": deal_id})]
+        # A row whose cancel or expiry (before the snapshot) is dead-lettered: the gate gave its units back.
+        released = [oid for oid, payload, has_row in letters if has_row and _released_before(payload, snap_ms)]
         canceled |= {str(i) for i in s.scalars(_CANCELED_BEFORE, {"ids": ids, "snap": snap})}
         persisted_qty = 0
-        for user_id, qty in s.execute(_HELD_BY_USER, {"deal_id": deal_id, "ids": ids, "snap": snap}):
+        params = {"deal_id": deal_id, "ids": ids, "released": released, "snap": snap}
+        for user_id, qty in s.execute(_HELD_BY_USER, params):
             held[str(user_id)] += int(qty)
             persisted_qty += int(qty)
-        letters = list(s.execute(_LETTERS, {"deal_id": deal_id}))
     outbox_qty = 0
     for oid, row in in_outbox.items():
         if oid not in canceled:
             held[str(row.user_id)] += row.quantity
             outbox_qty += row.quantity
     letter_qty = 0
-    for letter_id, payload in letters:
-        order_id = str(letter_id)
+    for order_id, payload, has_row in letters:
         row = parse_payload("", payload)
-        if order_id in in_outbox or order_id in canceled or not isinstance(row, OutboxRow):
-            continue
-        if row.kind == CANCEL or row.admitted_ms >= snap_ms:
-            continue
+        if has_row or order_id in in_outbox or order_id in canceled or not isinstance(row, OutboxRow):
+            continue  # a row holds the order's units (counted above) or nothing does
+        if row.kind in RELEASING or row.admitted_ms >= snap_ms:
+            continue  # canceled or expired: the units are back; paid: held like an order
         held[str(row.user_id)] += row.quantity
         letter_qty += row.quantity
     return _Expected(
@@ -245,6 +255,12 @@ def _expected(db: Database, deal_id: int, total: int, entries: list, snap_ms: in
         outbox_cancels=sum(1 for f in (e[1] or {} for e in entries) if f.get("t") == CANCEL),
         dead_letter_qty=letter_qty,
     )
+
+
+def _released_before(payload: dict[str, str], snap_ms: int) -> bool:
+    """True for a letter holding a cancel or an expiry decided before the snapshot."""
+    row = parse_payload("", payload)
+    return isinstance(row, OutboxRow) and row.kind in RELEASING and (row.canceled_ms or 0) < snap_ms
 
 
 def _buyers_mismatched(buyers: dict[str, str], held: dict[str, int]) -> int:

@@ -83,7 +83,6 @@ def drain_deal_task(self: Task, deal_id: int, follow_up: bool = False) -> dict[s
             _consumer(self),
             DrainOptions.from_settings(ctx.settings, ctx.settings.drain_budget_seconds, follow_up=True),
             on_backlog=fan_out,
-            direct=ctx.gate.direct,
         )
     except TRANSIENT:
         _hold_kick(deal_id, self.request.retries)
@@ -118,8 +117,8 @@ def drain_active_task(self: Task) -> dict[str, Any]:
     done: dict[str, Any] = {}
     try:
         for deal_id in ctx.gate.live_deal_ids():
-            res = drain_deal(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts, direct=ctx.gate.direct)
-            if res.entries:
+            res = drain_deal(ctx.db, ctx.redis, ctx.keys, deal_id, _consumer(self), opts)
+            if res.entries or res.unreplicated:
                 done[str(deal_id)] = res.as_dict()
             if res.more:
                 drain_deal_task.apply_async((deal_id,))
