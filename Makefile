@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The suite's database (it drops and rebuilds its schema); a second checkout sets TEST_DB=flashdeal_test_NAME.
 TEST_DB ?= flashdeal_test
 
-.PHONY: up urls test test-fast test-unit test-system venv lint bench migrate seed clean
+.PHONY: up urls test test-fast test-unit test-system faults venv lint bench migrate seed clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,12 @@ test-unit: venv
 test-system: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
 	$(VENV)/bin/pytest -m system $(PYTEST_ARGS)
+
+## faults: every nemesis under load on a Sentinel stack, judged by the history checker; prints the table (docs/faults.md)
+FAULTS_DB ?= flashdeal_faults
+faults: venv
+	@eval "$$($(PY) scripts/ensure_services.py $(FAULTS_DB))"; \
+	$(PY) -m faults.matrix $(FAULTS_ARGS)
 
 ## bench: strategies, burst and the Locust scenario into bench/results/ (CSV, Markdown, PNG; ~8 min, 127.0.0.1 only)
 bench: venv

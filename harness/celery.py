@@ -84,16 +84,21 @@ class CeleryProcs:
         env.update(extra or {})
         return env
 
-    def _spawn(self, name: str, args: list[str], extra: dict[str, str] | None) -> CeleryProc:
+    def _spawn(
+        self, name: str, args: list[str], extra: dict[str, str] | None, launch: list[str] | None = None
+    ) -> CeleryProc:
         log = self.tmp / f"{name}.log"
-        proc = spawn(celery_command(*args, "--loglevel", "INFO", "-f", str(log)), self.env(extra))
+        proc = spawn([*(launch or []), *celery_command(*args, "--loglevel", "INFO", "-f", str(log))], self.env(extra))
         p = CeleryProc(name, proc, log)
         self.started.append(p)
         return p
 
-    def worker(self, name: str, extra: dict[str, str] | None = None, wait: bool = True) -> CeleryProc:
-        """Start ``celery -A worker worker -n NAME@%h --pool prefork -c 1 -Q <queue>``."""
-        p = self._spawn(name, [*worker_args(name, self.queue, concurrency=1), "--pool", "prefork"], extra)
+    def worker(
+        self, name: str, extra: dict[str, str] | None = None, wait: bool = True, launch: list[str] | None = None
+    ) -> CeleryProc:
+        """Start ``celery -A worker worker -n NAME@%h --pool prefork -c 1 -Q <queue>`` (through ``launch``, e.g.
+        ``ip netns exec NS``)."""
+        p = self._spawn(name, [*worker_args(name, self.queue, concurrency=1), "--pool", "prefork"], extra, launch)
         if wait:
             p.wait_for("ready.")
         return p

@@ -10,8 +10,9 @@ import threading
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``refuse()`` cuts every connection and stops listening."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.target = target
+        self.host = host  # where it listens (a fault test: the host's end of a veth pair)
         self.port = 0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -22,7 +23,7 @@ class TcpProxy:
         """(Re)open the listening socket, on the same port after the first time."""
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        s.bind((self.host, self.port))
         s.listen(64)
         self.port = s.getsockname()[1]
         with self._lock:

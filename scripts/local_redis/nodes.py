@@ -15,10 +15,10 @@ from harness.waits import wait_for
 HOST = "127.0.0.1"
 
 
-def ping(port: int) -> bool:
-    """True when a Redis (or a sentinel) answers on ``port``."""
+def ping(port: int, host: str = HOST) -> bool:
+    """True when a Redis (or a sentinel) answers on ``host``:``port``."""
     try:
-        return bool(redis.Redis(HOST, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+        return bool(redis.Redis(host, port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except redis.RedisError:
         return False
 

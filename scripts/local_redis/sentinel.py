@@ -53,19 +53,28 @@ class SentinelTopology(RedisNodes):
         super().__init__(root, binary)
         self.ports = ports
 
+    def host(self, port: int) -> str:
+        """The address the node on ``port`` listens on and announces (a fault test may spread them)."""
+        return HOST
+
+    def launch(self, port: int) -> list[str]:
+        """What the node on ``port`` is started through (a fault test may start it in a network namespace)."""
+        return []
+
     def data_args(self, port: int, replica_of: int | None) -> list[str]:
         """Command line of one data node (AOF, no eviction, min-replicas-to-write 1)."""
         d = self._dir(port)
         args = [
-            self.binary, "--port", str(port), "--bind", HOST, "--daemonize", "yes", "--dir", str(d),
+            *self.launch(port), self.binary, "--port", str(port), "--bind", self.host(port), "--daemonize", "yes",
+            "--dir", str(d),
             "--pidfile", str(self._pidfile(port)), "--logfile", str(d / "redis.log"),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--maxmemory-policy", "noeviction",
             "--min-replicas-to-write", "1", "--min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG_S),
-            "--replica-announce-ip", HOST,
+            "--replica-announce-ip", self.host(port),
         ]  # fmt: skip
         if replica_of is not None:
-            args += ["--replicaof", HOST, str(replica_of)]
+            args += ["--replicaof", self.host(replica_of), str(replica_of)]
         return args
 
     def _sentinel_conf(self, port: int) -> Path:
@@ -76,13 +85,13 @@ class SentinelTopology(RedisNodes):
             "\n".join(
                 [
                     f"port {port}",
-                    f"bind {HOST}",
+                    f"bind {self.host(port)}",
                     "daemonize yes",
                     f"dir {d}",
                     f"pidfile {self._pidfile(port)}",
                     f"logfile {d / 'sentinel.log'}",
-                    f"sentinel announce-ip {HOST}",
-                    f"sentinel monitor {MASTER_NAME} {HOST} {self.ports.data[0]} 2",
+                    f"sentinel announce-ip {self.host(port)}",
+                    f"sentinel monitor {MASTER_NAME} {self.host(self.ports.data[0])} {self.ports.data[0]} 2",
                     f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
                     f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
                     f"sentinel parallel-syncs {MASTER_NAME} 2",
@@ -94,7 +103,7 @@ class SentinelTopology(RedisNodes):
 
     def running(self) -> bool:
         """True when every data node and sentinel answers PING."""
-        return all(ping(p) for p in (*self.ports.data, *self.ports.sentinels))
+        return all(ping(p, self.host(p)) for p in (*self.ports.data, *self.ports.sentinels))
 
     def start(self, timeout: float = 20.0) -> SentinelTopology:
         """Start every process (fresh data) and wait until the sentinels agree on the primary."""
@@ -106,7 +115,7 @@ class SentinelTopology(RedisNodes):
         for port in replicas:
             subprocess.run(self.data_args(port, primary), check=True)
         for port in self.ports.sentinels:
-            subprocess.run([self.binary, str(self._sentinel_conf(port)), "--sentinel"], check=True)
+            subprocess.run([*self.launch(port), self.binary, str(self._sentinel_conf(port)), "--sentinel"], check=True)
         wait_for(self.running, timeout, "the Redis nodes and sentinels did not answer")
         wait_for(lambda: self.replicas_online(primary) == len(replicas), timeout, "the replicas did not sync")
         wait_for(self._sentinels_ready, timeout, "the sentinels did not see each other and the replicas")
@@ -124,17 +133,19 @@ class SentinelTopology(RedisNodes):
             self.start(timeout)
             return "started"
         for port in self.ports.sentinels:
-            if not ping(port):
+            if not ping(port, self.host(port)):
                 # Its own rewritten config: it remembers the primary it last saw and its peers.
                 subprocess.run([self.binary, str(self._dir(port) / "sentinel.conf"), "--sentinel"], check=True)
-        wait_for(lambda: all(ping(p) for p in self.ports.sentinels), timeout, "the sentinels did not start")
+        wait_for(
+            lambda: all(ping(p, self.host(p)) for p in self.ports.sentinels), timeout, "the sentinels did not start"
+        )
         primary = self.primary()
-        if not ping(primary):
+        if not ping(primary, self.host(primary)):
             # Every data node was down: the one the sentinels last named primary comes back as primary on its AOF.
             subprocess.run(self.data_args(primary, None), check=True)
-            wait_for(lambda: ping(primary), timeout, f"redis on {primary} did not come back")
+            wait_for(lambda: ping(primary, self.host(primary)), timeout, f"redis on {primary} did not come back")
         for port in self.ports.data:
-            if not ping(port):
+            if not ping(port, self.host(port)):
                 self.restart(port)
         wait_for(
             lambda: self.replicas_online(self.primary()) == len(self.ports.data) - 1, timeout, "replicas not in sync"
@@ -144,7 +155,7 @@ class SentinelTopology(RedisNodes):
     def replicas_online(self, port: int) -> int:
         """How many replicas the node on ``port`` reports online (0 if it does not answer)."""
         try:
-            info = redis.Redis(HOST, port, socket_timeout=1).info("replication")
+            info = redis.Redis(self.host(port), port, socket_timeout=1).info("replication")
         except redis.RedisError:
             return 0
         links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
@@ -153,7 +164,8 @@ class SentinelTopology(RedisNodes):
     def _sentinels_ready(self) -> bool:
         for port in self.ports.sentinels:
             try:
-                m = redis.Redis(HOST, port, socket_timeout=1, decode_responses=True).sentinel_master(MASTER_NAME)
+                s = redis.Redis(self.host(port), port, socket_timeout=1, decode_responses=True)
+                m = s.sentinel_master(MASTER_NAME)
             except redis.RedisError:
                 return False
             peers, replicas = int(m["num-other-sentinels"]), int(m["num-slaves"])
@@ -165,7 +177,8 @@ class SentinelTopology(RedisNodes):
         """Port of the primary as the sentinels report it (the first one that answers)."""
         for port in self.ports.sentinels:
             with contextlib.suppress(redis.RedisError):
-                _host, p = redis.Redis(HOST, port, socket_timeout=1).sentinel_get_master_addr_by_name(MASTER_NAME)
+                s = redis.Redis(self.host(port), port, socket_timeout=1)
+                _host, p = s.sentinel_get_master_addr_by_name(MASTER_NAME)
                 return int(p)
         raise RuntimeError("no sentinel answers")
 
@@ -175,7 +188,7 @@ class SentinelTopology(RedisNodes):
         # Started as a replica of the current primary, as sentinel would reconfigure it anyway: it
         # never serves as a second primary in between (and min-replicas-to-write would refuse its writes).
         subprocess.run(self.data_args(port, self.primary()), check=True)
-        wait_for(lambda: ping(port), 10, f"redis on {port} did not come back")
+        wait_for(lambda: ping(port, self.host(port)), 10, f"redis on {port} did not come back")
 
     def stop(self, graceful: bool = False) -> None:
         """Stop every process this topology started (by pid file) and wait until each is gone.

@@ -1,0 +1,1 @@
+"""Fault testing, Jepsen-style: record a history of operations under faults, then check it against the stores."""

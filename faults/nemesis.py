@@ -1,0 +1,172 @@
+"""Nemeses: faults on real processes, each bounded in time and healed before it returns.
+
+Each one runs while the buyers load the shop, and leaves the topology whole again: every data node up,
+one primary with its replicas online (roles may have moved). What it did is returned as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import redis
+
+from harness.waits import wait_for
+from scripts.local_redis.sentinel import DOWN_AFTER_MS, SentinelTopology
+
+if TYPE_CHECKING:
+    from faults.matrix import FaultStack
+
+FAILOVER_S = 30.0  # a failover on a busy 2-core machine, with margin
+# Paused replicas: under min-replicas-max-lag (5 s), so the primary keeps admitting (answered "unconfirmed").
+LAG_S = 3.0
+# A paused primary: past the sentinels' down-after, long enough for the failover to finish while it sleeps.
+ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
+
+# Each gets the running stack (topology, workers, PostgreSQL) and returns what it did, healed.
+Nemesis = Callable[["FaultStack"], str]
+WORKER_KILLS = 3  # worker nodes SIGKILLed this many times, each while expiries are due
+PG_CRASHES = 2
+PARTITION_S = 8.0  # past the failover and past min-replicas-max-lag (5 s) on the minority side
+
+
+def role(t: SentinelTopology, port: int) -> str:
+    """The node's role (master / slave), '' when it does not answer."""
+    try:
+        return str(redis.Redis(t.host(port), port, socket_timeout=1).info("replication")["role"])
+    except redis.RedisError:
+        return ""
+
+
+def healed(t: SentinelTopology) -> int:
+    """Wait until one primary has every other data node online as its replica; its port."""
+    want = len(t.ports.data) - 1
+    wait_for(lambda: t.replicas_online(t.primary()) == want, FAILOVER_S, "the topology did not heal")
+    return t.primary()
+
+
+def _failover_from(t: SentinelTopology, old: int) -> int:
+    wait_for(lambda: t.primary() != old and role(t, t.primary()) == "master", FAILOVER_S, "no failover")
+    return t.primary()
+
+
+@contextlib.contextmanager
+def _stopped(t: SentinelTopology, ports: list[int]) -> Iterator[None]:
+    """SIGSTOP the nodes on ports; SIGCONT them on the way out, whatever happens in between."""
+    pids = [p for p in (t.pid(port) for port in ports) if p is not None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def none(stack: FaultStack) -> str:
+    """No fault: the baseline row."""
+    return "no fault"
+
+
+def kill_primary(stack: FaultStack) -> str:
+    """SIGKILL the primary; the sentinels promote a replica; the old one restarts on its AOF as a replica."""
+    t = stack.topology
+    old = healed(t)
+    t.kill(old)
+    new = _failover_from(t, old)
+    t.restart(old)
+    healed(t)
+    return f"SIGKILL {old}, {new} promoted, {old} back as replica"
+
+
+def pause_primary(stack: FaultStack) -> str:
+    """SIGSTOP the primary past down-after: a replica is promoted while it sleeps; SIGCONT: the zombie wakes."""
+    t = stack.topology
+    old = healed(t)
+    t0 = time.monotonic()
+    with _stopped(t, [old]):
+        new = _failover_from(t, old)
+        time.sleep(max(1.0, ZOMBIE_S - (time.monotonic() - t0)))  # the new primary serves while the old one sleeps
+        paused = time.monotonic() - t0
+    # The zombie wakes believing it is primary until the sentinels demote it.
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the zombie {old} was not demoted")
+    healed(t)
+    return f"SIGSTOP {old} {paused:.1f}s, {new} promoted, {old} demoted after SIGCONT"
+
+
+def lag_then_kill(stack: FaultStack) -> str:
+    """Replicas paused (behind) while the primary admits; the primary dies; a lagging replica is promoted."""
+    t = stack.topology
+    old = healed(t)
+    replicas = [p for p in t.ports.data if p != old]
+    with _stopped(t, replicas):
+        time.sleep(LAG_S)  # admitted on the primary only: answered "unconfirmed", drained by the workers
+        t.kill(old)
+    new = _failover_from(t, old)
+    t.restart(old)
+    healed(t)
+    return f"SIGSTOP replicas {replicas} {LAG_S:.0f}s, SIGKILL {old}, {new} promoted"
+
+
+def kill_workers(stack: FaultStack) -> str:
+    """SIGKILL every worker node while expiries are due (a sweep and the drains of payment decisions under
+    way), start fresh ones; the entries they held stay pending and are claimed again."""
+    for _ in range(WORKER_KILLS):
+        wait_for(stack.expiries_due, 15, "no expiry came due")
+        time.sleep(0.2)  # the sweep (beat every second, and every drain) is at work on them
+        stack.restart_workers()
+        time.sleep(1.0)
+    return f"SIGKILL every worker node {WORKER_KILLS}x while expiries were due, restarted"
+
+
+def crash_postgres(stack: FaultStack) -> str:
+    """Crash PostgreSQL (immediate stop: every connection cut, no checkpoint) mid-drain, twice, and start it."""
+    if stack.postgres is None:
+        raise RuntimeError("pg-crash needs the matrix's private PostgreSQL (--private-pg)")
+    took = []
+    for _ in range(PG_CRASHES):
+        t0 = time.monotonic()
+        stack.postgres.crash_restart()
+        took.append(time.monotonic() - t0)
+        time.sleep(1.5)
+    return f"PostgreSQL crashed and restarted {PG_CRASHES}x ({', '.join(f'{s:.1f}' for s in took)} s down)"
+
+
+def partition_primary(stack: FaultStack) -> str:
+    """Cut the primary (in its namespace, with a web node and a worker that still reach PostgreSQL and the
+    broker) off from its replicas and the sentinels; the majority promotes a replica; heal: the old one is demoted."""
+    t, ns = stack.topology, stack.netns
+    if ns is None:
+        raise RuntimeError("partition needs the namespace layout")
+    old = healed(t)
+    if t.launch(old) != ns.launch:
+        raise RuntimeError(f"the primary {old} is not the one inside the namespace")
+    t0 = time.monotonic()
+    ns.cut()
+    try:
+        new = _failover_from(t, old)
+        time.sleep(PARTITION_S)  # the minority admits until min-replicas-max-lag makes its primary refuse
+    finally:
+        ns.heal()
+        cut = time.monotonic() - t0
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} was not demoted")
+    healed(t)
+    return f"Redis link of {old} (+1 web node, 1 worker) cut {cut:.0f}s, {new} promoted, {old} demoted on heal"
+
+
+SENTINEL_NEMESES: dict[str, Nemesis] = {
+    "none": none,
+    "kill-primary": kill_primary,
+    "pause-primary": pause_primary,
+    "lag": lag_then_kill,
+    "kill-workers": kill_workers,
+    "pg-crash": crash_postgres,
+    "partition": partition_primary,
+}
+# Scenarios that need the namespace layout (faults/partition.py): run on a stack of their own.
+PARTITIONED = ("partition",)
