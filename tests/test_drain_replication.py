@@ -25,6 +25,7 @@ from shared.settings import Settings
 from tests.celery_procs import wait_until
 from tests.helpers import make_deal, make_users
 from tests.redis_procs import ClusterSetup, SentinelSetup, cluster_setup, sentinel_setup  # noqa: F401  (fixture)
+from worker.dlq import drop_dead_letter, list_dead_letters
 from worker.drain import DrainOptions, DrainResult, drain_deal
 
 pytestmark = pytest.mark.slow
@@ -194,3 +195,26 @@ def test_cluster_orders_the_replica_never_had_are_not_persisted_and_nothing_is_s
             topo.restart(victim)
         topo.wait_healthy()
         client.close()
+
+
+def test_sentinel_dlq_drop_keeps_the_letter_while_its_cancel_is_not_replicated(db, sentinel_setup) -> None:  # noqa: F811
+    setup: SentinelSetup = sentinel_setup
+    topo = setup.topology
+    gate = Gate.from_settings(text_client(setup.settings), setup.settings)
+    deal = make_deal(db, gate, stock=STOCK, limit=STOCK)
+    ghost = 2_400_000_000 + int(uuid.uuid4().int % 1_000_000)  # no such user: PostgreSQL refuses the row
+    oid = gate.admit(deal.id, ghost, 1, str(uuid.uuid4())).order_id
+    drain_deal(db, gate.redis, gate.keys, deal.id, "t-drop", DrainOptions.from_settings(setup.settings, budget_s=5.0))
+    assert [d.order_id for d in list_dead_letters(db, deal.id)] == [oid]
+    primary = topo.primary()
+    pids = [topo.pid(p) for p in topo.ports.data if p != primary]
+    with _paused(pids):  # type: ignore[arg-type]
+        _fill_replica_links(primary, gate.keys.deal(deal.id).outbox)
+        drop = drop_dead_letter(db, gate, oid)
+        # Given back on the primary alone: a failover now would undo it, so the letter must stay.
+        assert drop.found and not drop.dropped and "replicated" in drop.kept, drop
+        assert [d.order_id for d in list_dead_letters(db, deal.id)] == [oid]
+    assert wait_until(lambda: topo.replicas_online(primary) == 2, 30, 0.1)
+    drop = drop_dead_letter(db, gate, oid)  # run again: the cancel is replicated now (already_canceled)
+    assert drop.dropped and list_dead_letters(db, deal.id) == []
+    assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == STOCK
