@@ -18,7 +18,6 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import text
 
 from shared.redis import readiness
-from shared.redis.memory import full_problem
 from web.openapi import doc
 from web.schemas import HealthOut
 from web.services import Services, services
@@ -44,12 +43,8 @@ def check(svc: Services) -> tuple[str, int, dict[str, str]]:
     try:
         # A Redis that may evict keys can lose stock and orders on its own: not ready to sell. A cluster with
         # a shard failing over is "degraded" and still ready (shared/redis/health.py: readiness). A full
-        # Redis refuses every order: not ready either (shared/redis/memory.py).
+        # Redis refuses every order: not ready either.
         checks["redis"] = readiness(svc.redis)
-        if not checks["redis"].startswith("error"):
-            full = full_problem(svc.redis)
-            if full is not None:
-                checks["redis"] = f"error: {full}"
     except Exception as exc:  # any failure means not ready
         checks["redis"] = f"error: {type(exc).__name__}"
     try:

@@ -7,6 +7,7 @@ from typing import Any
 import redis
 
 from shared.redis.base import Client
+from shared.redis.memory import is_full
 from shared.redis.registry import topology_for, topology_of
 from shared.settings import ConfigError, Settings
 
@@ -66,7 +67,7 @@ def readiness(client: Client) -> str:
     On a cluster, nodes that do not answer make it ``degraded`` as long as one primary answers. Why not
     an error: every web node sees the same cluster, so failing the probe would take all of them out of
     rotation for one shard's failover and stop the other shards' sales too (the shard's own requests
-    get 503 + Retry-After meanwhile, as on one Redis). An evicting node is an error anywhere.
+    get 503 + Retry-After meanwhile, as on one Redis). An evicting node, or a full primary, is an error anywhere.
     """
     down: dict[str, str] = {}  # node name -> its role
     primaries_up = 0
@@ -80,10 +81,30 @@ def readiness(client: Client) -> str:
             down[node.name] = node.role
     if not primaries_up:
         return "error: no cluster primary answers"
-    problem = eviction_problem(client, skip=frozenset(down))
+    problem = eviction_problem(client, skip=frozenset(down)) or full_problem(client, skip=frozenset(down))
     if problem:
         return f"error: {problem}"
     return f"degraded: {', '.join(f'{n} ({r})' for n, r in down.items())} not answering" if down else "ok"
+
+
+def full_problem(client: Client, skip: frozenset[str] = frozenset()) -> str | None:
+    """Why this Redis refuses writes for memory (``full: …``), or None: any primary that reached maxmemory.
+
+    Nodes named in ``skip`` (known down) and nodes that may be down and do not answer are left out.
+    """
+    full = []
+    for node in topology_of(client).nodes(client):
+        if node.role != "primary" or (node.name and node.name in skip):
+            continue
+        try:
+            info = client.info("memory", **node.options)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if not node.may_be_down:
+                raise
+            continue
+        if is_full(info):
+            full.append(node.name or "redis")
+    return f"full on {', '.join(full)}: writes refused (maxmemory reached)" if full else None
 
 
 def refuse_evicting_redis(settings: Settings) -> None:

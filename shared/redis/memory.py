@@ -1,4 +1,4 @@
-"""A full Redis: the write it refuses (OOM) and the readiness check that sees it.
+"""A full Redis: the write it refuses (OOM), and the test of ``INFO memory`` that readiness uses.
 
 Redis runs with ``maxmemory-policy noeviction`` (the gate's keys must never be evicted), so when
 it reaches ``maxmemory`` it refuses every command that may grow memory with an ``OOM`` error
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
 
 FULL_REPLY = "OOM"
 
@@ -23,17 +22,8 @@ def is_full_reply(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(FULL_REPLY)
 
 
-def _full(info: dict[str, Any]) -> bool:
-    """Redis's own test (evict.c, getMaxmemoryState): memory counted for eviction above maxmemory."""
+def is_full(info: dict[str, Any]) -> bool:
+    """Redis's own test (evict.c, getMaxmemoryState) on ``INFO memory``: memory counted for eviction above maxmemory."""
     maxmemory = int(info.get("maxmemory", 0))
     counted = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
     return maxmemory > 0 and counted > maxmemory
-
-
-def full_problem(client: redis.Redis | RedisCluster) -> str | None:
-    """Why this Redis refuses writes for memory (``full: …``), or None; on a cluster, any primary that is full."""
-    if isinstance(client, RedisCluster):
-        infos = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        full = [name for name, info in infos.items() if _full(info)]
-        return f"full on {len(full)} primary node(s): writes refused (maxmemory reached)" if full else None
-    return "full: writes refused (maxmemory reached)" if _full(client.info("memory")) else None
