@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     session_absolute_seconds: Positive = 86400
     session_refresh_seconds: NonNegative = 60
     session_cookie_secure: bool = False
+    # Lifetime of the order token (web/order_token.py): how long a logout, a password change or a role
+    # change may take to reach the order path. Bounded: at most 15 minutes.
+    order_token_seconds: Annotated[int, Field(ge=10, le=900)] = 300
     ratelimit_enabled: bool = True
     fast_path: bool = True
     ratelimit_order: str = "30/second;600/minute"

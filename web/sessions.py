@@ -136,11 +136,13 @@ def login_session(app: Flask, user_id: int, role: str) -> None:
     session.update(uid=user_id, role=role, login_at=now, seen=now)
     session.permanent = True
     session.modified = True
+    g.logged_in = True  # web/order_token.py issues the order token with this answer
 
 
 def logout_session() -> None:
-    """End the session: the server-side record is deleted and the cookie removed."""
+    """End the session: the server-side record is deleted and the cookie removed (the order token's too)."""
     session.clear()
+    g.logged_out = True  # web/order_token.py clears the order token cookie
 
 
 def current_user_id() -> int | None:

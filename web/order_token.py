@@ -1,0 +1,97 @@
+"""The order token: a short-lived signed cookie that proves the buyer on the order path without Redis.
+
+Reading the session costs one Redis round trip, as much as the admission itself (docs/order-token.md).
+On ``POST /api/deals/{id}/orders`` the buyer may instead be proven by ``flashdeal_order``, a pass of
+kind ``order`` (shared/passes.py: HMAC-SHA256 under SECRET_KEY, bound to the user, for any deal,
+valid ``ORDER_TOKEN_SECONDS``). The fast path and the Flask view both take it first, then the session.
+
+- Issued at login (API and form) and renewed by any session-backed request (pages, ``/api/me``, the
+  order view on the session path, the fast path's session path) when missing or past half its lifetime.
+  Renewal needs a live session: the token never renews itself.
+- Logout and an expired session clear the cookie; a copy of the token kept elsewhere stays valid
+  until it expires (at most ORDER_TOKEN_SECONDS). A role change changes nothing on the order path
+  (ordering needs no role); a password change does not end tokens already issued (same bound).
+- Cookie: HttpOnly, SameSite=Lax, Secure when SESSION_COOKIE_SECURE, path ``/api/deals`` (the only
+  place it is read), so it travels with nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, current_app, g, request, session
+from werkzeug.http import dump_cookie
+
+from shared.passes import PassSigner
+from shared.settings import Settings
+from web.sessions import COOKIE_NAME as SESSION_COOKIE
+from web.sessions import is_public_read
+
+COOKIE = "flashdeal_order"
+COOKIE_PATH = "/api/deals"
+KIND = "order"
+
+
+class OrderTokens:
+    """Issues, verifies and renews the order token of one app (one secret, one lifetime)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._signer = PassSigner(settings.secret_key, KIND)
+        self.lifetime = settings.order_token_seconds
+        self._secure = settings.session_cookie_secure
+
+    def buyer(self, token: str | None, now: float) -> int | None:
+        """The user id a valid token proves, else None (HMAC only: no I/O)."""
+        found = self._signer.verify(token, now) if token else None
+        return found.user_id if found is not None and found.deal_id is None else None
+
+    def due(self, token: str | None, user_id: int, now: float) -> bool:
+        """True when ``user_id`` should get a new token: none, another user's, or past half its lifetime."""
+        found = self._signer.verify_for(token, user_id, None, now) if token else None
+        return found is None or found.deal_id is not None or found.expires_at - now < self.lifetime / 2
+
+    def set_cookie(self, user_id: int, now: float) -> str:
+        """A Set-Cookie header value carrying a fresh token for ``user_id``."""
+        value = self._signer.issue(user_id, None, int(now) + self.lifetime)
+        return self._cookie(value, self.lifetime)
+
+    def clear_cookie(self) -> str:
+        """A Set-Cookie header value removing the token."""
+        return self._cookie("", 0)
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        return dump_cookie(
+            COOKIE, value, max_age=max_age, path=COOKIE_PATH, secure=self._secure, httponly=True, samesite="Lax"
+        )
+
+
+def order_tokens() -> OrderTokens:
+    """The current app's order tokens."""
+    return current_app.extensions["order_tokens"]
+
+
+def token_buyer() -> int | None:
+    """The buyer the request's order token proves, else None (the Flask view's twin of the fast path's check)."""
+    return order_tokens().buyer(request.cookies.get(COOKIE), time.time())
+
+
+def init_order_tokens(app: Flask, settings: Settings) -> None:
+    """Issue the token at login, renew it on session-backed requests, clear it at logout."""
+    tokens = OrderTokens(settings)
+    app.extensions["order_tokens"] = tokens
+
+    @app.after_request
+    def _renew_order_token(resp: Response) -> Response:
+        if g.get("logged_out") or g.get("session_expired"):
+            # Whether sent or not: the cookie's path (/api/deals) keeps it off /api/auth/logout.
+            resp.headers.add("Set-Cookie", tokens.clear_cookie())
+            return resp
+        # Only requests that opened the session anyway (the same rule as its lifetime hook): the
+        # token must not cost a cookie-less or public request a Redis read.
+        if not g.get("logged_in") and (SESSION_COOKIE not in request.cookies or is_public_read(request)):
+            return resp
+        uid = session.get("uid")
+        now = time.time()
+        if uid is not None and tokens.due(request.cookies.get(COOKIE), int(uid), now):
+            resp.headers.add("Set-Cookie", tokens.set_cookie(int(uid), now))
+        return resp
