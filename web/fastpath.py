@@ -39,7 +39,7 @@ from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.metrics import record_request
 from web.order_token import COOKIE as ORDER_COOKIE
-from web.order_token import OrderTokens
+from web.order_token import ORDER_PATH, OrderTokens
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # Flask's routes are /api/deals/<int:deal_id>[/orders] with the bounded id converter (web/ids.py):
 # the same pattern and bound, so both paths take the same ids; anything else is Flask's 404.
-ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")
 DEAL_PATH = re.compile(rf"/api/deals/({ID_PATTERN})")
 LIST_PATH = "/api/deals"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")

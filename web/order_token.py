@@ -17,19 +17,23 @@ valid ``ORDER_TOKEN_SECONDS``). The fast path and the Flask view both take it fi
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request, session
 from werkzeug.http import dump_cookie
 
+from shared.bounds import ID_PATTERN
 from shared.passes import PassSigner
 from shared.settings import Settings
 from web.sessions import COOKIE_NAME as SESSION_COOKIE
-from web.sessions import is_public_read
+from web.sessions import SessionStore, is_public_read
 
 COOKIE = "flashdeal_order"
 COOKIE_PATH = "/api/deals"
 KIND = "order"
+ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")  # the one route that takes the token
 
 
 class OrderTokens:
@@ -79,6 +83,18 @@ def init_order_tokens(app: Flask, settings: Settings) -> None:
     """Issue the token at login, renew it on session-backed requests, clear it at logout."""
     tokens = OrderTokens(settings)
     app.extensions["order_tokens"] = tokens
+
+    def _proven_order(req: Any) -> bool:
+        # An order attempt with a valid token never reads the session, in the Flask view as in the fast path.
+        return (
+            req.method == "POST"
+            and ORDER_PATH.fullmatch(req.path) is not None
+            and tokens.buyer(req.cookies.get(COOKIE), time.time()) is not None
+        )
+
+    store = app.session_interface
+    assert isinstance(store, SessionStore)
+    store.sessionless.append(_proven_order)
 
     @app.after_request
     def _renew_order_token(resp: Response) -> Response:
