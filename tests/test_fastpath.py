@@ -156,7 +156,7 @@ def test_a_session_due_for_refresh_is_refreshed(settings, db) -> None:
     c = _login(app, db, make_users(db, 1)[0])
 
     def session_path_order() -> int:
-        c.set_cookie("flashdeal_order", "x" * 20, path="/api/deals")  # unusable: the session proves the buyer
+        c.set_cookie("flashdeal_order", "x" * 20, path="/")  # unusable: the session proves the buyer
         return c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code
 
     sid = c.get_cookie("flashdeal_session").value

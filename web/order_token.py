@@ -11,8 +11,8 @@ valid ``ORDER_TOKEN_SECONDS``). The fast path and the Flask view both take it fi
 - Logout and an expired session clear the cookie; a copy of the token kept elsewhere stays valid
   until it expires (at most ORDER_TOKEN_SECONDS). A role change changes nothing on the order path
   (ordering needs no role); a password change does not end tokens already issued (same bound).
-- Cookie: HttpOnly, SameSite=Lax, Secure when SESSION_COOKIE_SECURE, path ``/api/deals`` (the only
-  place it is read), so it travels with nothing else.
+- Cookie: HttpOnly, SameSite=Lax, Secure when SESSION_COOKIE_SECURE, path ``/``; only the order
+  route accepts it (a queue pass or any other kind is refused there, and it is refused everywhere else).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from web.sessions import COOKIE_NAME as SESSION_COOKIE
 from web.sessions import SessionStore, is_public_read
 
 COOKIE = "flashdeal_order"
-COOKIE_PATH = "/api/deals"
+# Why "/" and not only /api/deals, where it is read: the pages and /api/me renew it when it is past half its
+# life, which they can only tell when they get it; under /api/deals alone they would re-issue it on every request.
+COOKIE_PATH = "/"
 KIND = "order"
 ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")  # the one route that takes the token
 
@@ -99,7 +101,6 @@ def init_order_tokens(app: Flask, settings: Settings) -> None:
     @app.after_request
     def _renew_order_token(resp: Response) -> Response:
         if g.get("logged_out") or g.get("session_expired"):
-            # Whether sent or not: the cookie's path (/api/deals) keeps it off /api/auth/logout.
             resp.headers.add("Set-Cookie", tokens.clear_cookie())
             return resp
         # Only requests that opened the session anyway (the same rule as its lifetime hook): the
