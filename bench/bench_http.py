@@ -133,18 +133,16 @@ def main() -> None:
     try:
         lua, session_lua = buyer_scripts(base, emails, deal_id)
         wrk("warmup", f"{base}/api/deals/{deal_id}", connections=50, seconds=2)
-        health = wrk("GET /healthz", f"{base}/healthz", **common)
-        detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal_id}", **common)
-        orders = wrk("POST /api/deals/{id}/orders, order token", base, lua=lua, **common)
-        orders_session = wrk("POST /api/deals/{id}/orders, session only (before)", base, lua=session_lua, **common)
-        health_few = wrk(f"GET /healthz, {args.few} connections", f"{base}/healthz", **few)
-        orders_few = wrk(f"POST /api/deals/{{id}}/orders, order token, {args.few} connections", base, lua=lua, **few)
-        session_few = wrk(
-            f"POST /api/deals/{{id}}/orders, session only (before), {args.few} connections",
-            base,
-            lua=session_lua,
-            **few,
+        trio = {
+            "GET /healthz": (f"{base}/healthz", None),
+            "POST /api/deals/{id}/orders, order token": (base, lua),
+            "POST /api/deals/{id}/orders, session only (before)": (base, session_lua),
+        }
+        health, orders, orders_session = interleaved(trio, args.rounds, **common)
+        health_few, orders_few, session_few = interleaved(
+            {f"{name}, {args.few} connections": run for name, run in trio.items()}, args.rounds, **few
         )
+        detail = wrk("GET /api/deals/{id}", f"{base}/api/deals/{deal_id}", **common)
         # Latency below saturation: the same connections, paced to 80% of each path's own maximum.
         d_rate, o_rate = 0.8 * detail.requests_per_s, 0.8 * orders.requests_per_s
         detail_paced = wrk(
