@@ -34,14 +34,19 @@ def make_users(db: Database, count: int, tag: str | None = None) -> list[tuple[i
     return [(by_email[e], e) for e in emails]
 
 
-def login_all(base: str, emails: list[str], threads: int = 16) -> list[str]:
-    """Log each buyer in through ``POST /api/auth/login``; returns the session cookie values in order."""
+def login_cookies(base: str, emails: list[str], threads: int = 16) -> list[dict[str, str]]:
+    """Log each buyer in through ``POST /api/auth/login``; returns the cookies each login set, in order."""
 
-    def login(email: str) -> str:
+    def login(email: str) -> dict[str, str]:
         with requests.Session() as http:
             r = http.post(f"{base}/api/auth/login", json={"email": email, "password": PASSWORD}, timeout=30)
             r.raise_for_status()
-            return r.cookies["flashdeal_session"]
+            return dict(r.cookies.items())
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(login, emails))
+
+
+def login_all(base: str, emails: list[str], threads: int = 16) -> list[str]:
+    """Log each buyer in through ``POST /api/auth/login``; returns the session cookie values in order."""
+    return [c["flashdeal_session"] for c in login_cookies(base, emails, threads)]

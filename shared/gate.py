@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
+from typing import Any
 
 import redis
 
@@ -35,6 +37,7 @@ class Admission(enum.StrEnum):
     DEAL_NOT_OPEN = "deal_not_open"
     QUANTITY_ABOVE_LIMIT = "quantity_above_limit"
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+    RATE_LIMITED = "rate_limited"
 
 
 class Loaded(enum.IntEnum):
@@ -77,6 +80,8 @@ class AdmitResult:
     kick: bool
     remaining: int  # -1 when the script did not read it, -2 when the deal is not loaded in the gate
     replicated: bool = True  # False when WAIT ended before the asked replicas had the order (Gate.ack_replicas)
+    window: int = 0  # rate_limited: the index (0-based) in ``limits`` of the window over its amount
+    retry_ms: int = 0  # rate_limited: time left in that window
 
     @property
     def deal_unknown(self) -> bool:
@@ -225,18 +230,31 @@ class Gate:
         return cls(client, Keys(settings.key_prefix), settings.drain_kick_ms, settings.order_ack_replicas,
                    settings.order_ack_timeout_ms, settings.payment_hold_seconds * 1000)  # fmt: skip
 
-    def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
-        """Run the admission script for one order attempt."""
-        keys = self.keys.deal(deal_id).gate_keys()
-        args = (user_id, quantity, order_id, idem_key, self.kick_ms)
+    def admit(
+        self,
+        deal_id: int,
+        user_id: int,
+        quantity: int,
+        order_id: str,
+        idem_key: str = "",
+        limits: Sequence[tuple[str, int, int]] = (),
+    ) -> AdmitResult:
+        """Run the admission script for one order attempt; ``limits``: (who, amount, seconds) windows it counts."""
+        k = self.keys.deal(deal_id)
+        keys = k.gate_keys()
+        args: list[Any] = [user_id, quantity, order_id, idem_key, self.kick_ms]
+        for who, amount, seconds in limits:
+            keys.append(k.order_window(who, amount, seconds))
+            args += (amount, seconds)
         # Safe to send twice (DirectCalls retries once on a dropped connection): the script
         # answers "replay" for an order id it has already admitted. The WAIT follows a replay too:
         # the first run's write may be the one a replica has not got yet.
-        (outcome, oid, kick, remaining), acked = self.direct.script_then_wait(
-            self._admit, keys, list(args), self.ack_replicas, self.ack_timeout_ms
+        (outcome, oid, kick, remaining, *over), acked = self.direct.script_then_wait(
+            self._admit, keys, args, self.ack_replicas, self.ack_timeout_ms
         )
         replicated = acked >= self.ack_replicas or outcome not in (Admission.ACCEPTED, Admission.REPLAY)
-        return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining), replicated)
+        window, retry_ms = (int(over[0]) - 1, int(over[1])) if over else (0, 0)
+        return AdmitResult(Admission(outcome), oid, bool(kick), int(remaining), replicated, window, retry_ms)
 
     def cancel(
         self, deal_id: int, order_id: str, user_id: int, *, admin: bool = False, force: bool = False

@@ -32,6 +32,14 @@ class DealKeys:
     #                "order id:paid" -> the payment that paid it, "order id:declined" -> when a card was declined
     events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
     loaded: str  # hash: when the stock was last set by shared/lua/load_deal.lua, and what PostgreSQL held then
+    rate: str  # prefix of the order rate-limit counters (``order_window``), counted by shared/lua/admit.lua
+
+    def order_window(self, who: str, amount: int, seconds: int) -> str:
+        """Counter of one order rate-limit window (``who``: ``user:ID`` or ``ip:ADDR``) in this deal's slot.
+
+        Why in the deal's slot: the admission script counts it, so a cluster needs it next to the gate's keys.
+        """
+        return f"{self.rate}{who}:{amount}/{seconds}"
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -93,6 +101,7 @@ class Keys:
             payments=f"{tag}:payments",
             events=f"{tag}:events",
             loaded=f"{tag}:loaded",
+            rate=f"{tag}:rate:",
         )
 
     @property

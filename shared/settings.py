@@ -130,6 +130,10 @@ class Settings(BaseSettings):
         60, "the idle deadline is pushed forward at most this often (saves a session write per request)"
     )
     session_cookie_secure: bool = _doc(False, "set the session cookie's `Secure` flag (behind TLS)")
+    order_token_seconds: Annotated[int, Field(ge=10, le=900)] = _doc(
+        300,
+        "lifetime of the order token (docs/order-token.md): how long a logout may take to reach the order path",
+    )
     ratelimit_enabled: bool = _doc(True, "`false` turns rate limits off (benchmarks; or when the LB limits instead)")
     fast_path: bool = _doc(
         True, "plain order attempts and deal reads skip Flask's request cycle (docs/architecture.md)"

@@ -25,10 +25,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.fastpath import FastPath
     from web.limits import init_limits
     from web.metrics import init_metrics
+    from web.order_token import init_order_tokens
     from web.origin import init_origin_check
     from web.sessions import init_sessions
 
     init_sessions(app, settings)
+    init_order_tokens(app, settings)  # issued and renewed by session-backed requests (web/order_token.py)
     init_origin_check(app)  # before the limiter's hook: a forged call costs no rate-limit count
     init_limits(app, settings)
     register_error_handlers(app)

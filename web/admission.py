@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from shared.gate import Admission
 from shared.order_ids import new_order_id
 from web.deals import deal_detail
 from web.errors import ApiError
+from web.limits import order_windows
 from web.metrics import record_admission, record_unreplicated
 from web.order_reads import GATE_DECIDED, read_order
 from web.services import Services
@@ -71,10 +73,11 @@ class Admitted:
         return {} if self.replicated else {REPLICATION_HEADER: UNCONFIRMED}
 
 
-def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str | None) -> Admitted:
-    """One order attempt through the gate; raises ApiError (409/422/404) when refused.
+def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str | None, ip: str) -> Admitted:
+    """One order attempt through the gate; raises ApiError (409/422/404/429) when refused.
 
     Shared by the Flask view and the WSGI fast path (web/fastpath.py): needs no request context.
+    The order rate limits (per buyer, per client ``ip``) are counted by the admission script itself.
     """
     if idem is not None:
         idem = idem.strip(" \t")
@@ -85,9 +88,18 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if not idem and _sold_out_until.get(deal_id, 0.0) > time.monotonic():
         record_admission(Admission.SOLD_OUT.value)
         raise ApiError(409, "sold_out", _CONFLICTS[Admission.SOLD_OUT])
-    result = svc.gate.admit(deal_id, user_id, quantity, new_order_id(deal_id), idem)
+    settings = svc.settings
+    windows = order_windows(settings.ratelimit_order, settings.ratelimit_order_ip) if settings.ratelimit_enabled else ()
+    who = {"user": f"user:{user_id}", "ip": f"ip:{ip}"}
+    limits = [(who[w.scope], w.amount, w.seconds) for w in windows]
+    result = svc.gate.admit(deal_id, user_id, quantity, new_order_id(deal_id), idem, limits)
     outcome = result.outcome
     record_admission(outcome.value)
+    if outcome is Admission.RATE_LIMITED:
+        # Flask-Limiter's 429 (web/errors.py words its message the same way), with the window's time left.
+        retry_after = str(max(1, math.ceil(result.retry_ms / 1000)))
+        message = f"Too many requests: limit {windows[result.window].text}. Try again later."
+        raise ApiError(429, "rate_limited", message, headers={"Retry-After": retry_after})
     if outcome in (Admission.ACCEPTED, Admission.REPLAY):
         if result.kick:
             svc.kicks.send(deal_id)

@@ -5,11 +5,12 @@ order attempt. Flask's request context, hooks and response objects cost more tha
 itself on our 2-core VM (docs/architecture.md, "Fast path"), so this WSGI middleware answers the common case
 of those three directly, with the same functions as the Flask views:
 
-- ``POST /api/deals/{id}/orders``: the session comes from Flask-Session's store with the same
-  lifetime rule (``session_state``), the limits are Flask-Limiter's windows (``OrderLimits``) and
-  the order goes through ``admit_order``. Anything else (no or expired session, a session due
-  for its idle refresh, any body the fast path does not accept as is, a request over a rate
-  limit, an unexpected error before the gate) is handed to Flask unchanged.
+- ``POST /api/deals/{id}/orders``: the buyer comes from the order token (web/order_token.py, an
+  HMAC check, no I/O), else from Flask-Session's store with the same lifetime rule
+  (``session_state``); the order, with its rate limits, goes through ``admit_order`` (one script and
+  its WAIT: one round trip). Anything else (no token and no or an expired session, a session due
+  for its idle refresh, any body the fast path does not accept as is, an unexpected error before
+  the gate) is handed to Flask unchanged.
 - ``GET /api/deals/{id}`` and ``GET /api/deals``: public reads that never use the session
   (``deal_detail`` and ``deal_list``); a query string that does not validate, or an unexpected
   error, is handed to Flask (a read has no effect, so running it again there is safe).
@@ -37,8 +38,9 @@ from shared.bounds import ID_PATTERN, parse_id
 from web.admission import admit_order
 from web.deals import deal_detail, deal_list
 from web.errors import UNAVAILABLE_RETRY_AFTER, ApiError, error_body, outage
-from web.limits import OrderLimits
 from web.metrics import record_request
+from web.order_token import COOKIE as ORDER_COOKIE
+from web.order_token import ORDER_PATH, OrderTokens
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
@@ -48,10 +50,10 @@ log = logging.getLogger(__name__)
 
 # Flask's routes are /api/deals/<int:deal_id>[/orders] with the bounded id converter (web/ids.py):
 # the same pattern and bound, so both paths take the same ids; anything else is Flask's 404.
-ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")
 DEAL_PATH = re.compile(rf"/api/deals/({ID_PATTERN})")
 LIST_PATH = "/api/deals"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_ORDER_TOKEN = re.compile(r"[A-Za-z0-9._-]{16,200}")
 # The metrics labels Flask's hooks use for these routes (their URL rules).
 ORDER_ENDPOINT = "/api/deals/<int:deal_id>/orders"
 DEAL_ENDPOINT = "/api/deals/<int:deal_id>"
@@ -61,16 +63,16 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]  # (status, JSON body[, extra headers])
 
 
-def _session_id(header: str) -> str | None:
-    """The session cookie's value when it is a plain token, else None (Flask parses anything else).
+def _cookie(header: str, wanted: str, shape: re.Pattern[str]) -> str | None:
+    """Cookie ``wanted``'s value when it is a plain token of ``shape``, else None (Flask parses anything else).
 
     By hand because werkzeug's ``parse_cookie`` builds a MultiDict of every cookie (about a tenth
-    of this path's CPU); session ids are URL-safe tokens, so a quoted or odd value is simply handed over.
+    of this path's CPU); our cookies are URL-safe tokens, so a quoted or odd value is simply handed over.
     """
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name == COOKIE_NAME:
-            return value if value and _TOKEN.fullmatch(value) else None
+        if name == wanted:
+            return value if value and shape.fullmatch(value) else None
     return None
 
 
@@ -83,7 +85,7 @@ def _query_args(query: str) -> dict[str, str]:
 
 
 def _error(exc: ApiError) -> Answer:
-    return exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details))
+    return exc.status, orjson.dumps(error_body(exc.code, exc.message, exc.details)), exc.headers
 
 
 def _answer(build: Callable[[], Answer]) -> Answer:
@@ -118,12 +120,8 @@ class FastPath:
         store = app.session_interface
         assert isinstance(store, SessionStore)
         self.store = store
-        settings = self.svc.settings
-        # With rate limits on, the fast path counts the order view's Flask-Limiter windows itself
-        # (web/limits.py: OrderLimits); a limiter it cannot mirror leaves every order to Flask.
-        self.limits = OrderLimits.of(settings) if settings.ratelimit_enabled else None
-        self.enabled = settings.fast_path
-        self.orders = self.enabled and (not settings.ratelimit_enabled or self.limits is not None)
+        self.tokens: OrderTokens = app.extensions["order_tokens"]
+        self.enabled = self.orders = self.svc.settings.fast_path
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.enabled:
@@ -186,44 +184,58 @@ class FastPath:
             return None
         if found is None:
             return None
-        user_id, quantity = found
+        user_id, quantity, renewed = found
         idem = environ.get("HTTP_IDEMPOTENCY_KEY")  # None: no header (a blank one is refused, not ignored)
+        ip = environ.get("REMOTE_ADDR") or "127.0.0.1"
 
         def build() -> Answer:
-            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)
+            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem, ip)
             return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
 
         try:
-            return _answer(build)
+            status, payload, *extra = _answer(build)
         except Exception:
             # The gate may have run: answering is all that is left, in the shape Flask's handler uses.
             log.exception("unhandled error in the order fast path")
             return 500, orjson.dumps(error_body("internal_error", "Internal error; it has been logged."))
+        headers = dict(extra[0]) if extra else {}
+        if renewed:
+            headers["Set-Cookie"] = renewed  # the session path renews the order token, as Flask's hook does
+        return status, payload, headers
 
-    def _read(self, environ: dict[str, Any]) -> tuple[int, int] | None:
-        """The buyer and quantity when the request is a plain one, else None (Flask answers it)."""
+    def _buyer(self, environ: dict[str, Any], now: float) -> tuple[int, str] | tuple[None, str | None]:
+        """(user id, "") from a valid order token; else (None, the session id to read, or None: Flask answers)."""
+        cookies = environ.get("HTTP_COOKIE", "")
+        user_id = self.tokens.buyer(_cookie(cookies, ORDER_COOKIE, _ORDER_TOKEN), now)
+        if user_id is not None:
+            return user_id, ""
+        return None, _cookie(cookies, COOKIE_NAME, _TOKEN)
+
+    def _read(self, environ: dict[str, Any]) -> tuple[int, int, str] | None:
+        """(buyer, quantity, a renewed token's Set-Cookie or "") when the request is a plain one, else None."""
         content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
         if content_type != "application/json" or not length.isdigit() or not 0 < int(length) <= MAX_BODY_BYTES:
             return None
-        sid = _session_id(environ.get("HTTP_COOKIE", ""))
-        if not sid:
+        now = time.time()
+        user_id, sid = self._buyer(environ, now)
+        if user_id is None and not sid:
             return None
         raw = environ["wsgi.input"].read(int(length))
         # The body is consumed: whatever happens next, Flask must be able to read it again.
         environ["wsgi.input"] = io.BytesIO(raw)
-        data = self.store.load(sid)
-        if data is None or data.get("uid") is None:
-            return None
-        if session_state(data, self.svc.settings, time.time()) != "valid":
-            return None  # expired, or due for its idle refresh: Flask's hook does both
+        renewed = ""
+        if user_id is None:
+            # No valid order token: the session path (one Redis read), which also renews the token.
+            data = self.store.load(sid)  # type: ignore[arg-type]
+            if data is None or data.get("uid") is None:
+                return None
+            if session_state(data, self.svc.settings, now) != "valid":
+                return None  # expired, or due for its idle refresh: Flask's hook does both
+            user_id = int(data["uid"])
+            renewed = self.tokens.set_cookie(user_id, now)  # no valid token was sent: this one is due
         try:
             body = OrderIn.model_validate_json(raw)
         except ValidationError:
             return None  # Flask's parse_body words the 400/422
-        user_id = int(data["uid"])
-        if self.limits is not None and not self.limits.within(
-            self.svc.direct, user_id, environ.get("REMOTE_ADDR") or "127.0.0.1"
-        ):
-            return None  # over a limit: Flask-Limiter answers the 429 with its headers
-        return user_id, body.quantity
+        return user_id, body.quantity, renewed

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
 
-from flask import Flask, session
+from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import RateLimitItem, parse_many
-from limits.strategies import FixedWindowRateLimiter
+from limits import parse_many
 
 from shared.keys import Keys
-from shared.redis import DirectCalls, limits_storage_options, limits_storage_uri
+from shared.redis import limits_storage_options, limits_storage_uri
 from shared.settings import Settings
 from web.services import services
 
@@ -49,61 +48,26 @@ def signup_ip_limit() -> str:
 SIGNUP_SCOPE = "signup"
 
 
-def order_ip_limit() -> str:
-    """Order attempts per client IP."""
-    return services().settings.ratelimit_order_ip
-
-
-def order_user_limit() -> str:
-    """Order attempts per logged-in user."""
-    return services().settings.ratelimit_order
-
-
-def user_key() -> str:
-    """Rate-limit key of the logged-in user (falls back to the IP)."""
-    uid = session.get("uid")
-    return f"user:{uid}" if uid is not None else f"ip:{get_remote_address()}"
-
-
-ORDER_ENDPOINT = "orders.place_order"  # Flask-Limiter's scope for limits declared on the order view
-
-
 @dataclass(frozen=True)
-class OrderLimits:
-    """The order view's Flask-Limiter limits, checked outside Flask by the order fast path.
+class OrderWindow:
+    """One order rate-limit window, counted by the admission script (lua/admit.lua) in the deal's slot."""
 
-    Same library objects, same counters: the items are parsed by ``limits`` (Flask-Limiter's
-    engine), the keys built by ``RateLimitItem.key_for`` and the storage's ``prefixed_key`` with
-    the identifiers Flask-Limiter passes for a route limit (its key prefix, the key function's
-    value, then the endpoint as scope), and the counters bumped by the storage's own fixed-window
-    script. Only the transport differs: all counters in one round trip on a DirectCalls
-    connection, where Flask-Limiter makes one redis-py call per limit (docs/architecture.md, "Fast path").
-    ``tests/integration/test_fastpath.py`` checks that both paths count into the same windows.
+    scope: str  # "user" or "ip": whose attempts it counts
+    amount: int
+    seconds: int
+    text: str  # as Flask-Limiter words it in a 429: "30 per 1 second"
+
+
+@functools.lru_cache(maxsize=16)
+def order_windows(per_user: str, per_ip: str) -> tuple[OrderWindow, ...]:
+    """The order limits (RATELIMIT_ORDER, RATELIMIT_ORDER_IP), parsed by ``limits`` as Flask-Limiter parses them.
+
+    Why not Flask-Limiter on the order view: its counters are one command each in slots of their own,
+    a round trip on top of the admission's; the script counts the same fixed windows in the same
+    round trip (docs/order-token.md). The windows are per deal: a counter must share the deal's slot.
     """
-
-    storage: Any
-    key_prefix: str  # RATELIMIT_KEY_PREFIX, which Flask-Limiter puts first among the identifiers
-    per_user: tuple[RateLimitItem, ...]
-    per_ip: tuple[RateLimitItem, ...]
-
-    @classmethod
-    def of(cls, settings: Settings) -> OrderLimits | None:
-        """The order limits of the limiter init_limits just bound; None unless it is a fixed window on Redis."""
-        if not isinstance(limiter.limiter, FixedWindowRateLimiter) or not hasattr(limiter.storage, "lua_incr_expire"):
-            return None
-        return cls(
-            limiter.storage,
-            Keys(settings.key_prefix).ratelimit_prefix,
-            tuple(parse_many(settings.ratelimit_order)),
-            tuple(parse_many(settings.ratelimit_order_ip)),
-        )
-
-    def within(self, direct: DirectCalls, user_id: int, ip: str) -> bool:
-        """Count one order attempt in every window; False when any window is over its limit."""
-        user, addr = (self.key_prefix, f"user:{user_id}", ORDER_ENDPOINT), (self.key_prefix, ip, ORDER_ENDPOINT)
-        hits = [(item, user) for item in self.per_user] + [(item, addr) for item in self.per_ip]
-        script = self.storage.lua_incr_expire
-        counts = direct.scripts(
-            *((script, [self.storage.prefixed_key(item.key_for(*ids))], [item.get_expiry(), 1]) for item, ids in hits)
-        )
-        return all(int(n) <= item.amount for n, (item, _ids) in zip(counts, hits, strict=True))
+    return tuple(
+        OrderWindow(scope, item.amount, item.get_expiry(), str(item))
+        for scope, spec in (("user", per_user), ("ip", per_ip))
+        for item in parse_many(spec)
+    )

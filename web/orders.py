@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
+from flask_limiter.util import get_remote_address
 
 from shared.clock import ms_to_dt
 from shared.gate import Cancellation
@@ -12,10 +13,10 @@ from web.access import is_admin, login_required, require_user
 from web.admission import IDEMPOTENCY_HEADER, REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
 from web.errors import ApiError
 from web.ids import parse_order_id
-from web.limits import limiter, order_ip_limit, order_user_limit, user_key
 from web.metrics import record_unreplicated
 from web.openapi import doc
 from web.order_reads import OrderView, buyer_orders, read_order
+from web.order_token import token_buyer
 from web.schemas import OrderAccepted, OrderDetail, OrderIn, OrderList, OrderOut
 from web.services import services
 from web.validation import parse_body
@@ -24,9 +25,6 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
 
 
 @bp.post("/deals/<int:deal_id>/orders")
-@login_required
-@limiter.limit(order_user_limit, key_func=user_key)
-@limiter.limit(order_ip_limit)
 @doc(
     "Place an order (Idempotency-Key header optional)",
     body=OrderIn,
@@ -35,10 +33,13 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
     headers=(IDEMPOTENCY_HEADER,),
 )
 def place_order(deal_id: int) -> Any:
-    """Admit an order through the gate; 202 with the order id, 409 when refused."""
-    user_id = require_user()
+    """Admit an order through the gate; 202 with the order id, 409 when refused, 429 over a rate limit."""
+    # The buyer: the order token first (no Redis), else the session, as the fast path decides it.
+    buyer = token_buyer()
+    user_id = require_user() if buyer is None else buyer
     body = parse_body(OrderIn)
-    admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key"))
+    idem = request.headers.get("Idempotency-Key")  # None: no header (a blank one is refused, not ignored)
+    admitted = admit_order(services(), deal_id, user_id, body.quantity, idem, get_remote_address())
     return jsonify(admitted.body()), admitted.http_status, admitted.headers()
 
 

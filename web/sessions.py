@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +46,8 @@ class SessionStore(ServerSideSessionInterface):
     def __init__(self, app: Flask, direct: DirectCalls, key_prefix: str) -> None:
         super().__init__(app, key_prefix=key_prefix, permanent=True)
         self._direct = direct
+        # Requests that never need the session, besides the public reads (web/order_token.py adds one).
+        self.sessionless: list[Callable[[Any], bool]] = []
 
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
         raw = self._direct.call("GET", store_id, raw=True)
@@ -60,7 +63,7 @@ class SessionStore(ServerSideSessionInterface):
 
     def open_session(self, app: Flask, request: Any) -> Any:
         """Open the request's session; the public catalog reads skip the Redis read altogether."""
-        if is_public_read(request):
+        if is_public_read(request) or any(skip(request) for skip in self.sessionless):
             # Flask opens the session before routing, for every request with a cookie. The deal
             # list and detail never look at it, and they are two thirds of a buyer's requests in
             # a sale: an empty, unsaved session spares them a Redis round trip.
@@ -133,8 +136,10 @@ def login_session(app: Flask, user_id: int, role: str) -> None:
     session.update(uid=user_id, role=role, login_at=now, seen=now)
     session.permanent = True
     session.modified = True
+    g.logged_in = True  # web/order_token.py issues the order token with this answer
 
 
 def logout_session() -> None:
-    """End the session: the server-side record is deleted and the cookie removed."""
+    """End the session: the server-side record is deleted and the cookie removed (the order token's too)."""
     session.clear()
+    g.logged_out = True  # web/order_token.py clears the order token cookie

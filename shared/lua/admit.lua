@@ -2,9 +2,12 @@
 -- Every check comes before the first write, because Redis does not roll back a script that
 -- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by)
--- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
--- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by),
+--       10.. the counters of the order rate-limit windows (none when rate limits are off)
+-- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms,
+--       6.. one (amount, seconds) pair per rate-limit window, in the order of KEYS[10..]
+-- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)};
+--        'rate_limited' adds the window's number (1-based) and its counter's PTTL (ms)
 --
 -- ORDER RECORD (the value of KEYS[5] per order id; cancel.lua, settle.lua and load_deal.lua write
 -- and read the same): user|qty|price|admitted_ms|status[|pay_by_ms], status one of accepted,
@@ -15,6 +18,25 @@ local user = ARGV[1]
 local qty = tonumber(ARGV[2])
 local order_id = ARGV[3]
 local idem = ARGV[4]
+
+-- ORDER RATE LIMITS: fixed windows counted as Flask-Limiter counts them (INCR; the first hit starts
+-- the window). Here, not in a command of their own, so an order attempt is one round trip (docs/order-token.md).
+-- Counted first, for every attempt, as the limiter did before the view ran; the counters are the
+-- only writes before the checks below, and a refused attempt keeps them on purpose.
+local over = 0
+for i = 10, #KEYS do
+  local a = 6 + (i - 10) * 2
+  local n = redis.call('INCR', KEYS[i])
+  if n == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[a + 1])
+  end
+  if over == 0 and n > tonumber(ARGV[a]) then
+    over = i - 9
+  end
+end
+if over > 0 then
+  return {'rate_limited', '', 0, -1, over, redis.call('PTTL', KEYS[over + 9])}
+end
 
 local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms')
 if not st[1] then
