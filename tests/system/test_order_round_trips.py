@@ -14,14 +14,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from harness.redis_server import PrivateRedis
+from tests.fixtures.topologies import ClusterSetup, SentinelSetup
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
-    ClusterSetup,
-    PrivateRedis,
-    SentinelSetup,
-    cluster_setup,
-    private_redis,
-    sentinel_setup,
-)
 from web import create_app
 
 Node = tuple[str, int]
