@@ -2,8 +2,10 @@
 -- Every check comes before the first write, because Redis does not roll back a script that
 -- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
 --
--- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by)
--- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms
+-- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by),
+--       10 queue (waiting room rules and counters), 11 queue passes (live passes by expiry)
+-- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms,
+--       6 '1' when the order carries a queue pass whose HMAC the web node verified for this user and deal
 -- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)}
 --
 -- ORDER RECORD (the value of KEYS[5] per order id; cancel.lua, settle.lua and load_deal.lua write
@@ -16,7 +18,7 @@ local qty = tonumber(ARGV[2])
 local order_id = ARGV[3]
 local idem = ARGV[4]
 
-local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms')
+local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms', 'queue')
 if not st[1] then
   return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
@@ -44,6 +46,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if st[1] == 'ended' or now < tonumber(st[2]) or now >= tonumber(st[3]) then
   return {'deal_not_open', '', 0, -1}
+end
+
+-- WAITING ROOM: a queued deal (flag written by load_deal.lua with the rules) admits only buyers let in.
+-- The pass's signature was checked by the web node (no I/O); the flag lives here, so every path applies it.
+local queued = st[7] == '1'
+if queued and ARGV[6] ~= '1' then
+  return {'queue_pass_required', '', 0, -1}
 end
 
 local limit = tonumber(st[4])
@@ -84,6 +93,10 @@ end
 -- The buyer's in-flight index (scored by user id): "my orders" finds this entry without reading the
 -- outbox; the drain removes it in the same MULTI as the entry's XACK.
 redis.call('ZADD', KEYS[8], user, order_id .. '|o')
+-- WAITING ROOM: the pass's first order frees its live slot (the inlet may let the next buyer in).
+if queued and redis.call('ZREM', KEYS[11], user) == 1 then
+  redis.call('HINCRBY', KEYS[10], 'used', 1)
+end
 -- One drain task per kick interval, not one per order.
 local kick = redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[5])
 return {'accepted', order_id, kick and 1 or 0, stock - qty}

@@ -13,6 +13,7 @@ from shared.clock import dt_to_ms
 from shared.keys import Keys
 from shared.order_record import LiveOrder, parse_order_record
 from shared.outbox_entry import CANCEL, parse_inflight_member
+from shared.queue import QueueRules
 from shared.redis_client import DirectCalls
 from shared.settings import Settings
 
@@ -33,6 +34,7 @@ class Admission(enum.StrEnum):
     DEAL_NOT_OPEN = "deal_not_open"
     QUANTITY_ABOVE_LIMIT = "quantity_above_limit"
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+    QUEUE_PASS_REQUIRED = "queue_pass_required"  # a queued deal, and no valid pass for this buyer and deal
 
 
 class Loaded(enum.IntEnum):
@@ -146,6 +148,7 @@ class DealRules:
     total: int
     title: str
     payment_window_ms: int = 0  # 0: no payment step
+    queue: QueueRules | None = None  # the waiting room in front of the gate; None: no queue
 
 
 @dataclass(frozen=True)
@@ -197,10 +200,12 @@ class Gate:
         return cls(client, Keys(settings.key_prefix), settings.drain_kick_ms, settings.order_ack_replicas,
                    settings.order_ack_timeout_ms)  # fmt: skip
 
-    def admit(self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "") -> AdmitResult:
-        """Run the admission script for one order attempt."""
-        keys = self.keys.deal(deal_id).gate_keys()
-        args = (user_id, quantity, order_id, idem_key, self.kick_ms)
+    def admit(
+        self, deal_id: int, user_id: int, quantity: int, order_id: str, idem_key: str = "", queue_pass: bool = False
+    ) -> AdmitResult:
+        """Run the admission script for one order attempt (``queue_pass``: a verified pass for this buyer and deal)."""
+        keys = self.keys.deal(deal_id).admit_keys()
+        args = (user_id, quantity, order_id, idem_key, self.kick_ms, "1" if queue_pass else "0")
         # Safe to send twice (DirectCalls retries once on a dropped connection): the script
         # answers "replay" for an order id it has already admitted. The WAIT follows a replay too:
         # the first run's write may be the one a replica has not got yet.
@@ -244,7 +249,7 @@ class Gate:
             for x in (o.order_id, o.user_id, o.quantity, str(o.unit_price), dt_to_ms(o.admitted_at), dt_to_ms(o.pay_by))
         ]
         reply = self._load(
-            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded, k.due],
+            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded, k.due, k.queue],
             args=[
                 rules.status,
                 rules.open_ms,
@@ -255,6 +260,7 @@ class Gate:
                 initial_stock,
                 rules.title,
                 rules.payment_window_ms,
+                rules.queue.spec(rules.open_ms) if rules.queue is not None else "",
                 len(pairs) // 2,
                 *pairs,
                 *orders,

@@ -32,6 +32,10 @@ class DealKeys:
     #                "order id:paid" -> the payment that paid it, "order id:declined" -> when a card was declined
     events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
     loaded: str  # hash: when the stock was last set by lua/load_deal.lua, and what PostgreSQL held then
+    queue: str  # hash: the waiting room's rules (rate, cap, pass_ms, paused, opens_ms) and counters (shared/queue.py)
+    queue_line: str  # sorted set: user id -> place (pre-queue: random below QUEUE_FIFO_BASE; then FIFO above it)
+    queue_passes: str  # sorted set: user id -> expiry (ms) of each live pass: let in, not yet used, not expired
+    queue_admitted: str  # hash: user id -> expiry (ms) of the pass the buyer was given (every buyer let in)
 
     def gate_keys(self) -> list[str]:
         """KEYS for the admission and cancel scripts, in the order the scripts expect."""
@@ -46,6 +50,14 @@ class DealKeys:
             self.inflight,
             self.due,
         ]
+
+    def admit_keys(self) -> list[str]:
+        """KEYS for the admission script: the gate's, then the waiting room's (its pass check marks a pass used)."""
+        return [*self.gate_keys(), self.queue, self.queue_passes]
+
+    def queue_keys(self) -> list[str]:
+        """KEYS for the waiting room script (lua/queue.lua), in the order it expects."""
+        return [self.state, self.stock, self.queue, self.queue_line, self.queue_passes, self.queue_admitted]
 
     def settle_keys(self) -> list[str]:
         """KEYS for the payment decision script (lua/settle.lua), in the order it expects."""
@@ -63,7 +75,18 @@ class DealKeys:
 
     def all_keys(self) -> list[str]:
         """Every key the deal may have in Redis (what retiring or unloading it deletes)."""
-        return [*self.gate_keys(), self.follow_up, self.fanout, self.payments, self.events, self.loaded]
+        return [
+            *self.gate_keys(),
+            self.follow_up,
+            self.fanout,
+            self.payments,
+            self.events,
+            self.loaded,
+            self.queue,
+            self.queue_line,
+            self.queue_passes,
+            self.queue_admitted,
+        ]
 
 
 class Keys:
@@ -93,6 +116,10 @@ class Keys:
             payments=f"{tag}:payments",
             events=f"{tag}:events",
             loaded=f"{tag}:loaded",
+            queue=f"{tag}:queue",
+            queue_line=f"{tag}:queue:line",
+            queue_passes=f"{tag}:queue:passes",
+            queue_admitted=f"{tag}:queue:admitted",
         )
 
     @property

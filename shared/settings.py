@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     ratelimit_login: str = "10/minute"
     ratelimit_login_ip: str = "100/minute"
     ratelimit_signup_ip: str = "10/minute;100/hour"  # each signup costs an argon2id hash (64 MiB)
+    ratelimit_queue_join: str = "5/second;60/minute"  # waiting-room joins per account
+    ratelimit_queue_join_ip: str = "50/second;1000/minute"  # waiting-room joins per client address
+    queue_pass_seconds: Positive = 120  # a queue pass unused this long expires; its live slot goes to the next buyer
+    queue_poll_ms: Positive = 3000  # how often the waiting page polls its status
+    queue_challenge_seconds: Positive = 300  # a proof-of-work challenge is valid this long
     trusted_proxies: NonNegative = 0
     deal_cache_ttl: Positive = 5
     deal_load_ahead_seconds: NonNegative = 60
@@ -119,6 +124,8 @@ class Settings(BaseSettings):
         "ratelimit_login",
         "ratelimit_login_ip",
         "ratelimit_signup_ip",
+        "ratelimit_queue_join",
+        "ratelimit_queue_join_ip",
     )
 
     @classmethod

@@ -20,6 +20,7 @@ from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.models import Deal, User
+from shared.queue import QueueRules
 
 PASSWORD = "correct-horse-9"
 _HASH = hash_password(PASSWORD)
@@ -53,6 +54,7 @@ def make_deal(
     status: str | None = None,
     title: str | None = None,
     payment_window: int = 0,
+    queue: QueueRules | None = None,
 ) -> Deal:
     """Create a deal starting ``starts_in`` seconds from now; load it into the gate when given one."""
     now = datetime.now(UTC)
@@ -67,6 +69,7 @@ def make_deal(
                 starts_at=now + timedelta(seconds=starts_in),
                 ends_at=now + timedelta(seconds=starts_in + lasts),
                 payment_window_seconds=payment_window,
+                queue=queue,
             ),
         )
         if status:

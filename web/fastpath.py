@@ -38,6 +38,7 @@ from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
+from web.queue import status_answer
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
@@ -50,11 +51,13 @@ log = logging.getLogger(__name__)
 ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")
 DEAL_PATH = re.compile(rf"/api/deals/({ID_PATTERN})")
 LIST_PATH = "/api/deals"
+QUEUE_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/queue")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 # The metrics labels Flask's hooks use for these routes (their URL rules).
 ORDER_ENDPOINT = "/api/deals/<int:deal_id>/orders"
 DEAL_ENDPOINT = "/api/deals/<int:deal_id>"
 LIST_ENDPOINT = "/api/deals"
+QUEUE_ENDPOINT = "/api/deals/<int:deal_id>/queue"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]  # (status, JSON body[, extra headers])
@@ -155,6 +158,11 @@ class FastPath:
             if deal_id is not None:
                 answer = self._detail(deal_id)
                 return None if answer is None else (DEAL_ENDPOINT, method, answer)
+            match = QUEUE_PATH.fullmatch(path)
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._queue_status(environ, deal_id)
+                return None if answer is None else (QUEUE_ENDPOINT, method, answer)
         elif method == "POST" and self.orders:
             match = ORDER_PATH.fullmatch(path)
             deal_id = None if match is None else parse_id(match.group(1))
@@ -176,6 +184,28 @@ class FastPath:
 
         return _read(build, "the deal list")
 
+    def _queue_status(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
+        """GET /api/deals/{id}/queue, as the queue ``status`` view answers it (every waiting buyer polls it)."""
+        try:
+            user_id = self._user(environ)
+        except Exception:
+            log.debug("queue fast path: handing over to Flask", exc_info=True)
+            return None
+        if user_id is None:
+            return None
+        # A read for the buyer, and the inlet's step, which is safe to run again: any surprise goes to Flask.
+        return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id))), "a queue poll")
+
+    def _user(self, environ: dict[str, Any]) -> int | None:
+        """The logged-in buyer of a valid session not due for its refresh, else None (Flask answers)."""
+        sid = _session_id(environ.get("HTTP_COOKIE", ""))
+        data = self.store.load(sid) if sid else None
+        if data is None or data.get("uid") is None:
+            return None
+        if session_state(data, self.svc.settings, time.time()) != "valid":
+            return None
+        return int(data["uid"])
+
     def _order(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
         """POST /api/deals/{id}/orders, as the ``place_order`` view answers it."""
         try:
@@ -189,7 +219,7 @@ class FastPath:
         idem = environ.get("HTTP_IDEMPOTENCY_KEY", "")
 
         def build() -> Answer:
-            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem)
+            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem, environ.get("HTTP_QUEUE_PASS", ""))
             return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
 
         try:

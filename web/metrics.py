@@ -57,8 +57,26 @@ UNREPLICATED = Counter(
     "Admissions and cancels answered before ORDER_ACK_REPLICAS replicas confirmed them (WAIT timed out).",
     ["op"],
 )
+QUEUE = Counter(
+    "flashdeal_queue_answers_total",
+    "Waiting-room joins and polls by the state answered (waiting, admitted, sold_out, ...; pow_refused).",
+    ["state"],
+)
+QUEUE_ADMITTED = Counter("flashdeal_queue_let_in_total", "Buyers the waiting room's inlet let in (seen by polls).")
 
 bp = Blueprint("metrics", __name__)
+
+
+@functools.cache
+def _queue(state: str) -> Any:
+    return QUEUE.labels(state=state)
+
+
+def record_queue(state: str, let_in: int = 0) -> None:
+    """Count one waiting-room answer by state (bounded: the script's states), and buyers the inlet let in."""
+    _queue(state).inc()
+    if let_in:
+        QUEUE_ADMITTED.inc(let_in)
 
 
 def record_payment_event(outcome: str) -> None:

@@ -38,7 +38,10 @@ def place_order(deal_id: int) -> Any:
     """Admit an order through the gate; 202 with the order id, 409 when refused."""
     user_id = require_user()
     body = parse_body(OrderIn)
-    admitted = admit_order(services(), deal_id, user_id, body.quantity, request.headers.get("Idempotency-Key", ""))
+    headers = request.headers
+    admitted = admit_order(
+        services(), deal_id, user_id, body.quantity, headers.get("Idempotency-Key", ""), headers.get("Queue-Pass", "")
+    )
     return jsonify(admitted.body()), admitted.http_status, admitted.headers()
 
 
