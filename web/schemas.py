@@ -258,6 +258,7 @@ class DealOut(BaseModel):
     starts_at: datetime
     ends_at: datetime
     payment_window_seconds: int
+    queued: bool = False  # a waiting room in front of the gate: join it, then order with its pass
 
 
 class DealPage(BaseModel):
