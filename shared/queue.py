@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from shared.keys import Keys
+from shared.redis_client import DirectCalls
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 FIFO_BASE = 2**50  # pre-queue scores are drawn below it, later joins counted above it (lua/queue.lua)
@@ -97,14 +98,20 @@ def solve_pow(challenge: str, bits: int) -> str:
 class QueueGate:
     """Join, status, inlet and operator controls of deals' waiting rooms on one Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, pass_ms: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, pass_ms: int, direct: DirectCalls | None = None) -> None:
         self.redis = client
         self.keys = keys
         self.pass_ms = pass_ms
         self._script = client.register_script((LUA_DIR / "queue.lua").read_text())
+        # Every waiting buyer polls: the per-thread connection of the hot paths, not redis-py's pool
+        # (measured here: ~270 against ~930 us a poll's script call on the loaded 2-core box).
+        self.direct = direct or DirectCalls(client)
 
     def _run(self, op: str, deal_id: int, user_id: int | str, score: int = 0) -> list[Any]:
-        return self._script(keys=self.keys.deal(deal_id).queue_keys(), args=[op, user_id, score, self.pass_ms])
+        # Safe to send twice (DirectCalls retries a dropped connection once): a join finds its place taken
+        # (ZADD NX, the counter drawn only for a buyer not in the line), and an inlet step is counted by time.
+        args = [op, user_id, score, self.pass_ms]
+        return self.direct.scripts((self._script, self.keys.deal(deal_id).queue_keys(), args))[0]
 
     def join(self, deal_id: int, user_id: int) -> QueueView:
         """Take a place in the line (the same place again for a buyer already in it)."""

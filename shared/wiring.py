@@ -37,11 +37,12 @@ def build(settings: Settings, db_options: dict[str, Any] | None = None, **client
     Redis topology is decided in shared/redis_client.py alone.
     """
     client = text_client(settings, **client_options)
+    gate = Gate.from_settings(client, settings)
     return Stores(
         settings=settings,
         db=Database(settings, **(db_options or {})),
         redis=client,
         keys=Keys(settings.key_prefix),
-        gate=Gate.from_settings(client, settings),
-        queue=QueueGate(client, Keys(settings.key_prefix), settings.queue_pass_seconds * 1000),
+        gate=gate,
+        queue=QueueGate(client, Keys(settings.key_prefix), settings.queue_pass_seconds * 1000, gate.direct),
     )

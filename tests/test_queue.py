@@ -272,3 +272,31 @@ def test_admin_api_and_stats(settings, db) -> None:
     assert svc.queue.pow_bits(deal_id) == 4
     bad = c.post("/api/admin/deals", json={**r.json, "queue": {"rate": 0}})
     assert bad.status_code == 422
+
+
+def test_polls_with_the_signed_ticket_need_no_session_and_a_forged_one_is_refused(settings, db) -> None:
+    fast, _ = _apps(settings)
+    svc = _svc(fast)
+    deal = make_deal(db, svc.gate, stock=5, queue=QueueRules(rate=1, paused=True))
+    u1, u2 = make_users(db, 2)
+    c1 = _login(fast, db, u1)
+    _login(fast, db, u2).post(f"/api/deals/{deal.id}/queue", json={})
+    assert c1.post(f"/api/deals/{deal.id}/queue", json={}).json["position"] == 2
+    ticket = c1.get_cookie("flashdeal_queue", path="/api/deals").value
+    # A client holding only the ticket (no session cookie) polls through the fast path.
+    fast.view_functions["queue.status"] = lambda **_: (_ for _ in ()).throw(AssertionError("Flask ran"))
+    bare = fast.test_client()
+    bare.set_cookie("flashdeal_queue", ticket, path="/api/deals")
+    assert bare.get(f"/api/deals/{deal.id}/queue").json["position"] == 2
+    # A forged ticket proves nothing: handed to Flask, which finds no session.
+    _, slow = _apps(settings)
+    forged = slow.test_client()
+    forged.set_cookie("flashdeal_queue", ticket.replace(f"ticket.{u1}.", f"ticket.{u2}."), path="/api/deals")
+    assert forged.get(f"/api/deals/{deal.id}/queue").status_code == 401
+    assert (
+        _apps(settings)[0]
+        .test_client()
+        .get(f"/api/deals/{deal.id}/queue", headers={"Cookie": f"flashdeal_queue={ticket}x"})
+        .status_code
+        == 401
+    )

@@ -38,7 +38,7 @@ from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
-from web.queue import status_answer
+from web.queue import status_answer, ticket_cookie, ticket_user
 from web.schemas import DealListQuery, OrderIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
@@ -185,16 +185,22 @@ class FastPath:
         return _read(build, "the deal list")
 
     def _queue_status(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
-        """GET /api/deals/{id}/queue, as the queue ``status`` view answers it (every waiting buyer polls it)."""
+        """GET /api/deals/{id}/queue, as the queue ``status`` view answers it (every waiting buyer polls it).
+
+        The buyer comes from the poll ticket (web/queue.py: one HMAC, no I/O), else from the session.
+        """
+        now = time.time()
         try:
-            user_id = self._user(environ)
+            ticket = ticket_user(self.svc, environ.get("HTTP_COOKIE", ""), now)
+            user_id, renew = ticket if ticket is not None else (self._user(environ), True)
         except Exception:
             log.debug("queue fast path: handing over to Flask", exc_info=True)
             return None
         if user_id is None:
             return None
+        cookie = ticket_cookie(self.svc, user_id, now) if renew else {}
         # A read for the buyer, and the inlet's step, which is safe to run again: any surprise goes to Flask.
-        return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id))), "a queue poll")
+        return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id)), cookie), "a queue poll")
 
     def _user(self, environ: dict[str, Any]) -> int | None:
         """The logged-in buyer of a valid session not due for its refresh, else None (Flask answers)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 from flask_limiter.util import get_remote_address
+from werkzeug.http import dump_cookie
 
 from shared.clock import ms_to_dt
 from shared.deals import DealNotFound, DealStateError, set_queue
@@ -28,6 +29,12 @@ bp = Blueprint("queue", __name__, url_prefix="/api")
 
 PASS_KIND = "queue"
 CHALLENGE_KIND = "pow"
+# The poll ticket: a signed cookie naming the buyer, set by the join and the polls answered from the session.
+# Why: every waiting buyer polls every few seconds; with the ticket a poll is one HMAC check and one script
+# call, without reading the session from Redis (a second round trip per poll). It only shows the buyer's own
+# place (and pass, which orders accept only with the buyer's session), and lives as long as an idle session.
+TICKET_KIND = "ticket"
+TICKET_COOKIE = "flashdeal_queue"
 
 
 @functools.lru_cache(maxsize=8)
@@ -40,6 +47,34 @@ def queue_pass_valid(svc: Services, token: str, user_id: int, deal_id: int) -> b
     """True when ``token`` is a queue pass, signed by us, for this buyer and this deal, not expired (no I/O)."""
     found = signer(svc.settings.secret_key, PASS_KIND).verify_for(token, user_id, deal_id, time.time())
     return found is not None and found.deal_id == deal_id
+
+
+def ticket_user(svc: Services, cookie_header: str, now: float) -> tuple[int, bool] | None:
+    """(buyer, renew soon) from a valid poll ticket in the Cookie header, else None (no I/O)."""
+    for part in cookie_header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TICKET_COOKIE:
+            found = signer(svc.settings.secret_key, TICKET_KIND).verify(value, now)
+            if found is None:
+                return None
+            return found.user_id, found.expires_at - now < svc.settings.session_idle_seconds / 2
+    return None
+
+
+def ticket_cookie(svc: Services, user_id: int, now: float) -> dict[str, str]:
+    """The Set-Cookie header of a fresh poll ticket for ``user_id`` (HttpOnly, SameSite=Lax, only under /api/deals)."""
+    settings = svc.settings
+    token = signer(settings.secret_key, TICKET_KIND).issue(user_id, None, int(now) + settings.session_idle_seconds)
+    cookie = dump_cookie(
+        TICKET_COOKIE,
+        token,
+        max_age=settings.session_idle_seconds,
+        path="/api/deals",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.session_cookie_secure,
+    )
+    return {"Set-Cookie": cookie}
 
 
 def queue_answer(svc: Services, user_id: int, deal_id: int, view: QueueView) -> dict[str, Any]:
@@ -146,7 +181,8 @@ def join(deal_id: int) -> Any:
             raise ApiError(
                 403, "proof_of_work_required", f"Solve GET /api/deals/{deal_id}/queue/challenge ({bits} bits) first."
             )
-    return jsonify(queue_answer(svc, user_id, deal_id, svc.queue.join(deal_id, user_id)))
+    answer = queue_answer(svc, user_id, deal_id, svc.queue.join(deal_id, user_id))
+    return jsonify(answer), 200, ticket_cookie(svc, user_id, time.time())
 
 
 @bp.get("/deals/<int:deal_id>/queue")
@@ -158,7 +194,8 @@ def join(deal_id: int) -> Any:
 )
 def status(deal_id: int) -> Any:
     """Position, estimated wait, and the pass when admitted; sold out and closed at once."""
-    return jsonify(status_answer(services(), require_user(), deal_id))
+    svc, user_id = services(), require_user()
+    return jsonify(status_answer(svc, user_id, deal_id)), 200, ticket_cookie(svc, user_id, time.time())
 
 
 @bp.post("/admin/deals/<int:deal_id>/queue")
