@@ -15,11 +15,12 @@
 --
 -- KEYS: 1 state, 2 stock, 3 queue (rules and counters), 4 line, 5 passes (live, by expiry), 6 admitted
 -- ARGV: 1 op ('join' | 'status' | 'inlet'), 2 user id ('' for inlet), 3 random score in [0, BASE) (join),
---       4 pass lifetime ms
+--       4 pass lifetime ms, 5 proof of work shown (join): leading zero bits of the buyer's solution of a
+--       challenge the web node verified as ours for this buyer and deal (0: none)
 -- Reply: {state, ahead (-1 unknown), pass expiry ms (0 none), now ms, open ms, admitted by this call,
---         rate, paused (0/1)}
+--         rate, paused (0/1), proof-of-work bits asked}
 --   state: waiting, admitted, expired (let in, pass unused and expired), not_joined, sold_out, closed,
---          no_queue, queue_not_open (join before the joining window)
+--          no_queue, queue_not_open (join before the joining window), proof_of_work_required (join)
 
 local BASE = 1125899906842624 -- 2^50: exact in a double with room for 2^52 FIFO places above it
 local MAX_GAP_MS = 5000 -- time the inlet credits at most per run: a long quiet spell is no burst later
@@ -29,18 +30,18 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op, user = ARGV[1], ARGV[2]
 
 local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms')
-local q = redis.call('HMGET', KEYS[3], 'rate', 'cap', 'opens_ms', 'paused', 'last_ms', 'credit')
+local q = redis.call('HMGET', KEYS[3], 'rate', 'cap', 'opens_ms', 'paused', 'last_ms', 'credit', 'pow')
 if not st[1] or not q[1] then
-  return {'no_queue', -1, 0, now, 0, 0, 0, 0}
+  return {'no_queue', -1, 0, now, 0, 0, 0, 0, 0}
 end
 local open_ms, close_ms = tonumber(st[2]), tonumber(st[3])
-local rate, paused = tonumber(q[1]), q[4] == '1' and 1 or 0
+local rate, paused, pow = tonumber(q[1]), q[4] == '1' and 1 or 0, tonumber(q[7] or '0')
 if st[1] == 'ended' or now >= close_ms then
-  return {'closed', -1, 0, now, open_ms, 0, rate, paused}
+  return {'closed', -1, 0, now, open_ms, 0, rate, paused, pow}
 end
 -- Sold out is told at once, to joiners and waiters alike: nobody waits for stock that is gone.
 if tonumber(redis.call('GET', KEYS[2]) or '0') <= 0 then
-  return {'sold_out', -1, 0, now, open_ms, 0, rate, paused}
+  return {'sold_out', -1, 0, now, open_ms, 0, rate, paused, pow}
 end
 
 -- INLET
@@ -78,13 +79,16 @@ if now >= open_ms then
   end
 end
 if op == 'inlet' then
-  return {'ok', -1, 0, now, open_ms, let_in, rate, paused}
+  return {'ok', -1, 0, now, open_ms, let_in, rate, paused, pow}
 end
 
--- JOIN
+-- JOIN (after the sold-out answer: a sold-out deal costs a joiner no work)
 if op == 'join' and not redis.call('HGET', KEYS[6], user) then
+  if tonumber(ARGV[5] or '0') < pow and redis.call('ZSCORE', KEYS[4], user) == false then
+    return {'proof_of_work_required', -1, 0, now, open_ms, let_in, rate, paused, pow}
+  end
   if now < tonumber(q[3]) then
-    return {'queue_not_open', -1, 0, now, open_ms, let_in, rate, paused}
+    return {'queue_not_open', -1, 0, now, open_ms, let_in, rate, paused, pow}
   end
   if now < open_ms then
     redis.call('ZADD', KEYS[4], 'NX', ARGV[3], user)
@@ -97,12 +101,12 @@ end
 local expires = redis.call('HGET', KEYS[6], user)
 if expires then
   if tonumber(expires) > now then
-    return {'admitted', 0, tonumber(expires), now, open_ms, let_in, rate, paused}
+    return {'admitted', 0, tonumber(expires), now, open_ms, let_in, rate, paused, pow}
   end
-  return {'expired', -1, 0, now, open_ms, let_in, rate, paused}
+  return {'expired', -1, 0, now, open_ms, let_in, rate, paused, pow}
 end
 local rank = redis.call('ZRANK', KEYS[4], user)
 if rank == false then
-  return {'not_joined', -1, 0, now, open_ms, let_in, rate, paused}
+  return {'not_joined', -1, 0, now, open_ms, let_in, rate, paused, pow}
 end
-return {'waiting', rank, 0, now, open_ms, let_in, rate, paused}
+return {'waiting', rank, 0, now, open_ms, let_in, rate, paused, pow}

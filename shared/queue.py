@@ -56,6 +56,7 @@ class QueueView:
     rate: int = 0
     paused: bool = False
     let_in: int = 0  # buyers the inlet let in during this call
+    pow_bits: int = 0  # the deal's proof-of-work difficulty
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,14 @@ def leading_zero_bits(digest: bytes) -> int:
     return len(digest) * 8 - value.bit_length()
 
 
+def proof_bits(challenge: str, nonce: str) -> int:
+    """How many zero bits sha256(challenge + nonce) starts with (hashcash)."""
+    return leading_zero_bits(hashlib.sha256((challenge + nonce).encode()).digest())
+
+
 def pow_solved(challenge: str, nonce: str, bits: int) -> bool:
-    """True when sha256(challenge + nonce) starts with ``bits`` zero bits (hashcash)."""
-    return leading_zero_bits(hashlib.sha256((challenge + nonce).encode()).digest()) >= bits
+    """True when sha256(challenge + nonce) starts with ``bits`` zero bits."""
+    return proof_bits(challenge, nonce) >= bits
 
 
 def solve_pow(challenge: str, bits: int) -> str:
@@ -107,17 +113,21 @@ class QueueGate:
         # (measured here: ~270 against ~930 us a poll's script call on the loaded 2-core box).
         self.direct = direct or DirectCalls(client)
 
-    def _run(self, op: str, deal_id: int, user_id: int | str, score: int = 0) -> list[Any]:
+    def _run(self, op: str, deal_id: int, user_id: int | str, score: int = 0, proof_bits: int = 0) -> list[Any]:
         # Safe to send twice (DirectCalls retries a dropped connection once): a join finds its place taken
         # (ZADD NX, the counter drawn only for a buyer not in the line), and an inlet step is counted by time.
-        args = [op, user_id, score, self.pass_ms]
+        args = [op, user_id, score, self.pass_ms, proof_bits]
         return self.direct.scripts((self._script, self.keys.deal(deal_id).queue_keys(), args))[0]
 
-    def join(self, deal_id: int, user_id: int) -> QueueView:
-        """Take a place in the line (the same place again for a buyer already in it)."""
+    def join(self, deal_id: int, user_id: int, proof_bits: int = 0) -> QueueView:
+        """Take a place in the line (the same place again for a buyer already in it).
+
+        ``proof_bits``: the leading zero bits of the buyer's proof of work (a verified challenge of ours); the
+        script compares them with the deal's difficulty, so a join is one round trip.
+        """
         # Why the score is drawn here: Redis seeds a script's math.random alike on every call. A uniform
         # draw per buyer, independent of arrival time, makes the pre-queue a uniformly random order.
-        return _view(self._run("join", deal_id, user_id, secrets.randbelow(FIFO_BASE)))
+        return _view(self._run("join", deal_id, user_id, secrets.randbelow(FIFO_BASE), proof_bits))
 
     def status(self, deal_id: int, user_id: int) -> QueueView:
         """The buyer's state and place (runs the inlet first)."""
@@ -164,4 +174,4 @@ def _view(reply: list[Any]) -> QueueView:
     # Before the start the pre-queue's order is not final (later joiners draw places anywhere in it).
     known = state == "waiting" and now >= open_ms
     rate, paused, let_in = int(reply[6]), bool(int(reply[7])), int(reply[5])
-    return QueueView(state, ahead if known else None, expires, now, open_ms, rate, paused, let_in)
+    return QueueView(state, ahead if known else None, expires, now, open_ms, rate, paused, let_in, int(reply[8]))

@@ -38,8 +38,8 @@ from web.deals import deal_detail, deal_list
 from web.errors import REDIS_DOWN, UNAVAILABLE, UNAVAILABLE_RETRY_AFTER, ApiError, error_body
 from web.limits import OrderLimits
 from web.metrics import record_request
-from web.queue import status_answer, ticket_cookie, ticket_user
-from web.schemas import DealListQuery, OrderIn
+from web.queue import join_answer, status_answer, ticket_cookie, ticket_user
+from web.schemas import DealListQuery, OrderIn, QueueJoinIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
 from web.validation import MAX_BODY_BYTES
@@ -126,6 +126,9 @@ class FastPath:
         self.limits = OrderLimits.of(settings) if settings.ratelimit_enabled else None
         self.enabled = settings.fast_path
         self.orders = self.enabled and (not settings.ratelimit_enabled or self.limits is not None)
+        # WAITING ROOM: joins likewise, counted in the join view's windows.
+        self.join_limits = OrderLimits.of_joins(settings) if settings.ratelimit_enabled else None
+        self.joins = self.enabled and (not settings.ratelimit_enabled or self.join_limits is not None)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.enabled:
@@ -169,6 +172,12 @@ class FastPath:
             if deal_id is not None:
                 answer = self._order(environ, deal_id)
                 return None if answer is None else (ORDER_ENDPOINT, method, answer)
+        if method == "POST" and self.joins:
+            match = QUEUE_PATH.fullmatch(path)
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._queue_join(environ, deal_id)
+                return None if answer is None else (QUEUE_ENDPOINT, method, answer)
         return None
 
     def _detail(self, deal_id: int) -> Answer | None:
@@ -201,6 +210,28 @@ class FastPath:
         cookie = ticket_cookie(self.svc, user_id, now) if renew else {}
         # A read for the buyer, and the inlet's step, which is safe to run again: any surprise goes to Flask.
         return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id)), cookie), "a queue poll")
+
+    def _queue_join(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
+        """POST /api/deals/{id}/queue, as the queue ``join`` view answers it; anything unusual goes to Flask."""
+        try:
+            content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+            length = environ.get("CONTENT_LENGTH", "")
+            if content_type != "application/json" or not length.isdigit() or not 0 < int(length) <= MAX_BODY_BYTES:
+                return None
+            user_id = self._user(environ)
+            if user_id is None:
+                return None
+            raw = environ["wsgi.input"].read(int(length))
+            environ["wsgi.input"] = io.BytesIO(raw)  # consumed: Flask must be able to read it again
+            body = QueueJoinIn.model_validate_json(raw)
+            ip = environ.get("REMOTE_ADDR") or "127.0.0.1"
+            if self.join_limits is not None and not self.join_limits.within(self.svc.direct, user_id, ip):
+                return None  # over a limit: Flask-Limiter answers the 429 with its headers
+        except Exception:
+            log.debug("queue join fast path: handing over to Flask", exc_info=True)
+            return None
+        # A join is safe to run again (one place per buyer): any surprise goes to Flask.
+        return _read(lambda: join_answer(self.svc, user_id, deal_id, body), "a queue join")
 
     def _user(self, environ: dict[str, Any]) -> int | None:
         """The logged-in buyer of a valid session not due for its refresh, else None (Flask answers)."""

@@ -83,6 +83,7 @@ def user_key() -> str:
 
 
 ORDER_ENDPOINT = "orders.place_order"  # Flask-Limiter's scope for limits declared on the order view
+JOIN_ENDPOINT = "queue.join"  # the same for the waiting room's join view
 
 
 @dataclass(frozen=True)
@@ -102,22 +103,28 @@ class OrderLimits:
     key_prefix: str  # RATELIMIT_KEY_PREFIX, which Flask-Limiter puts first among the identifiers
     per_user: tuple[RateLimitItem, ...]
     per_ip: tuple[RateLimitItem, ...]
+    endpoint: str = ORDER_ENDPOINT  # the view whose limits these are (Flask-Limiter's scope)
 
     @classmethod
     def of(cls, settings: Settings) -> OrderLimits | None:
         """The order limits of the limiter init_limits just bound; None unless it is a fixed window on Redis."""
+        return cls._bound(settings, settings.ratelimit_order, settings.ratelimit_order_ip, ORDER_ENDPOINT)
+
+    @classmethod
+    def of_joins(cls, settings: Settings) -> OrderLimits | None:
+        """The same for the waiting room's join view (web/queue.py), which the fast path answers too."""
+        return cls._bound(settings, settings.ratelimit_queue_join, settings.ratelimit_queue_join_ip, JOIN_ENDPOINT)
+
+    @classmethod
+    def _bound(cls, settings: Settings, per_user: str, per_ip: str, endpoint: str) -> OrderLimits | None:
         if not isinstance(limiter.limiter, FixedWindowRateLimiter) or not hasattr(limiter.storage, "lua_incr_expire"):
             return None
-        return cls(
-            limiter.storage,
-            Keys(settings.key_prefix).ratelimit_prefix,
-            tuple(parse_many(settings.ratelimit_order)),
-            tuple(parse_many(settings.ratelimit_order_ip)),
-        )
+        prefix = Keys(settings.key_prefix).ratelimit_prefix
+        return cls(limiter.storage, prefix, tuple(parse_many(per_user)), tuple(parse_many(per_ip)), endpoint)
 
     def within(self, direct: DirectCalls, user_id: int, ip: str) -> bool:
         """Count one order attempt in every window; False when any window is over its limit."""
-        user, addr = (self.key_prefix, f"user:{user_id}", ORDER_ENDPOINT), (self.key_prefix, ip, ORDER_ENDPOINT)
+        user, addr = (self.key_prefix, f"user:{user_id}", self.endpoint), (self.key_prefix, ip, self.endpoint)
         hits = [(item, user) for item in self.per_user] + [(item, addr) for item in self.per_ip]
         script = self.storage.lua_incr_expire
         counts = direct.scripts(

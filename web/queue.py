@@ -7,14 +7,15 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify
+import orjson
+from flask import Blueprint, Response, jsonify
 from flask_limiter.util import get_remote_address
 from werkzeug.http import dump_cookie
 
 from shared.clock import ms_to_dt
 from shared.deals import DealNotFound, DealStateError, set_queue
 from shared.passes import PassSigner
-from shared.queue import QueueView, pow_solved
+from shared.queue import QueueView, proof_bits
 from web.deals import deal_detail
 from web.errors import ApiError
 from web.limits import limiter, user_key
@@ -121,6 +122,24 @@ def status_answer(svc: Services, user_id: int, deal_id: int) -> dict[str, Any]:
     return queue_answer(svc, user_id, deal_id, svc.queue.status(deal_id, user_id))
 
 
+def join_answer(svc: Services, user_id: int, deal_id: int, body: QueueJoinIn) -> tuple[int, bytes, dict[str, str]]:
+    """POST /api/deals/{id}/queue: the Flask view and the fast path both answer this (status, JSON, Set-Cookie)."""
+    now = time.time()
+    shown = 0
+    challenges = signer(svc.settings.secret_key, CHALLENGE_KIND)
+    if body.challenge and body.nonce and challenges.verify_for(body.challenge, user_id, deal_id, now):
+        shown = proof_bits(body.challenge, body.nonce)
+    view = svc.queue.join(deal_id, user_id, shown)
+    if view.state == "proof_of_work_required":
+        record_queue("pow_refused")
+        raise ApiError(
+            403,
+            "proof_of_work_required",
+            f"Solve GET /api/deals/{deal_id}/queue/challenge ({view.pow_bits} bits) first.",
+        )
+    return 200, orjson.dumps(queue_answer(svc, user_id, deal_id, view)), ticket_cookie(svc, user_id, now)
+
+
 def join_ip_limit() -> str:
     """Joins per client address."""
     return services().settings.ratelimit_queue_join_ip
@@ -164,25 +183,8 @@ def join(deal_id: int) -> Any:
     """Take a place in the line; with proof of work, only with a solved challenge of ours for this buyer and deal."""
     svc = services()
     user_id = require_user()
-    body = parse_body(QueueJoinIn)
-    bits = svc.queue.pow_bits(deal_id)
-    if bits is None:
-        _no_queue(svc, deal_id)
-    if bits:
-        challenges = signer(svc.settings.secret_key, CHALLENGE_KIND)
-        ok = (
-            body.challenge is not None
-            and body.nonce is not None
-            and challenges.verify_for(body.challenge, user_id, deal_id, time.time()) is not None
-            and pow_solved(body.challenge, body.nonce, bits)
-        )
-        if not ok:
-            record_queue("pow_refused")
-            raise ApiError(
-                403, "proof_of_work_required", f"Solve GET /api/deals/{deal_id}/queue/challenge ({bits} bits) first."
-            )
-    answer = queue_answer(svc, user_id, deal_id, svc.queue.join(deal_id, user_id))
-    return jsonify(answer), 200, ticket_cookie(svc, user_id, time.time())
+    status, body, cookie = join_answer(svc, user_id, deal_id, parse_body(QueueJoinIn))
+    return Response(body, status, cookie, mimetype="application/json")
 
 
 @bp.get("/deals/<int:deal_id>/queue")
