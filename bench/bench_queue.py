@@ -247,6 +247,7 @@ def main() -> None:
     ap.add_argument("--pre-queue", type=int, default=1200)
     ap.add_argument("--rate", type=int, default=50)
     ap.add_argument("--poll", type=float, default=2.0, help="poll interval of the sold-out scenario, seconds")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of /healthz, polls and joins")
     args = ap.parse_args()
 
     with private_redis() as url:
@@ -281,19 +282,31 @@ def _run(args: argparse.Namespace, redis_url: str) -> None:
                 queue.join(polled, u)
             joined = queued_deal(ctx, QueueRules(rate=1, paused=True), starts_in=0)
             common = {"connections": args.connections, "seconds": args.seconds}
-            wrk("warmup", f"{stack.base}/healthz", connections=50, seconds=2)
-            health = wrk("GET /healthz (LB)", f"{stack.base}/healthz", **common)
-            poll = wrk("GET /api/deals/{id}/queue (LB)", stack.base, lua=queue_lua(cookies, polled, "GET"), **common)
             joins = queue_lua([f"flashdeal_session={c}" for c in sessions], joined, "POST")
-            join = wrk("POST /api/deals/{id}/queue (LB)", stack.base, lua=joins, **common)
+            wrk("warmup", f"{stack.base}/healthz", connections=50, seconds=2)
+            # Rounds of the three, interleaved: the shared machine's load drifts, so each round's ratios are
+            # taken seconds apart, and the median round is reported.
+            runs = []
+            for i in range(args.rounds):
+                health = wrk(f"GET /healthz (LB), round {i + 1}", f"{stack.base}/healthz", **common)
+                poll = wrk(
+                    f"GET /api/deals/{{id}}/queue (LB), round {i + 1}",
+                    stack.base,
+                    lua=queue_lua(cookies, polled, "GET"),
+                    **common,
+                )
+                join = wrk(f"POST /api/deals/{{id}}/queue (LB), round {i + 1}", stack.base, lua=joins, **common)
+                runs.append((health, poll, join))
             told = sold_out(ctx, stack, cookies, ids, args.poll)
             print("sold out", told, flush=True)
     finally:
         ctx.cleanup()
-    rows = [r.row(health) for r in (health, poll, join)]
+    rows = [r.row(h) for h, p, j in runs for r in (h, p, j)]
+    polls = [p.requests_per_s / h.requests_per_s for h, p, _j in runs]
+    joins_ = [j.requests_per_s / h.requests_per_s for h, _p, j in runs]
     checks = {
-        "polls_over_healthz >= 1.0": round(poll.requests_per_s / health.requests_per_s, 3),
-        "joins_over_healthz >= 0.5": round(join.requests_per_s / health.requests_per_s, 3),
+        "polls_over_healthz >= 1.0 (median round)": round(statistics.median(polls), 3),
+        "joins_over_healthz >= 0.5 (median round)": round(statistics.median(joins_), 3),
         "pre_queue |rank correlation| <= 0.1": fair["rank_correlation"],
         "post-start FIFO": fair["post_start_fifo"] and fair["post_start_behind_pre_queue"],
         "admissions/s within 10% of rate": flow["rate_error"],

@@ -52,9 +52,8 @@ if expired > 0 then
 end
 if now >= open_ms then
   local last = math.max(tonumber(q[5] or '0'), open_ms)
-  if paused == 1 then
-    redis.call('HSET', KEYS[3], 'last_ms', now, 'credit', 0)
-  elseif now > last then
+  -- Paused: nothing written (resuming restarts the inlet's clock: shared/deals.py, set_queue).
+  if paused == 0 and now > last then
     local cap = tonumber(q[2])
     local credit = tonumber(q[6] or '0') + rate * math.min(now - last, MAX_GAP_MS) / 1000
     let_in = math.min(math.floor(credit), cap - redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[4]))

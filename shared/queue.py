@@ -125,8 +125,9 @@ class QueueGate:
         ``proof_bits``: the leading zero bits of the buyer's proof of work (a verified challenge of ours); the
         script compares them with the deal's difficulty, so a join is one round trip.
         """
-        # Why the score is drawn here: Redis seeds a script's math.random alike on every call. A uniform
-        # draw per buyer, independent of arrival time, makes the pre-queue a uniformly random order.
+        # Why the score is drawn here: the OS's random source is unpredictable to bots, whatever seed a Redis
+        # version gives a script's math.random. A uniform draw per buyer, independent of arrival time, makes
+        # the pre-queue a uniformly random order.
         return _view(self._run("join", deal_id, user_id, secrets.randbelow(FIFO_BASE), proof_bits))
 
     def status(self, deal_id: int, user_id: int) -> QueueView:

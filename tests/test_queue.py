@@ -302,3 +302,31 @@ def test_polls_with_the_signed_ticket_need_no_session_and_a_forged_one_is_refuse
         .status_code
         == 401
     )
+
+
+def test_make_up_seeds_a_demo_deal_with_an_open_pre_queue(settings, db) -> None:
+    from scripts import manage
+
+    fast, _ = _apps(settings)
+    svc = _svc(fast)
+    deal_id = manage.seed_demo_queue_deal(svc.db, svc.gate, settings.deal_load_ahead_seconds)
+    assert manage.seed_demo_queue_deal(svc.db, svc.gate, settings.deal_load_ahead_seconds) == deal_id  # idempotent
+    assert svc.redis.hget(svc.keys.deal(deal_id).state, "queue") == "1"  # loaded now: its pre-queue is open
+    (u,) = make_users(db, 1)
+    c = _login(fast, db, u)
+    ch = c.get(f"/api/deals/{deal_id}/queue/challenge").json
+    r = c.post(
+        f"/api/deals/{deal_id}/queue",
+        json={"challenge": ch["challenge"], "nonce": solve_pow(ch["challenge"], ch["bits"])},
+    )
+    assert r.status_code == 200 and r.json["state"] == "waiting" and r.json["position"] is None
+
+
+def test_a_deals_queue_keys_share_its_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    from shared.keys import Keys
+
+    for deal_id in (1, 42, 10**12):
+        k = Keys("fd:").deal(deal_id)
+        assert len({key_slot(x.encode()) for x in [*k.queue_keys(), *k.admit_keys(), *k.all_keys()]}) == 1
