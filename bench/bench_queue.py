@@ -36,7 +36,7 @@ from shared.keys import Keys
 from shared.queue import QueueGate, QueueRules
 from shared.redis_client import text_client
 from shared.settings import Settings
-from web.queue import TICKET_COOKIE, TICKET_KIND, signer
+from web.queue import TICKET_COOKIE, ticket_signer
 
 POLL_LUA = """
 local cookies = {%s}
@@ -271,10 +271,10 @@ def _run(args: argparse.Namespace, redis_url: str) -> None:
             sessions = login_all(stack.base, [e for _i, e in users])
             ids = [i for i, _e in users]
             # What a browser sends after its join: the session and the poll ticket the join set (web/queue.py).
-            tickets = signer(ctx.settings.secret_key, TICKET_KIND)
             expires = int(time.time()) + 1800
+            secret = ctx.settings.secret_key
             cookies = [
-                f"flashdeal_session={c}; {TICKET_COOKIE}={tickets.issue(u, None, expires)}"
+                f"flashdeal_session={c}; {TICKET_COOKIE}={ticket_signer(secret, c).issue(u, None, expires)}"
                 for c, u in zip(sessions, ids, strict=True)
             ]
             polled = queued_deal(ctx, QueueRules(rate=1, paused=True), starts_in=0)

@@ -200,14 +200,15 @@ class FastPath:
         """
         now = time.time()
         try:
-            ticket = ticket_user(self.svc, environ.get("HTTP_COOKIE", ""), now)
+            header = environ.get("HTTP_COOKIE", "")
+            ticket = ticket_user(self.svc, header, now)
             user_id, renew = ticket if ticket is not None else (self._user(environ), True)
         except Exception:
             log.debug("queue fast path: handing over to Flask", exc_info=True)
             return None
         if user_id is None:
             return None
-        cookie = ticket_cookie(self.svc, user_id, now) if renew else {}
+        cookie = ticket_cookie(self.svc, user_id, _session_id(header), now) if renew else {}
         # A read for the buyer, and the inlet's step, which is safe to run again: any surprise goes to Flask.
         return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id)), cookie), "a queue poll")
 
@@ -231,7 +232,8 @@ class FastPath:
             log.debug("queue join fast path: handing over to Flask", exc_info=True)
             return None
         # A join is safe to run again (one place per buyer): any surprise goes to Flask.
-        return _read(lambda: join_answer(self.svc, user_id, deal_id, body), "a queue join")
+        sid = _session_id(environ.get("HTTP_COOKIE", ""))
+        return _read(lambda: join_answer(self.svc, user_id, sid, deal_id, body), "a queue join")
 
     def _user(self, environ: dict[str, Any]) -> int | None:
         """The logged-in buyer of a valid session not due for its refresh, else None (Flask answers)."""

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from flask_limiter.util import get_remote_address
 from werkzeug.http import dump_cookie
 
@@ -23,7 +23,7 @@ from web.metrics import record_queue
 from web.openapi import doc
 from web.schemas import ChallengeOut, DealOut, QueueControlIn, QueueJoinIn, QueueOut
 from web.services import Services, services
-from web.sessions import admin_required, login_required, require_user
+from web.sessions import COOKIE_NAME, admin_required, login_required, require_user
 from web.validation import parse_body
 
 bp = Blueprint("queue", __name__, url_prefix="/api")
@@ -50,22 +50,31 @@ def queue_pass_valid(svc: Services, token: str, user_id: int, deal_id: int) -> b
     return found is not None and found.deal_id == deal_id
 
 
+def ticket_signer(secret_key: str, sid: str) -> PassSigner:
+    """The poll tickets' signer for one session: a ticket is valid only next to the session it was issued in."""
+    # Why per session: after a logout, or another buyer logging in on the same browser, the old ticket must
+    # not answer for anybody. The session cookie is in the same Cookie header, so this costs no I/O.
+    return PassSigner(f"{secret_key}\x00{sid}", TICKET_KIND)
+
+
 def ticket_user(svc: Services, cookie_header: str, now: float) -> tuple[int, bool] | None:
-    """(buyer, renew soon) from a valid poll ticket in the Cookie header, else None (no I/O)."""
-    for part in cookie_header.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == TICKET_COOKIE:
-            found = signer(svc.settings.secret_key, TICKET_KIND).verify(value, now)
-            if found is None:
-                return None
-            return found.user_id, found.expires_at - now < svc.settings.session_idle_seconds / 2
-    return None
+    """(buyer, renew soon) from a valid poll ticket beside its session cookie in the Cookie header, else None."""
+    cookies = dict(part.strip().partition("=")[::2] for part in cookie_header.split(";"))
+    sid, token = cookies.get(COOKIE_NAME), cookies.get(TICKET_COOKIE)
+    if not sid or not token:
+        return None
+    found = ticket_signer(svc.settings.secret_key, sid).verify(token, now)
+    if found is None:
+        return None
+    return found.user_id, found.expires_at - now < svc.settings.session_idle_seconds / 2
 
 
-def ticket_cookie(svc: Services, user_id: int, now: float) -> dict[str, str]:
-    """The Set-Cookie header of a fresh poll ticket for ``user_id`` (HttpOnly, SameSite=Lax, only under /api/deals)."""
+def ticket_cookie(svc: Services, user_id: int, sid: str | None, now: float) -> dict[str, str]:
+    """The Set-Cookie header of a fresh poll ticket for ``user_id`` in session ``sid`` (HttpOnly, SameSite=Lax)."""
+    if not sid:
+        return {}
     settings = svc.settings
-    token = signer(settings.secret_key, TICKET_KIND).issue(user_id, None, int(now) + settings.session_idle_seconds)
+    token = ticket_signer(svc.settings.secret_key, sid).issue(user_id, None, int(now) + settings.session_idle_seconds)
     cookie = dump_cookie(
         TICKET_COOKIE,
         token,
@@ -122,7 +131,9 @@ def status_answer(svc: Services, user_id: int, deal_id: int) -> dict[str, Any]:
     return queue_answer(svc, user_id, deal_id, svc.queue.status(deal_id, user_id))
 
 
-def join_answer(svc: Services, user_id: int, deal_id: int, body: QueueJoinIn) -> tuple[int, bytes, dict[str, str]]:
+def join_answer(
+    svc: Services, user_id: int, sid: str | None, deal_id: int, body: QueueJoinIn
+) -> tuple[int, bytes, dict[str, str]]:
     """POST /api/deals/{id}/queue: the Flask view and the fast path both answer this (status, JSON, Set-Cookie)."""
     now = time.time()
     shown = 0
@@ -137,7 +148,7 @@ def join_answer(svc: Services, user_id: int, deal_id: int, body: QueueJoinIn) ->
             "proof_of_work_required",
             f"Solve GET /api/deals/{deal_id}/queue/challenge ({view.pow_bits} bits) first.",
         )
-    return 200, orjson.dumps(queue_answer(svc, user_id, deal_id, view)), ticket_cookie(svc, user_id, now)
+    return 200, orjson.dumps(queue_answer(svc, user_id, deal_id, view)), ticket_cookie(svc, user_id, sid, now)
 
 
 def join_ip_limit() -> str:
@@ -183,7 +194,8 @@ def join(deal_id: int) -> Any:
     """Take a place in the line; with proof of work, only with a solved challenge of ours for this buyer and deal."""
     svc = services()
     user_id = require_user()
-    status, body, cookie = join_answer(svc, user_id, deal_id, parse_body(QueueJoinIn))
+    sid = request.cookies.get(COOKIE_NAME)
+    status, body, cookie = join_answer(svc, user_id, sid, deal_id, parse_body(QueueJoinIn))
     return Response(body, status, cookie, mimetype="application/json")
 
 
@@ -197,7 +209,8 @@ def join(deal_id: int) -> Any:
 def status(deal_id: int) -> Any:
     """Position, estimated wait, and the pass when admitted; sold out and closed at once."""
     svc, user_id = services(), require_user()
-    return jsonify(status_answer(svc, user_id, deal_id)), 200, ticket_cookie(svc, user_id, time.time())
+    cookie = ticket_cookie(svc, user_id, request.cookies.get(COOKIE_NAME), time.time())
+    return jsonify(status_answer(svc, user_id, deal_id)), 200, cookie
 
 
 @bp.post("/admin/deals/<int:deal_id>/queue")
