@@ -366,3 +366,17 @@ def test_the_queue_survives_a_web_nodes_death(web_server, settings, db) -> None:
     assert body["state"] == "admitted", body
     r = s1.post(f"{b.url}/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Queue-Pass": body["pass"]})
     assert r.status_code == 202, r.text
+
+
+def test_the_scheduler_loads_a_queued_deal_when_its_pre_queue_opens(settings, db) -> None:
+    from shared.deals import tick
+
+    fast, _ = _apps(settings)
+    svc = _svc(fast)
+    rules = QueueRules(rate=5, opens_before_seconds=900)
+    queued = make_deal(db, None, stock=5, starts_in=600, queue=rules)  # starts in 10 min, joins open 5 min ago
+    later = make_deal(db, None, stock=5, starts_in=600)  # no queue: loaded a minute before its start
+    report = tick(svc.db, svc.gate, load_ahead_seconds=60)
+    assert queued.id in report.loaded and later.id not in report.loaded
+    (u,) = make_users(db, 1)
+    assert _login(fast, db, u).post(f"/api/deals/{queued.id}/queue", json={}).json["state"] == "waiting"
