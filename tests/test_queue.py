@@ -64,7 +64,7 @@ def test_one_place_per_buyer(settings, db) -> None:
     (u,) = make_users(db, 1)
     c = _login(fast, db, u)
     # Answered by the fast path (the Flask view would fail), as every join without a surprise is.
-    fast.view_functions["queue.join"] = lambda **_: (_ for _ in ()).throw(AssertionError("Flask ran"))
+    fast.view_functions["queue.room"] = lambda **_: (_ for _ in ()).throw(AssertionError("Flask ran"))
     first = [c.post(f"/api/deals/{deal.id}/queue", json={}).json for _ in range(5)]
     assert {f["position"] for f in first} == {1} and first[0]["state"] == "waiting"
     assert svc.redis.zcard(svc.keys.deal(deal.id).queue_line) == 1
@@ -189,7 +189,7 @@ def test_status_poll_is_answered_by_the_fast_path(settings, db) -> None:
     (u,) = make_users(db, 1)
     c = _login(fast, db, u)
     c.post(f"/api/deals/{deal.id}/queue", json={})
-    fast.view_functions["queue.status"] = lambda **_: (_ for _ in ()).throw(AssertionError("Flask ran"))
+    fast.view_functions["queue.room"] = lambda **_: (_ for _ in ()).throw(AssertionError("Flask ran"))
     body = c.get(f"/api/deals/{deal.id}/queue").json
     assert body["state"] in ("waiting", "admitted") and body["poll_after_ms"] == settings.queue_poll_ms
     metrics = c.get("/metrics").text  # Prometheus: answers by state, buyers let in
@@ -297,13 +297,13 @@ def test_polls_with_the_signed_ticket_read_no_session_and_the_ticket_holds_only_
 
     fastpath = fast.wsgi_app
     fastpath.store.load = boom  # no session read, and no Flask: the ticket alone answers
-    fast.view_functions["queue.status"] = boom
+    fast.view_functions["queue.room"] = boom
     assert c1.get(url).json["position"] == 2
     del fastpath.store.load
     # Beside another session (another buyer logged in on that browser), the ticket answers for nobody.
     c2.set_cookie("flashdeal_queue", ticket, path="/api/deals")
     _, slow = _apps(settings)
-    fast.view_functions["queue.status"] = slow.view_functions["queue.status"]
+    fast.view_functions["queue.room"] = slow.view_functions["queue.room"]
     assert c2.get(url).json["position"] == 1
     # Without any session (logged out) it is no proof either: 401.
     bare = fast.test_client()

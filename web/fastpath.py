@@ -194,7 +194,7 @@ class FastPath:
         return _read(build, "the deal list")
 
     def _queue_status(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
-        """GET /api/deals/{id}/queue, as the queue ``status`` view answers it (every waiting buyer polls it).
+        """GET /api/deals/{id}/queue, as the queue ``room`` view answers a GET (every waiting buyer polls it).
 
         The buyer comes from the poll ticket (web/queue.py: one HMAC, no I/O), else from the session.
         """
@@ -213,7 +213,7 @@ class FastPath:
         return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id)), cookie), "a queue poll")
 
     def _queue_join(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
-        """POST /api/deals/{id}/queue, as the queue ``join`` view answers it; anything unusual goes to Flask."""
+        """POST /api/deals/{id}/queue, as the queue ``room`` view answers a POST; anything unusual goes to Flask."""
         try:
             content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
             length = environ.get("CONTENT_LENGTH", "")

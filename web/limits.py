@@ -83,7 +83,7 @@ def user_key() -> str:
 
 
 ORDER_ENDPOINT = "orders.place_order"  # Flask-Limiter's scope for limits declared on the order view
-JOIN_ENDPOINT = "queue.join"  # the same for the waiting room's join view
+JOIN_ENDPOINT = "queue.room"  # the same for the waiting room's view (its limits count joins only)
 
 
 @dataclass(frozen=True)

@@ -180,10 +180,6 @@ def challenge(deal_id: int) -> Any:
     return jsonify(challenge=token, bits=bits)
 
 
-@bp.post("/deals/<int:deal_id>/queue")
-@login_required
-@limiter.limit(join_user_limit, key_func=user_key)
-@limiter.limit(join_ip_limit, key_func=get_remote_address)
 @doc(
     "Join the deal's waiting room (again: the same place)",
     body=QueueJoinIn,
@@ -199,8 +195,6 @@ def join(deal_id: int) -> Any:
     return Response(body, status, cookie, mimetype="application/json")
 
 
-@bp.get("/deals/<int:deal_id>/queue")
-@login_required
 @doc(
     "My place in the deal's waiting room; the pass once let in",
     responses={200: QueueOut, 401: None, 404: None, 409: None},
@@ -211,6 +205,21 @@ def status(deal_id: int) -> Any:
     svc, user_id = services(), require_user()
     cookie = ticket_cookie(svc, user_id, request.cookies.get(COOKIE_NAME), time.time())
     return jsonify(status_answer(svc, user_id, deal_id)), 200, cookie
+
+
+@bp.route("/deals/<int:deal_id>/queue", methods=["GET", "POST"])
+@login_required
+@limiter.limit(join_user_limit, key_func=user_key, methods=["POST"])
+@limiter.limit(join_ip_limit, key_func=get_remote_address, methods=["POST"])
+def room(deal_id: int) -> Any:
+    """GET: the status poll; POST: the join (its limits count joins only)."""
+    # Why one URL rule for both: with two, werkzeug answers 405 (the other rule's method) before any converter
+    # refuses an id beyond bigint, where every id route answers 404.
+    return join(deal_id) if request.method == "POST" else status(deal_id)
+
+
+room.__openapi__ = status.__openapi__  # type: ignore[attr-defined]
+room.__openapi_by_method__ = {"GET": status.__openapi__, "POST": join.__openapi__}  # type: ignore[attr-defined]
 
 
 @bp.post("/admin/deals/<int:deal_id>/queue")
