@@ -28,6 +28,7 @@ from shared.deals import NewDeal, load_deal, publish_deal  # noqa: E402
 from shared.gate import Gate  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 from shared.models import Deal  # noqa: E402
+from shared.queue import QueueRules  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.wiring import build  # noqa: E402
 
@@ -35,6 +36,9 @@ DEMO_ADMIN = ("admin@flashdeal.example.com", "flashdeal-admin-1", "Demo Admin")
 DEMO_BUYER = ("buyer@flashdeal.example.com", "flashdeal-buyer-1", "Demo Buyer")
 DEMO_TITLE = "Demo deal: noise-cancelling headphones"
 DEMO_PAYMENT_WINDOW_S = 300  # the demo buyer pays through the dev checkout within 5 minutes
+DEMO_QUEUE_TITLE = "Demo queued deal: limited sneakers"
+DEMO_QUEUE_STARTS_IN = timedelta(minutes=5)  # its pre-queue is open from the seed on: join, wait for the draw
+DEMO_QUEUE = QueueRules(rate=5, opens_before_seconds=900, pow_bits=12)
 
 
 def migrate() -> None:
@@ -54,6 +58,8 @@ def seed() -> None:
         except EmailTaken:
             pass
     print(f"[manage] demo deal {seed_demo_deal(db, gate, stores.settings.deal_load_ahead_seconds)} seeded")
+    queued = seed_demo_queue_deal(db, gate, stores.settings.deal_load_ahead_seconds)
+    print(f"[manage] demo deal {queued} with a waiting room seeded (/deals/{queued}/queue)")
 
 
 def seed_demo_deal(db: Database, gate: Gate, load_ahead_seconds: int) -> int:
@@ -68,6 +74,18 @@ def seed_demo_deal(db: Database, gate: Gate, load_ahead_seconds: int) -> int:
         DEMO_TITLE, Decimal("49.00"), 100, 2, now, now + timedelta(days=1), payment_window_seconds=DEMO_PAYMENT_WINDOW_S
     )
     return publish_deal(db, gate, spec, load_ahead_seconds, open_now=True).id
+
+
+def seed_demo_queue_deal(db: Database, gate: Gate, load_ahead_seconds: int) -> int:
+    """The demo deal with a waiting room (created unless one is running): its pre-queue is open; returns its id."""
+    with db.read() as s:
+        deal = s.scalar(select(Deal).where(Deal.title == DEMO_QUEUE_TITLE, Deal.status != "ended"))
+        if deal is not None:
+            load_deal(s, gate, deal)  # a no-op while it is live; rebuilt if Redis lost it
+            return deal.id
+    start = datetime.now(UTC) + DEMO_QUEUE_STARTS_IN
+    spec = NewDeal(DEMO_QUEUE_TITLE, Decimal("89.00"), 50, 1, start, start + timedelta(days=1), queue=DEMO_QUEUE)
+    return publish_deal(db, gate, spec, load_ahead_seconds).id
 
 
 URLS_FILE = ROOT / "var" / "run" / "urls.txt"  # the banner of the running stack, for `make urls` (mode 0600)

@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,7 @@ from shared.gate import DealRules, Gate, Loaded, buyer_status
 from shared.models import DeadLetter, Deal, Order, Product
 from shared.order_record import LiveOrder
 from shared.outbox_entry import RELEASING
+from shared.queue import QueueRules, queue_stats
 from shared.readable import UnreadableDeal, readable_deals
 from shared.settings import default_of
 
@@ -54,6 +56,7 @@ class NewDeal:
     description: str = ""
     payment_window_seconds: int = 0  # 0: no payment step
     regular_price: Decimal | None = None  # the product's price outside the deal (set on the product)
+    queue: QueueRules | None = None  # a waiting room in front of the gate; None: none
 
     def __post_init__(self) -> None:
         # The last guard before PostgreSQL: the API and the CLI refuse these with a clear message
@@ -90,6 +93,12 @@ def create_deal(session: Session, spec: NewDeal) -> Deal:
         status="scheduled",
         payment_window_seconds=spec.payment_window_seconds,
     )
+    if spec.queue is not None:
+        deal.queue_rate = spec.queue.rate
+        deal.queue_opens_before_seconds = spec.queue.opens_before_seconds
+        deal.queue_pow_bits = spec.queue.pow_bits
+        deal.queue_max_live_passes = spec.queue.max_live_passes
+        deal.queue_paused = spec.queue.paused
     session.add(deal)
     session.flush()
     deal.product = product
@@ -112,11 +121,29 @@ def publish_deal(db: Database, gate: Gate, spec: NewDeal, load_ahead_seconds: in
     # Loaded after the commit, never inside the transaction: the gate must never admit orders for a deal
     # that was rolled back (their rows could never be written). A deal starting later is the tick's to load,
     # so its first second does not wait for the tick either way.
-    if deal.starts_at <= now + timedelta(seconds=load_ahead_seconds):
+    if deal.starts_at <= now + timedelta(seconds=load_ahead_seconds + queue_lead_seconds(deal)):
         with db.read() as s:
             load_deal(s, gate, deal)
     invalidate_deal(gate.redis, gate.keys, deal.id)
     return deal
+
+
+def queue_of(deal: Deal) -> QueueRules | None:
+    """The deal's waiting room, or None."""
+    if deal.queue_rate is None:
+        return None
+    return QueueRules(
+        rate=deal.queue_rate,
+        opens_before_seconds=deal.queue_opens_before_seconds,
+        pow_bits=deal.queue_pow_bits,
+        max_live_passes=deal.queue_max_live_passes,
+        paused=deal.queue_paused,
+    )
+
+
+def queue_lead_seconds(deal: Deal) -> int:
+    """How much earlier than other deals a queued deal is loaded: its pre-queue opens before the start."""
+    return deal.queue_opens_before_seconds if deal.queue_rate is not None else 0
 
 
 def gate_status(deal: Deal) -> str:
@@ -136,6 +163,7 @@ def rules_of(deal: Deal) -> DealRules:
         total=deal.total_stock,
         title=deal.title,
         payment_window_ms=deal.payment_window_seconds * 1000,
+        queue=queue_of(deal),
     )
 
 
@@ -300,7 +328,19 @@ def tick(db: Database, gate: Gate, load_ahead_seconds: int = default_of("deal_lo
             s,
             select(Deal)
             # A retired deal is ended too; said twice so no change of the rule below can reload one.
-            .where(Deal.status != "ended", Deal.retired_at.is_(None), Deal.starts_at <= horizon)
+            .where(
+                Deal.status != "ended",
+                Deal.retired_at.is_(None),
+                # A queued deal is loaded when its pre-queue opens: buyers join before the start.
+                or_(
+                    Deal.starts_at <= horizon,
+                    and_(
+                        Deal.queue_rate.is_not(None),
+                        Deal.starts_at
+                        <= horizon + func.make_interval(0, 0, 0, 0, 0, 0, Deal.queue_opens_before_seconds),
+                    ),
+                ),
+            )
             .with_for_update(skip_locked=True, of=Deal),
         )
         live_ids = set(gate.live_deal_ids())
@@ -355,10 +395,14 @@ class DealStats:
     failed: int  # dead-lettered
     paid: int  # persisted as paid (deals with a payment window)
     expired: int  # persisted as expired: unpaid at pay_by, units given back
+    queue: dict[str, Any] | None = None  # a queued deal's waiting room (shared/queue.py: QueueStats)
 
-    def as_dict(self) -> dict[str, int | str]:
-        """JSON-ready dict."""
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``queue`` only for a queued deal)."""
+        out = dict(self.__dict__)
+        if out["queue"] is None:
+            del out["queue"]
+        return out
 
 
 def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
@@ -401,4 +445,42 @@ def deal_stats(db: Database, gate: Gate, deal_id: int) -> DealStats:
         failed=failed,
         paid=paid,
         expired=expired,
+        queue=_queue_stats(gate, deal) if deal.queue_rate is not None else None,
     )
+
+
+def _queue_stats(gate: Gate, deal: Deal) -> dict[str, Any]:
+    """The waiting room's counters from Redis; before it is loaded, its rules and zero counts."""
+    live = queue_stats(gate.redis, gate.keys, deal.id, now_ms())
+    if live is not None:
+        return live.as_dict()
+    rules = queue_of(deal)
+    assert rules is not None
+    zero = dict.fromkeys(("waiting", "admitted", "passes_live", "passes_used", "passes_expired"), 0)
+    return {**zero, "rate": rules.rate, "paused": rules.paused, "max_live_passes": rules.cap}
+
+
+def set_queue(db: Database, gate: Gate, deal_id: int, *, rate: int | None = None, paused: bool | None = None) -> Deal:
+    """Change a queued deal's rate or pause it: PostgreSQL first, then the live rules in Redis (both or an error)."""
+    with db.transaction() as s:
+        deal = deal_row(s, deal_id, lock=True)
+        if deal.queue_rate is None:
+            raise DealStateError(f"deal {deal_id} has no queue")
+        if rate is not None:
+            deal.queue_rate = rate
+        if paused is not None:
+            deal.queue_paused = paused
+    # After the commit, as open_now loads: a failed commit changes nothing live. A deal not loaded yet gets
+    # the new rules from PostgreSQL when it is (load_deal.lua writes them with the gate's queued flag).
+    k = gate.keys.deal(deal_id)
+    fields: dict[str, int] = {}
+    if rate is not None:
+        fields["rate"] = rate
+    if paused is not None:
+        fields["paused"] = 1 if paused else 0
+    if paused is False:
+        # The inlet's clock restarts now: the paused time is no credit (lua/queue.lua writes nothing while paused).
+        fields.update(last_ms=now_ms(), credit=0)
+    if fields and gate.redis.exists(k.queue):
+        gate.redis.hset(k.queue, mapping=fields)
+    return deal

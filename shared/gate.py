@@ -6,27 +6,21 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from typing import Any
 
 import redis
 
 from shared.clock import dt_to_ms
 from shared.keys import Keys
+from shared.lua_scripts import lua_source
 from shared.order_record import LiveOrder, parse_order_record
 from shared.outbox_entry import CANCEL, parse_inflight_member
+from shared.queue import QueueRules
 from shared.redis import DirectCalls
 from shared.settings import Settings, default_of
 
+
 # The gate's scripts, shipped as package data of ``shared`` (shared/lua/*.lua), so an installed wheel has them.
-SCRIPTS = ("admit", "cancel", "load_deal", "retire", "settle")
-
-
-def lua_source(name: str) -> str:
-    """The source of one gate script (``SCRIPTS``), read from the installed package."""
-    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-
-
 class Admission(enum.StrEnum):
     """Outcome of one admission attempt."""
 
@@ -38,6 +32,7 @@ class Admission(enum.StrEnum):
     QUANTITY_ABOVE_LIMIT = "quantity_above_limit"
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     RATE_LIMITED = "rate_limited"
+    QUEUE_PASS_REQUIRED = "queue_pass_required"  # a queued deal, and no valid pass for this buyer and deal
 
 
 class Loaded(enum.IntEnum):
@@ -172,6 +167,7 @@ class DealRules:
     total: int
     title: str
     payment_window_ms: int = 0  # 0: no payment step
+    queue: QueueRules | None = None  # the waiting room in front of the gate; None: no queue
 
 
 @dataclass(frozen=True)
@@ -238,17 +234,22 @@ class Gate:
         order_id: str,
         idem_key: str = "",
         limits: Sequence[tuple[str, int, int]] = (),
+        queue_pass: bool = False,
     ) -> AdmitResult:
-        """Run the admission script for one order attempt; ``limits``: (who, amount, seconds) windows it counts."""
+        """Run the admission script for one order attempt.
+
+        ``limits``: the (who, amount, seconds) rate-limit windows it counts; ``queue_pass``: the order carries a
+        queue pass whose signature the web node verified for this buyer and deal.
+        """
         k = self.keys.deal(deal_id)
-        keys = k.gate_keys()
-        args: list[Any] = [user_id, quantity, order_id, idem_key, self.kick_ms]
+        keys = k.admit_keys()
+        args: list[Any] = [user_id, quantity, order_id, idem_key, self.kick_ms, "1" if queue_pass else "0"]
         for who, amount, seconds in limits:
             keys.append(k.order_window(who, amount, seconds))
             args += (amount, seconds)
-        # Safe to send twice (DirectCalls retries once on a dropped connection): the script
-        # answers "replay" for an order id it has already admitted. The WAIT follows a replay too:
-        # the first run's write may be the one a replica has not got yet.
+        # Safe to send twice (DirectCalls retries once on a dropped connection): the script answers an
+        # order id it has already admitted as that first run did (accepted, with a kick). The WAIT follows
+        # it too: the first run's write may be the one a replica has not got yet.
         (outcome, oid, kick, remaining, *over), acked = self.direct.script_then_wait(
             self._admit, keys, args, self.ack_replicas, self.ack_timeout_ms
         )
@@ -290,7 +291,7 @@ class Gate:
             for x in (o.order_id, o.user_id, o.quantity, str(o.unit_price), dt_to_ms(o.admitted_at), dt_to_ms(o.pay_by))
         ]
         reply = self._load(
-            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded, k.due],
+            keys=[k.state, k.stock, k.buyers, k.orders, k.outbox, k.loaded, k.due, k.queue],
             args=[
                 rules.status,
                 rules.open_ms,
@@ -301,6 +302,7 @@ class Gate:
                 initial_stock,
                 rules.title,
                 rules.payment_window_ms,
+                rules.queue.spec(rules.open_ms) if rules.queue is not None else "",
                 len(pairs) // 2,
                 *pairs,
                 *orders,

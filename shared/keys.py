@@ -33,6 +33,10 @@ class DealKeys:
     events: str  # hash: payment event id -> the decision it led to (webhook events de-duplicated)
     loaded: str  # hash: when the stock was last set by shared/lua/load_deal.lua, and what PostgreSQL held then
     rate: str  # prefix of the order rate-limit counters (``order_window``), counted by shared/lua/admit.lua
+    queue: str  # hash: the waiting room's rules (rate, cap, pass_ms, paused, opens_ms) and counters (shared/queue.py)
+    queue_line: str  # sorted set: user id -> place (pre-queue: random below QUEUE_FIFO_BASE; then FIFO above it)
+    queue_passes: str  # sorted set: user id -> expiry (ms) of each live pass: let in, not yet used, not expired
+    queue_admitted: str  # hash: user id -> expiry (ms) of the pass the buyer was given (every buyer let in)
 
     def order_window(self, who: str, amount: int, seconds: int) -> str:
         """Counter of one order rate-limit window (``who``: ``user:ID`` or ``ip:ADDR``) in this deal's slot.
@@ -55,6 +59,14 @@ class DealKeys:
             self.due,
         ]
 
+    def admit_keys(self) -> list[str]:
+        """KEYS for the admission script: the gate's, then the waiting room's (its pass check marks a pass used)."""
+        return [*self.gate_keys(), self.queue, self.queue_passes]
+
+    def queue_keys(self) -> list[str]:
+        """KEYS for the waiting room script (shared/lua/queue.lua), in the order it expects."""
+        return [self.state, self.stock, self.queue, self.queue_line, self.queue_passes, self.queue_admitted]
+
     def settle_keys(self) -> list[str]:
         """KEYS for the payment decision script (shared/lua/settle.lua), in the order it expects."""
         return [
@@ -71,7 +83,18 @@ class DealKeys:
 
     def all_keys(self) -> list[str]:
         """Every key the deal may have in Redis (what retiring or unloading it deletes)."""
-        return [*self.gate_keys(), self.follow_up, self.fanout, self.payments, self.events, self.loaded]
+        return [
+            *self.gate_keys(),
+            self.follow_up,
+            self.fanout,
+            self.payments,
+            self.events,
+            self.loaded,
+            self.queue,
+            self.queue_line,
+            self.queue_passes,
+            self.queue_admitted,
+        ]
 
 
 class Keys:
@@ -102,6 +125,10 @@ class Keys:
             events=f"{tag}:events",
             loaded=f"{tag}:loaded",
             rate=f"{tag}:rate:",
+            queue=f"{tag}:queue",
+            queue_line=f"{tag}:queue:line",
+            queue_passes=f"{tag}:queue:passes",
+            queue_admitted=f"{tag}:queue:admitted",
         )
 
     @property

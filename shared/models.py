@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -28,6 +29,9 @@ DEAL_STATUSES = ("scheduled", "open", "sold_out", "ended")
 # paid / expired: orders of a deal with a payment window (decided once, in the gate: shared/lua/settle.lua).
 ORDER_STATUSES = ("accepted", "confirmed", "paid", "expired", "canceled", "failed")
 MAX_PAYMENT_WINDOW_SECONDS = 86_400
+MAX_QUEUE_RATE = 100_000  # buyers let in per second
+MAX_QUEUE_OPENS_BEFORE_SECONDS = 7 * 86_400
+MAX_QUEUE_POW_BITS = 32  # 2^32 hashes: minutes in a browser; more would lock every buyer out
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -80,6 +84,13 @@ class Deal(Base):
             f"payment_window_seconds >= 0 AND payment_window_seconds <= {MAX_PAYMENT_WINDOW_SECONDS}",
             name="ck_deals_payment_window",
         ),
+        CheckConstraint(
+            f"queue_rate IS NULL OR (queue_rate >= 1 AND queue_rate <= {MAX_QUEUE_RATE}"
+            f" AND queue_opens_before_seconds >= 0 AND queue_opens_before_seconds <= {MAX_QUEUE_OPENS_BEFORE_SECONDS}"
+            f" AND queue_pow_bits >= 0 AND queue_pow_bits <= {MAX_QUEUE_POW_BITS}"
+            " AND (queue_max_live_passes IS NULL OR queue_max_live_passes >= 1))",
+            name="ck_deals_queue",
+        ),
         Index("ix_deals_status_starts", "status", "starts_at"),
         Index(
             "ix_deals_ended_unretired",
@@ -99,6 +110,13 @@ class Deal(Base):
     status: Mapped[str] = mapped_column(String(16), default="scheduled", server_default="scheduled")
     # 0: no payment step (an accepted order is final); N: an order must be paid within N seconds.
     payment_window_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The waiting room (shared/queue.py): NULL rate means no queue. The live rate and pause are Redis';
+    # admins change both here as well, so a deal reloaded after Redis lost it keeps them.
+    queue_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queue_opens_before_seconds: Mapped[int] = mapped_column(Integer, default=900, server_default="900")
+    queue_pow_bits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queue_max_live_passes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queue_paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     ratelimit_signup_ip: str = _doc(
         "10/minute;100/hour", "signups per client IP, API and page together (each costs a 64 MiB argon2id hash)"
     )
+    ratelimit_queue_join: str = _doc("5/second;60/minute", "waiting-room joins per account")
+    ratelimit_queue_join_ip: str = _doc("50/second;1000/minute", "waiting-room joins per client address")
+    queue_pass_seconds: Positive = _doc(
+        120, "a queue pass unused this long expires; its live slot goes to the next buyer (docs/waiting-room.md)"
+    )
+    queue_poll_ms: Positive = _doc(3000, "how often the waiting page polls its status")
+    queue_challenge_seconds: Positive = _doc(300, "a proof-of-work challenge is valid this long")
     trusted_proxies: NonNegative = _doc(
         0, "hops of `X-Forwarded-For` to trust (the LB); `make up` sets 1 for the web nodes"
     )
@@ -212,6 +219,8 @@ class Settings(BaseSettings):
         "ratelimit_login_ip",
         "ratelimit_login_account",
         "ratelimit_signup_ip",
+        "ratelimit_queue_join",
+        "ratelimit_queue_join_ip",
     )
 
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 from shared.db import Database
 from shared.gate import Gate
 from shared.keys import Keys
+from shared.queue import QueueGate
 from shared.redis import Client, text_client
 from shared.settings import Settings
 
@@ -21,6 +22,7 @@ class Stores:
     redis: Client  # redis.Redis, or RedisCluster on a cluster
     keys: Keys
     gate: Gate
+    queue: QueueGate  # the deals' waiting rooms
 
     def close(self) -> None:
         """Release pooled connections (database and Redis)."""
@@ -35,10 +37,12 @@ def build(settings: Settings, db_options: dict[str, Any] | None = None, **client
     Redis topology is decided in shared/redis/ alone.
     """
     client = text_client(settings, **client_options)
+    gate = Gate.from_settings(client, settings)
     return Stores(
         settings=settings,
         db=Database(settings, **(db_options or {})),
         redis=client,
         keys=Keys(settings.key_prefix),
-        gate=Gate.from_settings(client, settings),
+        gate=gate,
+        queue=QueueGate(client, Keys(settings.key_prefix), settings.queue_pass_seconds * 1000, gate.direct),
     )

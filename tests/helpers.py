@@ -22,6 +22,7 @@ from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.models import Deal, User
+from shared.queue import QueueRules
 from tests.environment import RUN_PREFIX, base_env
 
 PASSWORD = "correct-horse-9"
@@ -61,6 +62,7 @@ def make_deal(
     status: str | None = None,
     title: str | None = None,
     payment_window: int = 0,
+    queue: QueueRules | None = None,
 ) -> Deal:
     """Create a deal starting ``starts_in`` seconds from now; load it into the gate when given one."""
     now = datetime.now(UTC)
@@ -75,6 +77,7 @@ def make_deal(
                 starts_at=now + timedelta(seconds=starts_in),
                 ends_at=now + timedelta(seconds=starts_in + lasts),
                 payment_window_seconds=payment_window,
+                queue=queue,
             ),
         )
         if status:

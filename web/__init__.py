@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     app.extensions["flashdeal"] = Services.build(settings)
 
-    from web import admin, auth, deals, health, ids, openapi, orders, pages, payments
+    from web import admin, auth, deals, health, ids, openapi, orders, pages, payments, queue
     from web.fastpath import FastPath
     from web.limits import init_limits
     from web.metrics import init_metrics
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     init_metrics(app)
     ids.install(app.url_map)  # before the blueprints add their <int:…> rules
-    for module in (health, auth, deals, orders, payments, admin, openapi, pages):
+    for module in (health, auth, deals, orders, payments, admin, queue, openapi, pages):
         app.register_blueprint(module.bp)
     app.wsgi_app = FastPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies > 0:

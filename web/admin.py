@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from shared.deals import DealNotFound, DealStateError, NewDeal, close_now, deal_stats, open_now, publish_deal
+from shared.queue import QueueRules
 from web.access import admin_required
 from web.deals import deal_detail
 from web.errors import ApiError
@@ -28,7 +29,10 @@ def create() -> Any:
     svc = services()
     if data.ends_at <= datetime.now(UTC):
         raise ApiError(422, "invalid", "ends_at: must be in the future")
-    spec = NewDeal(**data.model_dump())  # same field names by design
+    fields = data.model_dump()
+    queue = fields.pop("queue")
+    # Same field names by design; the waiting room's rules become the gate's QueueRules.
+    spec = NewDeal(**fields, queue=QueueRules(**queue) if queue is not None else None)
     try:
         deal = publish_deal(svc.db, svc.gate, spec, svc.settings.deal_load_ahead_seconds)
     except DealNotFound as exc:

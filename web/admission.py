@@ -18,6 +18,7 @@ from web.errors import ApiError
 from web.limits import order_windows
 from web.metrics import record_admission, record_unreplicated
 from web.order_reads import GATE_DECIDED, read_order
+from web.queue import queue_pass_valid
 from web.services import Services
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,14 @@ class Admitted:
         return {} if self.replicated else {REPLICATION_HEADER: UNCONFIRMED}
 
 
-def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: str | None, ip: str) -> Admitted:
-    """One order attempt through the gate; raises ApiError (409/422/404/429) when refused.
+def admit_order(
+    svc: Services, deal_id: int, user_id: int, quantity: int, idem: str | None, ip: str, queue_pass: str = ""
+) -> Admitted:
+    """One order attempt through the gate; raises ApiError (409/422/404/403/429) when refused.
 
     Shared by the Flask view and the WSGI fast path (web/fastpath.py): needs no request context.
     The order rate limits (per buyer, per client ``ip``) are counted by the admission script itself.
+    ``queue_pass``: the Queue-Pass header (queued deals refuse orders without a valid one).
     """
     if idem is not None:
         idem = idem.strip(" \t")
@@ -92,7 +96,8 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     windows = order_windows(settings.ratelimit_order, settings.ratelimit_order_ip) if settings.ratelimit_enabled else ()
     who = {"user": f"user:{user_id}", "ip": f"ip:{ip}"}
     limits = [(who[w.scope], w.amount, w.seconds) for w in windows]
-    result = svc.gate.admit(deal_id, user_id, quantity, new_order_id(deal_id), idem, limits)
+    passed = queue_pass_checked(svc, queue_pass, user_id, deal_id)
+    result = svc.gate.admit(deal_id, user_id, quantity, new_order_id(deal_id), idem, limits, passed)
     outcome = result.outcome
     record_admission(outcome.value)
     if outcome is Admission.RATE_LIMITED:
@@ -115,6 +120,8 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
         return Admitted(result.order_id, deal_id, quantity, replicated=result.replicated)
     if outcome is Admission.SOLD_OUT and result.remaining <= 0:
         _sold_out_until[deal_id] = time.monotonic() + SOLD_OUT_TTL_S
+    if outcome is Admission.QUEUE_PASS_REQUIRED:
+        raise ApiError(403, "queue_pass_required", QUEUE_PASS_MESSAGE)
     if outcome is Admission.IDEMPOTENCY_MISMATCH:
         raise ApiError(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
     if outcome is Admission.QUANTITY_ABOVE_LIMIT:
@@ -122,6 +129,18 @@ def admit_order(svc: Services, deal_id: int, user_id: int, quantity: int, idem: 
     if result.deal_unknown and not _deal_exists(svc, deal_id):
         raise ApiError(404, "not_found", f"Deal {deal_id} does not exist.")
     raise ApiError(409, outcome.value, _CONFLICTS[outcome])
+
+
+QUEUE_PASS_MESSAGE = "This deal has a waiting room: join it, and order with the pass it gives you (Queue-Pass header)."
+
+
+def queue_pass_checked(svc: Services, queue_pass: str, user_id: int, deal_id: int) -> bool:
+    """WAITING ROOM: True when the order carries a valid pass for this buyer and deal (HMAC only, no I/O).
+
+    Whether the deal is queued is the gate's to say (a flag with its rules in Redis): the script refuses
+    an order for a queued deal unless this is True, on the fast path and the Flask view alike.
+    """
+    return bool(queue_pass) and queue_pass_valid(svc, queue_pass, user_id, deal_id)
 
 
 def forget_sold_out(deal_id: int) -> None:

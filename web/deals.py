@@ -48,6 +48,7 @@ def static_view(deal: Deal, sold: int, currency: str) -> dict[str, Any]:
         "starts_at": deal.starts_at.isoformat(),
         "ends_at": deal.ends_at.isoformat(),
         "payment_window_seconds": deal.payment_window_seconds,
+        "queued": deal.queue_rate is not None,  # a waiting room in front: orders need its pass
         "db_status": deal.status,
         "open_ms": dt_to_ms(deal.starts_at),
         "close_ms": dt_to_ms(deal.ends_at),

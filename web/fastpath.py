@@ -38,10 +38,12 @@ from shared.bounds import ID_PATTERN, parse_id
 from web.admission import admit_order
 from web.deals import deal_detail, deal_list
 from web.errors import UNAVAILABLE_RETRY_AFTER, ApiError, error_body, outage
+from web.limits import JoinLimits
 from web.metrics import record_request
 from web.order_token import COOKIE as ORDER_COOKIE
 from web.order_token import ORDER_PATH, OrderTokens
-from web.schemas import DealListQuery, OrderIn
+from web.queue import join_answer, status_answer, ticket_cookie, ticket_user
+from web.schemas import DealListQuery, OrderIn, QueueJoinIn
 from web.services import Services
 from web.sessions import COOKIE_NAME, SessionStore, session_state
 from web.validation import MAX_BODY_BYTES
@@ -52,12 +54,14 @@ log = logging.getLogger(__name__)
 # the same pattern and bound, so both paths take the same ids; anything else is Flask's 404.
 DEAL_PATH = re.compile(rf"/api/deals/({ID_PATTERN})")
 LIST_PATH = "/api/deals"
+QUEUE_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/queue")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _ORDER_TOKEN = re.compile(r"[A-Za-z0-9._-]{16,200}")
 # The metrics labels Flask's hooks use for these routes (their URL rules).
 ORDER_ENDPOINT = "/api/deals/<int:deal_id>/orders"
 DEAL_ENDPOINT = "/api/deals/<int:deal_id>"
 LIST_ENDPOINT = "/api/deals"
+QUEUE_ENDPOINT = "/api/deals/<int:deal_id>/queue"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]  # (status, JSON body[, extra headers])
@@ -121,7 +125,12 @@ class FastPath:
         assert isinstance(store, SessionStore)
         self.store = store
         self.tokens: OrderTokens = app.extensions["order_tokens"]
-        self.enabled = self.orders = self.svc.settings.fast_path
+        settings = self.svc.settings
+        self.enabled = self.orders = settings.fast_path
+        # WAITING ROOM: with rate limits on, the fast path counts the join view's Flask-Limiter windows itself
+        # (web/limits.py: JoinLimits); a limiter it cannot mirror leaves every join to Flask.
+        self.join_limits = JoinLimits.of(settings) if settings.ratelimit_enabled else None
+        self.joins = self.enabled and (not settings.ratelimit_enabled or self.join_limits is not None)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.enabled:
@@ -154,12 +163,23 @@ class FastPath:
             if deal_id is not None:
                 answer = self._detail(deal_id)
                 return None if answer is None else (DEAL_ENDPOINT, method, answer)
+            match = QUEUE_PATH.fullmatch(path)
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._queue_status(environ, deal_id)
+                return None if answer is None else (QUEUE_ENDPOINT, method, answer)
         elif method == "POST" and self.orders:
             match = ORDER_PATH.fullmatch(path)
             deal_id = None if match is None else parse_id(match.group(1))
             if deal_id is not None:
                 answer = self._order(environ, deal_id)
                 return None if answer is None else (ORDER_ENDPOINT, method, answer)
+        if method == "POST" and self.joins:
+            match = QUEUE_PATH.fullmatch(path)
+            deal_id = None if match is None else parse_id(match.group(1))
+            if deal_id is not None:
+                answer = self._queue_join(environ, deal_id)
+                return None if answer is None else (QUEUE_ENDPOINT, method, answer)
         return None
 
     def _detail(self, deal_id: int) -> Answer | None:
@@ -175,6 +195,58 @@ class FastPath:
 
         return _read(build, "the deal list")
 
+    def _queue_status(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
+        """GET /api/deals/{id}/queue, as the queue ``room`` view answers a GET (every waiting buyer polls it).
+
+        The buyer comes from the poll ticket (web/queue.py: one HMAC, no I/O), else from the session.
+        """
+        now = time.time()
+        try:
+            header = environ.get("HTTP_COOKIE", "")
+            ticket = ticket_user(self.svc, header, now)
+            user_id, renew = ticket if ticket is not None else (self._user(environ), True)
+        except Exception:
+            log.debug("queue fast path: handing over to Flask", exc_info=True)
+            return None
+        if user_id is None:
+            return None
+        cookie = ticket_cookie(self.svc, user_id, _cookie(header, COOKIE_NAME, _TOKEN), now) if renew else {}
+        # A read for the buyer, and the inlet's step, which is safe to run again: any surprise goes to Flask.
+        return _read(lambda: (200, orjson.dumps(status_answer(self.svc, user_id, deal_id)), cookie), "a queue poll")
+
+    def _queue_join(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
+        """POST /api/deals/{id}/queue, as the queue ``room`` view answers a POST; anything unusual goes to Flask."""
+        try:
+            content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+            length = environ.get("CONTENT_LENGTH", "")
+            if content_type != "application/json" or not length.isdigit() or not 0 < int(length) <= MAX_BODY_BYTES:
+                return None
+            user_id = self._user(environ)
+            if user_id is None:
+                return None
+            raw = environ["wsgi.input"].read(int(length))
+            environ["wsgi.input"] = io.BytesIO(raw)  # consumed: Flask must be able to read it again
+            body = QueueJoinIn.model_validate_json(raw)
+            ip = environ.get("REMOTE_ADDR") or "127.0.0.1"
+            if self.join_limits is not None and not self.join_limits.within(self.svc.direct, user_id, ip):
+                return None  # over a limit: Flask-Limiter answers the 429 with its headers
+        except Exception:
+            log.debug("queue join fast path: handing over to Flask", exc_info=True)
+            return None
+        # A join is safe to run again (one place per buyer): any surprise goes to Flask.
+        sid = _cookie(environ.get("HTTP_COOKIE", ""), COOKIE_NAME, _TOKEN)
+        return _read(lambda: join_answer(self.svc, user_id, sid, deal_id, body), "a queue join")
+
+    def _user(self, environ: dict[str, Any]) -> int | None:
+        """The logged-in buyer of a valid session not due for its refresh, else None (Flask answers)."""
+        sid = _cookie(environ.get("HTTP_COOKIE", ""), COOKIE_NAME, _TOKEN)
+        data = self.store.load(sid) if sid else None
+        if data is None or data.get("uid") is None:
+            return None
+        if session_state(data, self.svc.settings, time.time()) != "valid":
+            return None
+        return int(data["uid"])
+
     def _order(self, environ: dict[str, Any], deal_id: int) -> Answer | None:
         """POST /api/deals/{id}/orders, as the ``place_order`` view answers it."""
         try:
@@ -189,7 +261,7 @@ class FastPath:
         ip = environ.get("REMOTE_ADDR") or "127.0.0.1"
 
         def build() -> Answer:
-            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem, ip)
+            admitted = admit_order(self.svc, deal_id, user_id, quantity, idem, ip, environ.get("HTTP_QUEUE_PASS", ""))
             return admitted.http_status, orjson.dumps(admitted.body()), admitted.headers()
 
         try:

@@ -61,6 +61,12 @@ REDIS_FULL = Counter(
     "flashdeal_redis_full_total",
     "Requests answered 503 because Redis refused a write for memory (OOM: maxmemory reached, noeviction).",
 )
+QUEUE = Counter(
+    "flashdeal_queue_answers_total",
+    "Waiting-room joins and polls by the state answered (waiting, admitted, sold_out, ...; pow_refused).",
+    ["state"],
+)
+QUEUE_ADMITTED = Counter("flashdeal_queue_let_in_total", "Buyers the waiting room's inlet let in (seen by polls).")
 
 bp = Blueprint("metrics", __name__)
 
@@ -68,6 +74,18 @@ bp = Blueprint("metrics", __name__)
 def record_redis_full() -> None:
     """Count one request refused because Redis is full."""
     REDIS_FULL.inc()
+
+
+@functools.cache
+def _queue(state: str) -> Any:
+    return QUEUE.labels(state=state)
+
+
+def record_queue(state: str, let_in: int = 0) -> None:
+    """Count one waiting-room answer by state (bounded: the script's states), and buyers the inlet let in."""
+    _queue(state).inc()
+    if let_in:
+        QUEUE_ADMITTED.inc(let_in)
 
 
 def record_payment_event(outcome: str) -> None:

@@ -131,6 +131,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             for name, prop in info.query.model_json_schema().get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": False, "schema": prop})
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            # A view serving several methods may document each (web/queue.py: the waiting room's one rule).
+            info = getattr(view, "__openapi_by_method__", {}).get(method, info)
             op: dict[str, Any] = {
                 "summary": info.summary,
                 "operationId": f"{rule.endpoint}.{method.lower()}",

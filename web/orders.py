@@ -39,7 +39,8 @@ def place_order(deal_id: int) -> Any:
     user_id = require_user() if buyer is None else buyer
     body = parse_body(OrderIn)
     idem = request.headers.get("Idempotency-Key")  # None: no header (a blank one is refused, not ignored)
-    admitted = admit_order(services(), deal_id, user_id, body.quantity, idem, get_remote_address())
+    queue_pass = request.headers.get("Queue-Pass", "")
+    admitted = admit_order(services(), deal_id, user_id, body.quantity, idem, get_remote_address(), queue_pass)
     return jsonify(admitted.body()), admitted.http_status, admitted.headers()
 
 

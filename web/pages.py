@@ -142,6 +142,15 @@ def deal_page(deal_id: int) -> str:
     return render_template("pages/deal.html", deal=deal, countdown=countdown_text)
 
 
+@bp.get("/deals/<int:deal_id>/queue")
+def queue_page(deal_id: int) -> Any:
+    """The deal's waiting room: join (solving the proof of work), then position and wait, polled, until let in."""
+    if current_user_id() is None:
+        return _login_redirect()
+    deal = deal_detail(services(), deal_id)
+    return render_template("pages/queue.html", deal=deal)
+
+
 @bp.get("/orders")
 def my_orders_page() -> Any:
     """The buyer's orders, with cancel buttons."""

@@ -29,7 +29,12 @@ from shared.bounds import (
     password_problem,
     utc_in_range,
 )
-from shared.models import MAX_PAYMENT_WINDOW_SECONDS
+from shared.models import (
+    MAX_PAYMENT_WINDOW_SECONDS,
+    MAX_QUEUE_OPENS_BEFORE_SECONDS,
+    MAX_QUEUE_POW_BITS,
+    MAX_QUEUE_RATE,
+)
 
 # JSON Schema patterns of the text rules in shared/bounds.py (what the validators below enforce),
 # so /openapi.json tells clients, and Schemathesis, which strings are accepted.
@@ -128,6 +133,62 @@ class HealthOut(BaseModel):
     checks: dict[str, str] = {}
 
 
+class QueueIn(Strict):
+    """The waiting room of a new deal (``queue`` in POST /api/admin/deals)."""
+
+    rate: int = Field(ge=1, le=MAX_QUEUE_RATE, description="buyers let in per second")
+    opens_before_seconds: int = Field(default=900, ge=0, le=MAX_QUEUE_OPENS_BEFORE_SECONDS)
+    pow_bits: int = Field(default=0, ge=0, le=MAX_QUEUE_POW_BITS, description="proof-of-work difficulty; 0: none")
+    max_live_passes: int | None = Field(default=None, ge=1, le=10_000_000, description="default: 60 s of rate")
+
+
+class QueueControlIn(Strict):
+    """Body of POST /api/admin/deals/{id}/queue: a new rate, or pause / resume."""
+
+    rate: int | None = Field(default=None, ge=1, le=MAX_QUEUE_RATE)
+    paused: bool | None = None
+
+
+class QueueJoinIn(Strict):
+    """Body of POST /api/deals/{id}/queue: ``{}``, or a solved proof-of-work challenge."""
+
+    challenge: str | None = Field(default=None, min_length=1, max_length=200)
+    nonce: str | None = Field(default=None, min_length=1, max_length=64, pattern="^[\\x21-\\x7e]+$")
+
+
+class QueueOut(BaseModel):
+    """A buyer's place in a deal's waiting room (status poll and join)."""
+
+    state: Literal["not_joined", "waiting", "admitted", "expired", "sold_out", "closed"]
+    position: int | None
+    ahead: int | None
+    eta_seconds: int | None
+    poll_after_ms: int
+    # The pass: send it as the Queue-Pass header of the order (set only when state is admitted).
+    queue_pass: str | None = Field(default=None, alias="pass")
+    pass_expires_at: datetime | None
+
+
+class ChallengeOut(BaseModel):
+    """A proof-of-work challenge: find a nonce with sha256(challenge + nonce) starting with ``bits`` zero bits."""
+
+    challenge: str
+    bits: int
+
+
+class QueueStatsOut(BaseModel):
+    """A queued deal's waiting room (stats)."""
+
+    waiting: int
+    admitted: int
+    passes_live: int
+    passes_used: int
+    passes_expired: int
+    rate: int
+    paused: bool
+    max_live_passes: int
+
+
 class DealIn(Strict):
     """Body of POST /api/admin/deals."""
 
@@ -146,6 +207,7 @@ class DealIn(Strict):
     payment_window_seconds: int = Field(default=0, ge=0, le=MAX_PAYMENT_WINDOW_SECONDS)
     # The product's price outside the deal: shown beside the deal price with the discount. Not below the price.
     regular_price: Decimal | None = Field(default=None, gt=0, le=MAX_PRICE, max_digits=12, decimal_places=2)
+    queue: QueueIn | None = None  # a waiting room in front of the gate; absent: none
 
     model_config = ConfigDict(strict=False, extra="forbid", str_strip_whitespace=True)
 
@@ -203,6 +265,7 @@ class DealOut(BaseModel):
     starts_at: datetime
     ends_at: datetime
     payment_window_seconds: int
+    queued: bool = False  # a waiting room in front of the gate: join it, then order with its pass
 
 
 class DealPage(BaseModel):
@@ -239,6 +302,7 @@ class DealStatsOut(BaseModel):
     failed: int
     paid: int
     expired: int
+    queue: QueueStatsOut | None = None  # only for a queued deal
 
 
 class OrderIn(Strict):

@@ -287,6 +287,23 @@ def _human(view: dict[str, Any]) -> str:
     show_default=True,
     help="Seconds a buyer has to pay an accepted order before its units go back (0: no payment step).",
 )
+@click.option(
+    "--queue-rate", type=click.IntRange(1, 100_000), help="Put a waiting room in front: buyers let in per second."
+)
+@click.option(
+    "--queue-opens-before",
+    type=click.IntRange(0, 7 * 86_400),
+    default=900,
+    show_default=True,
+    help="Seconds before the start from which buyers may join the waiting room.",
+)
+@click.option(
+    "--queue-pow-bits",
+    type=click.IntRange(0, 32),
+    default=0,
+    show_default=True,
+    help="Proof of work to join the waiting room, in leading zero bits (0: none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
 def deal_create(
     title: str,
@@ -299,10 +316,14 @@ def deal_create(
     ends_at: str | None,
     product_name: str | None,
     payment_window: int,
+    queue_rate: int | None,
+    queue_opens_before: int,
+    queue_pow_bits: int,
     as_json: bool,
 ) -> None:
     """Create a deal, either open now or scheduled between --starts-at and --ends-at."""
     from shared.deals import NewDeal, publish_deal
+    from shared.queue import QueueRules
 
     title = title.strip()
     if not 1 <= len(title) <= 200:
@@ -338,6 +359,7 @@ def deal_create(
         product_name=product_name,
         payment_window_seconds=payment_window,
         regular_price=regular,
+        queue=None if queue_rate is None else QueueRules(queue_rate, queue_opens_before, queue_pow_bits),
     )
     # As the admin API creates one: loaded into the gate at once when it starts soon, caches dropped.
     deal_id = publish_deal(o.db, o.gate, spec, o.settings.deal_load_ahead_seconds, open_now=open_now).id
@@ -378,6 +400,21 @@ def deal_close(deal_id: int, as_json: bool) -> None:
     from shared.deals import close_now
 
     _move(deal_id, close_now, as_json, "closed")
+
+
+@deal.command("queue")
+@click.argument("deal_id", type=click.IntRange(min=1), metavar="ID")
+@click.option("--rate", type=click.IntRange(1, 100_000), help="Buyers let in per second, from now on.")
+@click.option("--pause", "paused", flag_value=True, default=None, help="Stop letting buyers in.")
+@click.option("--resume", "paused", flag_value=False, help="Let buyers in again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deal as one JSON object.")
+def deal_queue(deal_id: int, rate: int | None, paused: bool | None, as_json: bool) -> None:
+    """Change a queued deal's waiting room at once: --rate N, --pause or --resume."""
+    from shared.deals import set_queue
+
+    if rate is None and paused is None:
+        raise click.UsageError("give --rate N, --pause or --resume")
+    _move(deal_id, lambda db, gate, d: set_queue(db, gate, d, rate=rate, paused=paused), as_json, "queue set for")
 
 
 @deal.command("stats")

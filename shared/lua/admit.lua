@@ -3,16 +3,18 @@
 -- fails half-way. All KEYS share the deal's hash tag (one cluster slot).
 --
 -- KEYS: 1 state, 2 stock, 3 buyers, 4 idem, 5 orders, 6 outbox, 7 kick, 8 inflight, 9 due (unpaid orders by pay_by),
---       10.. the counters of the order rate-limit windows (none when rate limits are off)
+--       10 queue (waiting room rules and counters), 11 queue passes (live passes by expiry),
+--       12.. the counters of the order rate-limit windows (none when rate limits are off)
 -- ARGV: 1 user id, 2 quantity, 3 new order id, 4 idempotency key ('' if none), 5 kick ms,
---       6.. one (amount, seconds) pair per rate-limit window, in the order of KEYS[10..]
+--       6 '1' when the order carries a queue pass whose HMAC the web node verified for this user and deal,
+--       7.. one (amount, seconds) pair per rate-limit window, in the order of KEYS[12..]
 -- Reply: {outcome, order id, kick (0/1), remaining stock (-1 unknown, -2 deal not loaded)};
 --        'rate_limited' adds the window's number (1-based) and its counter's PTTL (ms)
 --
 -- ORDER RECORD (the value of KEYS[5] per order id; cancel.lua, settle.lua and load_deal.lua write
 -- and read the same): user|qty|price|admitted_ms|status[|pay_by_ms], status one of accepted,
 -- canceled, paid, expired; pay_by_ms only on deals with a payment window. Python builds and parses
--- it in shared/order_record.py alone (tests/test_gate.py checks the two agree).
+-- it in shared/order_record.py alone (tests/integration/test_gate.py checks the two agree).
 
 local user = ARGV[1]
 local qty = tonumber(ARGV[2])
@@ -24,21 +26,21 @@ local idem = ARGV[4]
 -- Counted first, for every attempt, as the limiter did before the view ran; the counters are the
 -- only writes before the checks below, and a refused attempt keeps them on purpose.
 local over = 0
-for i = 10, #KEYS do
-  local a = 6 + (i - 10) * 2
+for i = 12, #KEYS do
+  local a = 7 + (i - 12) * 2
   local n = redis.call('INCR', KEYS[i])
   if n == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[a + 1])
   end
   if over == 0 and n > tonumber(ARGV[a]) then
-    over = i - 9
+    over = i - 11
   end
 end
 if over > 0 then
-  return {'rate_limited', '', 0, -1, over, redis.call('PTTL', KEYS[over + 9])}
+  return {'rate_limited', '', 0, -1, over, redis.call('PTTL', KEYS[over + 11])}
 end
 
-local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms')
+local st = redis.call('HMGET', KEYS[1], 'status', 'open_ms', 'close_ms', 'limit', 'price', 'pay_ms', 'queue')
 if not st[1] then
   return {'deal_not_open', '', 0, -2}  -- -2: the gate does not know this deal at all
 end
@@ -68,6 +70,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if st[1] == 'ended' or now < tonumber(st[2]) or now >= tonumber(st[3]) then
   return {'deal_not_open', '', 0, -1}
+end
+
+-- WAITING ROOM: a queued deal (flag written by load_deal.lua with the rules) admits only buyers let in.
+-- The pass's signature was checked by the web node (no I/O); the flag lives here, so every path applies it.
+local queued = st[7] == '1'
+if queued and ARGV[6] ~= '1' then
+  return {'queue_pass_required', '', 0, -1}
 end
 
 local limit = tonumber(st[4])
@@ -108,6 +117,10 @@ end
 -- The buyer's in-flight index (scored by user id): "my orders" finds this entry without reading the
 -- outbox; the drain removes it in the same MULTI as the entry's XACK.
 redis.call('ZADD', KEYS[8], user, order_id .. '|o')
+-- WAITING ROOM: the pass's first order frees its live slot (the inlet may let the next buyer in).
+if queued and redis.call('ZREM', KEYS[11], user) == 1 then
+  redis.call('HINCRBY', KEYS[10], 'used', 1)
+end
 -- One drain task per kick interval, not one per order.
 local kick = redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[5])
 return {'accepted', order_id, kick and 1 or 0, stock - qty}

@@ -329,3 +329,23 @@ def test_deal_create_with_a_payment_window_and_stats_count_paid_and_expired(sett
     drain_deal(db, gate.redis, gate.keys, deal["id"], "cli", DrainOptions(budget_s=5.0))
     stats = json.loads(cli("deal", "stats", str(deal["id"]), "--json").stdout)
     assert (stats["paid"], stats["expired"], stats["remaining_stock"], stats["pending"]) == (1, 1, 3, 0)
+
+
+def test_deal_create_with_a_queue_then_rate_pause_resume(settings: Settings) -> None:
+    r = cli("deal", "create", "--title", f"CLI queued {uuid.uuid4().hex[:6]}", "--price", "5.00", "--stock", "4",
+            "--limit", "1", "--open-now", "--queue-rate", "3", "--queue-pow-bits", "6", "--json")  # fmt: skip
+    deal = json.loads(r.stdout)
+    assert deal["queue"]["rate"] == 3 and deal["queue"]["paused"] is False and deal["queue"]["waiting"] == 0
+    k = Keys(settings.key_prefix).deal(deal["id"])
+    rds = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert rds.hget(k.state, "queue") == "1" and rds.hget(k.queue, "pow") == "6"
+    cli("deal", "queue", str(deal["id"]), "--rate", "8")
+    cli("deal", "queue", str(deal["id"]), "--pause")
+    stats = json.loads(cli("deal", "stats", str(deal["id"]), "--json").stdout)
+    assert stats["queue"]["rate"] == 8 and stats["queue"]["paused"] is True
+    cli("deal", "queue", str(deal["id"]), "--resume")
+    assert rds.hget(k.queue, "paused") == "0"
+    assert cli("deal", "queue", str(deal["id"]), ok=False).returncode != 0  # nothing to change: usage error
+    plain = create_open_deal()
+    r = cli("deal", "queue", str(plain["id"]), "--rate", "2", ok=False)
+    assert r.returncode != 0 and "has no queue" in r.stderr + r.stdout

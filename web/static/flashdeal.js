@@ -66,6 +66,12 @@
     return { status: resp.status, data };
   }
 
+  /** The waiting room's pass for this deal (web/static/queue.js keeps it), as the order's Queue-Pass header. */
+  function queuePassHeader(dealId) {
+    const pass = sessionStorage.getItem("flashdeal.queue-pass." + dealId);
+    return pass ? { "Queue-Pass": pass } : {};
+  }
+
   /** A random key; crypto.randomUUID needs a secure context, getRandomValues does not. */
   function newKey() {
     const bytes = new Uint8Array(16);
@@ -244,6 +250,7 @@
       if (code === "limit_exceeded") return `You have reached the limit of ${limit} per buyer for this deal.`;
       if (code === "deal_not_open") return st === "scheduled" ? "The sale has not started yet. " + countdownText(st, deal.starts, deal.ends) + "." : "This sale has ended.";
       if (code === "rate_limited") return "Too many attempts. Wait a few seconds and try again.";
+      if (code === "queue_pass_required") return "This sale has a waiting room: join it first, you will be let in to buy.";
       if (code === "unauthorized") return "Your session has ended. Log in again to buy.";
       return message || "The order was refused.";
     }
@@ -255,7 +262,7 @@
       let r = null;
       for (let attempt = 0; attempt < 3 && r === null; attempt++) {
         try {
-          r = await api("POST", `/api/deals/${dealId}/orders`, { quantity }, { "Idempotency-Key": intent.key });
+          r = await api("POST", `/api/deals/${dealId}/orders`, { quantity }, Object.assign({ "Idempotency-Key": intent.key }, queuePassHeader(dealId)));
         } catch (e) {
           await new Promise((ok) => setTimeout(ok, 300 * (attempt + 1)));
         }
@@ -461,6 +468,7 @@
       const s = r.data;
       ["remaining_stock", "accepted", "confirmed", "paid", "expired", "canceled", "pending", "failed"].forEach((k) => put(k, s[k]));
       put("sold", s.total_stock - s.remaining_stock);
+      if (s.queue) Object.keys(s.queue).forEach((k) => put("queue." + k, String(s.queue[k])));
       setBadge(root.querySelector('[data-stat="status"]'), s.status);
       document.getElementById("sold-bar").value = s.total_stock - s.remaining_stock;
       put("updated", "updated " + new Date().toLocaleTimeString());
