@@ -25,17 +25,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from shared.redis_client import text_client
-
 from bench.common import Context, save, wrk
 from bench.httpclient import Conn
-from bench.private_redis import private_redis
 from bench.stack import Stack
 from bench.users import login_all, make_users
+from harness.redis_server import private_redis
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.keys import Keys
 from shared.queue import QueueGate, QueueRules
+from shared.redis import text_client
 from shared.settings import Settings
 from web.queue import TICKET_COOKIE, ticket_signer
 

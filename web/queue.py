@@ -16,6 +16,7 @@ from shared.clock import ms_to_dt
 from shared.deals import DealNotFound, DealStateError, set_queue
 from shared.passes import PassSigner
 from shared.queue import QueueView, proof_bits
+from web.access import admin_required, login_required, require_user
 from web.deals import deal_detail
 from web.errors import ApiError
 from web.limits import limiter, user_key
@@ -23,7 +24,7 @@ from web.metrics import record_queue
 from web.openapi import doc
 from web.schemas import ChallengeOut, DealOut, QueueControlIn, QueueJoinIn, QueueOut
 from web.services import Services, services
-from web.sessions import COOKIE_NAME, admin_required, login_required, require_user
+from web.sessions import COOKIE_NAME
 from web.validation import parse_body
 
 bp = Blueprint("queue", __name__, url_prefix="/api")
