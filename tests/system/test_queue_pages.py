@@ -7,10 +7,7 @@ from typing import Any
 
 from shared.queue import QueueRules
 from tests.helpers import email_of, make_deal, make_users
-from tests.system import test_pages
 from tests.system.test_pages import _context, _gate, login
-
-browser = test_pages.browser  # the pages' Chromium fixture, shared
 
 
 def test_join_the_pre_queue_wait_be_let_in_and_buy(browser: Any, web_server, db, settings) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.gate import SCRIPTS, lua_source
+from shared.lua_scripts import SCRIPTS, lua_source
 
 ROOT = Path(__file__).resolve().parents[2]
 # Runs in the fresh venv: where its `shared` comes from, and every script read through importlib.resources.
