@@ -7,14 +7,13 @@ one primary with its replicas online (roles may have moved). What it did is retu
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
 
+from harness.processes import paused
 from harness.waits import wait_for
 from scripts.local_redis.sentinel import DOWN_AFTER_MS, SentinelTopology
 
@@ -54,18 +53,9 @@ def _failover_from(t: SentinelTopology, old: int) -> int:
     return t.primary()
 
 
-@contextlib.contextmanager
-def _stopped(t: SentinelTopology, ports: list[int]) -> Iterator[None]:
+def _stopped(t: SentinelTopology, ports: list[int]) -> contextlib.AbstractContextManager[None]:
     """SIGSTOP the nodes on ports; SIGCONT them on the way out, whatever happens in between."""
-    pids = [p for p in (t.pid(port) for port in ports) if p is not None]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+    return paused([p for p in (t.pid(port) for port in ports) if p is not None])
 
 
 def none(stack: FaultStack) -> str:
@@ -92,11 +82,11 @@ def pause_primary(stack: FaultStack) -> str:
     with _stopped(t, [old]):
         new = _failover_from(t, old)
         time.sleep(max(1.0, ZOMBIE_S - (time.monotonic() - t0)))  # the new primary serves while the old one sleeps
-        paused = time.monotonic() - t0
+        slept = time.monotonic() - t0
     # The zombie wakes believing it is primary until the sentinels demote it.
     wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the zombie {old} was not demoted")
     healed(t)
-    return f"SIGSTOP {old} {paused:.1f}s, {new} promoted, {old} demoted after SIGCONT"
+    return f"SIGSTOP {old} {slept:.1f}s, {new} promoted, {old} demoted after SIGCONT"
 
 
 def lag_then_kill(stack: FaultStack) -> str:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 # ISO 4217 currencies without a minor unit, as Stripe lists them: the amount is sent as is.
 ZERO_DECIMAL = frozenset(
@@ -114,6 +114,20 @@ def minor_units(amount: Decimal, currency: str) -> int:
     """An amount in the currency's smallest unit (cents; yen as is), as providers take it."""
     exponent = 0 if currency.lower() in ZERO_DECIMAL else 2
     return int((amount * (10**exponent)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def event_of(event_id: str, kind: Kind, obj: Mapping[str, Any], amount_key: str) -> PaymentEvent:
+    """A provider's payment object (Stripe-shaped: id, amount under ``amount_key``, currency, metadata) as an event."""
+    order_id, deal_id = order_ref(obj.get("metadata") or {})
+    return PaymentEvent(
+        event_id=event_id,
+        kind=kind,
+        payment_id=str(obj["id"]),
+        order_id=order_id,
+        deal_id=deal_id,
+        amount_minor=int(obj.get(amount_key) or 0),
+        currency=str(obj.get("currency") or "").lower(),
+    )
 
 
 def order_ref(meta: Mapping[str, object]) -> tuple[str | None, int | None]:

@@ -3,12 +3,9 @@ replica promoted (by real sentinels, or by the cluster itself); PostgreSQL must 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -17,6 +14,7 @@ import redis
 from redis.crc import key_slot
 from sqlalchemy import text
 
+from harness.processes import paused
 from harness.waits import wait_until
 from scripts.local_redis.nodes import RedisNodes, ping
 from shared.deals import HOLDING_STATUSES
@@ -75,19 +73,6 @@ def _fill_replica_links(primary: int, beside: str) -> None:
     raise AssertionError("the replicas' links never backed up")
 
 
-@contextlib.contextmanager
-def _paused(pids: list[int]) -> Iterator[None]:
-    """SIGSTOP the given processes (ours, from the topology's pid files); SIGCONT them whatever happens."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 @dataclass
 class Shard:
     """The primary that holds the deal's keys, its replicas, and how to find the one serving after a failover."""
@@ -117,7 +102,7 @@ def _lag_then_failover(  # type: ignore[no-untyped-def]
     sh = shard()
     pids = [sh.nodes.pid(p) for p in sh.replicas]
     assert all(pids)
-    with _paused(pids):  # type: ignore[arg-type]
+    with paused(pids):  # type: ignore[arg-type]
         _fill_replica_links(sh.primary, gate.keys.deal(deal_id).outbox)
         # Admitted on the primary alone (WAIT times out: 202 with Flashdeal-Replication: unconfirmed), before
         # min-replicas-max-lag (Sentinel) makes it refuse writes.
@@ -208,7 +193,7 @@ def test_sentinel_dlq_drop_keeps_the_letter_while_its_cancel_is_not_replicated(d
     assert [d.order_id for d in list_dead_letters(db, deal.id)] == [oid]
     primary = topo.primary()
     pids = [topo.pid(p) for p in topo.ports.data if p != primary]
-    with _paused(pids):  # type: ignore[arg-type]
+    with paused(pids):  # type: ignore[arg-type]
         _fill_replica_links(primary, gate.keys.deal(deal.id).outbox)
         drop = drop_dead_letter(db, gate, oid)
         # Given back on the primary alone: a failover now would undo it, so the letter must stay.

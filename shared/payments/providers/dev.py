@@ -28,7 +28,7 @@ from shared.payments.base import (
     PayableOrder,
     Payment,
     PaymentEvent,
-    order_ref,
+    event_of,
 )
 from shared.settings import Settings
 
@@ -140,7 +140,7 @@ class DevProvider:
             data = json.loads(payload)
             obj = data["payment"]
             kind = Kind(str(data["type"]).removeprefix("payment."))
-            return _event(str(data["id"]), kind, obj)
+            return event_of(str(data["id"]), kind, obj, "amount")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadEvent(f"not a payment event: {type(exc).__name__}: {exc}") from None
 
@@ -189,20 +189,7 @@ class DevProvider:
             "currency": order.currency,
             "metadata": {"order_id": order.order_id, "deal_id": str(order.deal_id)},
         }
-        return _event(f"{how}:{payment_id}:{kind.value}", kind, obj)
-
-
-def _event(event_id: str, kind: Kind, obj: dict) -> PaymentEvent:
-    order_id, deal_id = order_ref(obj.get("metadata") or {})
-    return PaymentEvent(
-        event_id=event_id,
-        kind=kind,
-        payment_id=str(obj["id"]),
-        order_id=order_id,
-        deal_id=deal_id,
-        amount_minor=int(obj.get("amount") or 0),
-        currency=str(obj.get("currency") or "").lower(),
-    )
+        return event_of(f"{how}:{payment_id}:{kind.value}", kind, obj, "amount")
 
 
 PROVIDER = DevProvider

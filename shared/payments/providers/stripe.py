@@ -20,7 +20,7 @@ from shared.payments.base import (
     Payment,
     PaymentEvent,
     ProviderError,
-    order_ref,
+    event_of,
 )
 from shared.settings import ConfigError, Settings
 
@@ -110,7 +110,7 @@ class StripeProvider:
                 kind = Kind.SUCCEEDED if obj.get("payment_status") == "paid" else Kind.OPEN
             elif obj.get("object") == "checkout.session":
                 kind = _EVENT_KINDS.get(str(data["type"]), Kind.OTHER)
-            return _event(str(data["id"]), kind, obj)
+            return event_of(str(data["id"]), kind, obj, "amount_total")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadEvent(f"not a payment event: {type(exc).__name__}: {exc}") from None
 
@@ -155,20 +155,7 @@ def _state(obj: dict, how: str) -> PaymentEvent:
         kind = Kind.CLOSED
     else:
         kind = Kind.OPEN
-    return _event(f"{how}:{obj['id']}:{kind.value}", kind, obj)
-
-
-def _event(event_id: str, kind: Kind, obj: dict) -> PaymentEvent:
-    order_id, deal_id = order_ref(obj.get("metadata") or {})
-    return PaymentEvent(
-        event_id=event_id,
-        kind=kind,
-        payment_id=str(obj["id"]),
-        order_id=order_id,
-        deal_id=deal_id,
-        amount_minor=int(obj.get("amount_total") or 0),
-        currency=str(obj.get("currency") or "").lower(),
-    )
+    return event_of(f"{how}:{obj['id']}:{kind.value}", kind, obj, "amount_total")
 
 
 PROVIDER = StripeProvider
