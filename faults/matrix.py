@@ -1,6 +1,6 @@
 """The fault matrix: every nemesis under load on a Sentinel stack, judged by the history checker; one table.
 
-``make faults`` runs it all (``python -m faults.matrix``); tests/test_fault_matrix.py runs a slice.
+``make faults`` runs it all (``python -m faults.matrix``); tests/system/test_fault_matrix.py runs a slice.
 Exits 1 when any scenario lost an acknowledged order, held one twice or oversold a unit.
 """
 

@@ -479,7 +479,8 @@ def set_queue(db: Database, gate: Gate, deal_id: int, *, rate: int | None = None
     if paused is not None:
         fields["paused"] = 1 if paused else 0
     if paused is False:
-        # The inlet's clock restarts now: the paused time is no credit (lua/queue.lua writes nothing while paused).
+        # The inlet's clock restarts now: the paused time is no credit (shared/lua/queue.lua writes nothing
+        # while paused).
         fields.update(last_ms=now_ms(), credit=0)
     if fields and gate.redis.exists(k.queue):
         gate.redis.hset(k.queue, mapping=fields)

@@ -61,7 +61,7 @@ JOIN_ENDPOINT = "queue.room"  # Flask-Limiter's scope for the waiting room's vie
 
 @dataclass(frozen=True)
 class OrderWindow:
-    """One order rate-limit window, counted by the admission script (lua/admit.lua) in the deal's slot."""
+    """One order rate-limit window, counted by the admission script (shared/lua/admit.lua) in the deal's slot."""
 
     scope: str  # "user" or "ip": whose attempts it counts
     amount: int

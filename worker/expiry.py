@@ -35,7 +35,7 @@ def sweep_deal(gate: Gate, deal_id: int, deadline: float, report: SweepReport, b
         if r.kick and deal_id not in report.kicked:
             report.kicked.append(deal_id)
         if r.seen < batch or not r.expired:
-            # A full batch that expired nothing holds orders with an open payment only (lua/settle.lua keeps
+            # A full batch that expired nothing holds orders with an open payment only (shared/lua/settle.lua keeps
             # them for the check job): reading it again in this pass would find the same ones.
             return
         if time.monotonic() >= deadline:

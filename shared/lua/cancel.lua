@@ -20,7 +20,7 @@ if status == 'canceled' then
   return {'already_canceled', tonumber(redis.call('GET', KEYS[2]) or '0'), 0}
 end
 -- A paid order is final (refused, never refunded by a cancel); an expired one already gave its
--- units back. Both were decided by lua/settle.lua, which this script never overrides.
+-- units back. Both were decided by shared/lua/settle.lua, which this script never overrides.
 if status == 'paid' or status == 'expired' then
   return {status, -1, 0}
 end

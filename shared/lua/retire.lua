@@ -38,7 +38,7 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   end
 end
 
--- 4. No order still awaits payment: every one was paid or expired (lua/settle.lua), so the final state of
+-- 4. No order still awaits payment: every one was paid or expired (shared/lua/settle.lua), so the final state of
 --    each is in PostgreSQL once the outbox is empty.
 local unpaid = redis.call('ZCARD', KEYS[9])
 if unpaid > 0 then

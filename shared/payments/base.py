@@ -43,7 +43,7 @@ class Payment:
     checkout_url: str | None
 
     def record(self) -> str:
-        """The form kept in the deal's payments hash (lua/settle.lua reads the payment id from it)."""
+        """The form kept in the deal's payments hash (shared/lua/settle.lua reads the payment id from it)."""
         return "|".join((self.provider, self.payment_id, self.checkout_url or ""))
 
     @classmethod

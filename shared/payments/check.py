@@ -2,7 +2,7 @@
 
 Webhooks get lost (a provider gives up redelivering, an endpoint is down), so no decision waits on one. Beat
 runs this every few seconds; what the provider answers goes through the same decision as a webhook. An
-order past pay_by with an open payment is held by the gate (lua/settle.lua) until this job has asked: a
+order past pay_by with an open payment is held by the gate (shared/lua/settle.lua) until this job has asked: a
 success is kept, otherwise the payment is closed at the provider first and only then the order expires, so
 no success can come after the expiry unless the provider stayed unreachable for the whole hold.
 """

@@ -1,6 +1,6 @@
 """The payment decision, for web nodes (webhooks) and workers (the check job) alike.
 
-Paid or not is decided in the gate by lua/settle.lua, once per order; this module turns a verified event (or
+Paid or not is decided in the gate by shared/lua/settle.lua, once per order; this module turns a verified event (or
 a state the provider was asked for) into that call, and carries out what it decided: a refund, a drain kick.
 """
 
@@ -105,7 +105,7 @@ class Decisions:
         """Why to refund a success for an order the gate does not hold; None when it is the order's own payment.
 
         Why only for a retired deal: a retired deal's gate keys are gone for good and nothing of it awaits
-        payment (lua/retire.lua), so its PostgreSQL rows are final. A deal that is not retired and not in the
+        payment (shared/lua/retire.lua), so its PostgreSQL rows are final. A deal that is not retired and not in the
         gate was lost by Redis (a restart, a failover to an empty node) and will be rebuilt from PostgreSQL
         with its unpaid orders: deciding now would refund a valid payment that the rebuilt gate could accept,
         so the provider is asked to send the event again (503).

@@ -1,4 +1,4 @@
-"""The waiting room (shared/queue.py, lua/queue.lua, web/queue.py): fair order, one place per buyer, the inlet's
+"""The waiting room (shared/queue.py, shared/lua/queue.lua, web/queue.py): fair order, one place per buyer, the inlet's
 rate and bound, passes bound to buyer and deal, the order path's pass check on both paths, sold out, proof of work."""
 
 from __future__ import annotations
