@@ -15,6 +15,7 @@ import redis
 
 from harness.processes import paused
 from harness.waits import wait_for
+from scripts.local_redis.cluster import ClusterTopology
 from scripts.local_redis.sentinel import DOWN_AFTER_MS, SentinelTopology
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ PG_CRASHES = 2
 PARTITION_S = 8.0  # past the failover and past min-replicas-max-lag (5 s) on the minority side
 
 
-def role(t: SentinelTopology, port: int) -> str:
+def role(t: SentinelTopology | ClusterTopology, port: int) -> str:
     """The node's role (master / slave), '' when it does not answer."""
     try:
         return str(redis.Redis(t.host(port), port, socket_timeout=1).info("replication")["role"])
@@ -41,8 +42,14 @@ def role(t: SentinelTopology, port: int) -> str:
         return ""
 
 
-def healed(t: SentinelTopology) -> int:
-    """Wait until one primary has every other data node online as its replica; its port."""
+def healed(t: SentinelTopology | ClusterTopology) -> int:
+    """Wait until one primary has every other data node online as its replica; its port.
+
+    On a cluster: until every node says the cluster is whole and each primary has a replica; 0.
+    """
+    if isinstance(t, ClusterTopology):
+        t.wait_healthy(FAILOVER_S)
+        return 0
     want = len(t.ports.data) - 1
     wait_for(lambda: t.replicas_online(t.primary()) == want, FAILOVER_S, "the topology did not heal")
     return t.primary()
@@ -143,10 +150,40 @@ def partition_primary(stack: FaultStack) -> str:
         time.sleep(PARTITION_S)  # the minority admits until min-replicas-max-lag makes its primary refuse
     finally:
         ns.heal()
-        cut = time.monotonic() - t0
+        stack.cut = (t0, time.monotonic())
+        cut = stack.cut[1] - t0
     wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} was not demoted")
     healed(t)
     return f"Redis link of {old} (+1 web node, 1 worker) cut {cut:.0f}s, {new} promoted, {old} demoted on heal"
+
+
+def partition_shard(stack: FaultStack) -> str:
+    """Cut one shard's primary (in its namespace, with a web node ordering by token and a worker that still reach
+    PostgreSQL and the broker) off from its replica and the other primaries; the majority fails the shard over;
+    heal: the old primary rejoins as the new one's replica."""
+    from faults.partition import PartitionedCluster
+
+    t, ns = stack.topology, stack.netns
+    if ns is None or not isinstance(t, PartitionedCluster):
+        raise RuntimeError("cluster-partition needs the cluster's namespace layout")
+    healed(t)
+    old = t.inside
+    if old not in t.primaries():
+        raise RuntimeError(f"the node {old} inside the namespace is not a primary")
+    replica = t.replica_of(old)
+    t0 = time.monotonic()
+    ns.cut()
+    try:
+        # The majority's view (the first node that answers is on the host's side now).
+        wait_for(lambda: old not in t.primaries() and role(t, replica) == "master", FAILOVER_S, "no failover")
+        time.sleep(PARTITION_S)  # the minority admits on the old primary until it sees itself cut off
+    finally:
+        ns.heal()
+        stack.cut = (t0, time.monotonic())
+        cut = stack.cut[1] - t0
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} did not rejoin as a replica")
+    healed(t)
+    return f"shard primary {old} (+1 web node, 1 worker) cut {cut:.0f}s, {replica} promoted, {old} back as replica"
 
 
 SENTINEL_NEMESES: dict[str, Nemesis] = {
@@ -158,5 +195,7 @@ SENTINEL_NEMESES: dict[str, Nemesis] = {
     "pg-crash": crash_postgres,
     "partition": partition_primary,
 }
+# On a Redis Cluster stack (FLASHDEAL_REDIS_TOPOLOGY=cluster, RabbitMQ broker), each on a stack of its own.
+CLUSTER_NEMESES: dict[str, Nemesis] = {"cluster-partition": partition_shard}
 # Scenarios that need the namespace layout (faults/partition.py): run on a stack of their own.
-PARTITIONED = ("partition",)
+PARTITIONED = ("partition", "cluster-partition")
