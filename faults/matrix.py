@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,8 @@ BIG_STOCK, SMALL_STOCK, SMALL_LIMIT = 100_000, 40, 4
 PAYMENT_WINDOW_S = 2  # short, so unpaid orders expire during the run
 ACK_TIMEOUT_MS = 100  # ORDER_ACK_TIMEOUT_MS: how long a 202 waits for a replica before it says "unconfirmed"
 DRAIN_TIMEOUT_S = 90.0
+# Worker node names are broker-wide (each has an exclusive pidbox queue): two runs at once on one broker must differ.
+RUN_TAG = f"{os.getpid()}"
 NEMESES: dict[str, Nemesis] = {**SENTINEL_NEMESES, **CLUSTER_NEMESES}  # the whole matrix, in order
 
 
@@ -192,7 +195,7 @@ class FaultStack:
             "DATABASE_URL": db.set(host=ns.s_host, port=pg.port).render_as_string(hide_password=False),
             "CELERY_BROKER_URL": f"amqp://guest:guest@{ns.s_host}:{amqp.port}//",
         }
-        self.procs.worker("minority", ns_env, launch=ns.launch)
+        self.procs.worker(f"minority-{RUN_TAG}", ns_env, launch=ns.launch)
         port = free_port()
         cmd = [*ns.launch, sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "0.0.0.0"]
         cmd += ["--port", str(port), "--workers", "1", "--blocking-threads", "8", "web.wsgi:app"]
@@ -208,7 +211,7 @@ class FaultStack:
         env = {**self.env, "CELERY_QUEUE": self.procs.queue}
         for _ in range(self.n_workers):
             self._spawned += 1
-            self.workers.append(self.procs.worker(f"faults{self._spawned}", env))
+            self.workers.append(self.procs.worker(f"faults{self._spawned}-{RUN_TAG}", env))
 
     def restart_workers(self) -> None:
         """SIGKILL every worker node (whole process group, mid-task), then start as many again."""
