@@ -1,4 +1,4 @@
-"""The fault matrix: every nemesis under load on a Sentinel stack, judged by the history checker; one table.
+"""The fault matrix: every nemesis under load on a Sentinel or Cluster stack, judged by the history checker.
 
 ``make faults`` runs it all (``python -m faults.matrix``); tests/test_fault_matrix.py runs a slice.
 Exits 1 when any scenario lost an acknowledged order, held one twice or oversold a unit.
@@ -213,11 +213,15 @@ class FaultStack:
             self._spawned += 1
             self.workers.append(self.procs.worker(f"faults{self._spawned}-{RUN_TAG}", env))
 
-    def restart_workers(self) -> None:
-        """SIGKILL every worker node (whole process group, mid-task), then start as many again."""
+    def kill_workers(self) -> None:
+        """SIGKILL every worker node (whole process group, mid-task)."""
         for w in self.workers:
             w.kill()
         self.workers.clear()
+
+    def restart_workers(self) -> None:
+        """SIGKILL every worker node, then start as many again."""
+        self.kill_workers()
         self.start_workers()
 
     def make_deal(self, stock: int, limit: int) -> int:

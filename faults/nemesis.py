@@ -7,6 +7,8 @@ one primary with its replicas online (roles may have moved). What it did is retu
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from harness.processes import paused
 from harness.waits import wait_for
 from scripts.local_redis.cluster import ClusterTopology
 from scripts.local_redis.sentinel import DOWN_AFTER_MS, SentinelTopology
+from shared.outbox_entry import EXPIRED, PAID
 
 if TYPE_CHECKING:
     from faults.matrix import FaultStack
@@ -31,6 +34,8 @@ ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
 Nemesis = Callable[["FaultStack"], str]
 WORKER_KILLS = 3  # worker nodes SIGKILLed this many times, each while expiries are due
 PG_CRASHES = 2
+FRESH_MS = 50  # an outbox entry read this recently is in a live worker's hands
+IN_FLIGHT_WAIT_S = 60.0
 PARTITION_S = 8.0  # past the failover and past min-replicas-max-lag (5 s) on the minority side
 
 
@@ -121,6 +126,68 @@ def kill_workers(stack: FaultStack) -> str:
     return f"SIGKILL every worker node {WORKER_KILLS}x while expiries were due, restarted"
 
 
+def _in_flight(stack: FaultStack, kind: str) -> tuple[int, str, int, str] | None:
+    """An outbox entry of ``kind`` that a live worker has read and not yet acknowledged (its drain is between
+    XREADGROUP and the XACK after the PostgreSQL commit): its deal, id, how many ms ago it was read, consumer."""
+    rds, group = stack.gate.redis, stack.gate.keys.drain_group
+    streams = [(d, stack.gate.keys.deal(d).outbox) for d in stack.deals]
+    try:
+        pipe = rds.pipeline(transaction=False)  # one round trip for every deal: the window is milliseconds
+        for _d, stream in streams:
+            pipe.xpending_range(stream, group, "-", "+", 100)
+        for (deal_id, stream), pending in zip(streams, pipe.execute(), strict=True):
+            # Read moments ago: a live worker holds it (a killed one's stay pending until claimed again).
+            for p in pending:
+                if p["time_since_delivered"] <= FRESH_MS:
+                    entry = rds.xrange(stream, p["message_id"], p["message_id"])
+                    if entry and entry[0][1].get("t") == kind:
+                        return deal_id, p["message_id"], p["time_since_delivered"], p["consumer"]
+    except redis.RedisError:
+        pass
+    return None
+
+
+def _pending(stack: FaultStack, deal_id: int, entry_id: str) -> bool:
+    """True while the entry is read and not acknowledged."""
+    stream = stack.gate.keys.deal(deal_id).outbox
+    return bool(stack.gate.redis.xpending_range(stream, stack.gate.keys.drain_group, entry_id, entry_id, 1))
+
+
+def _kill_consumer(stack: FaultStack, consumer: str) -> None:
+    """SIGKILL the pool process that holds the entry first (the consumer name ends in its pid, worker/tasks.py),
+    if it belongs to a worker node of this run: the whole nodes' kills take milliseconds more."""
+    with contextlib.suppress(ValueError, ProcessLookupError):
+        pid = int(consumer.rsplit(":", 1)[1])
+        if os.getpgid(pid) in {w.proc.pid for w in stack.workers}:
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_workers_holding(kind: str, what: str) -> Nemesis:
+    """SIGKILL every worker node the moment one holds an entry of ``kind`` between its read and its ack."""
+
+    def nemesis(stack: FaultStack) -> str:
+        inside = 0
+        for _ in range(WORKER_KILLS):
+            deadline, found = time.monotonic() + IN_FLIGHT_WAIT_S, None
+            while found is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {what} in flight within {IN_FLIGHT_WAIT_S:.0f} s")
+                found = _in_flight(stack, kind)
+            deal_id, entry_id, ms, consumer = found
+            _kill_consumer(stack, consumer)
+            stack.kill_workers()
+            # Still pending once every worker is dead: the kill landed between that entry's read and its ack.
+            landed = _pending(stack, deal_id, entry_id)
+            inside += landed
+            print(f"[faults]   SIGKILL {ms} ms after entry {entry_id} was read; unacknowledged: {landed}", flush=True)
+            stack.start_workers()
+            time.sleep(1.5)  # the killed node's entries are claimed again (DRAIN_CLAIM_IDLE_MS) by the fresh ones
+        return f"SIGKILL every worker node {WORKER_KILLS}x inside {what}, {inside} before its XACK; restarted"
+
+    nemesis.__doc__ = f"SIGKILL every worker node while one persists {what} (read, not yet acknowledged)."
+    return nemesis
+
+
 def crash_postgres(stack: FaultStack) -> str:
     """Crash PostgreSQL (immediate stop: every connection cut, no checkpoint) mid-drain, twice, and start it."""
     if stack.postgres is None:
@@ -192,6 +259,8 @@ SENTINEL_NEMESES: dict[str, Nemesis] = {
     "pause-primary": pause_primary,
     "lag": lag_then_kill,
     "kill-workers": kill_workers,
+    "kill-mid-expiry": kill_workers_holding(EXPIRED, "an expiry's persistence"),
+    "kill-mid-payment": kill_workers_holding(PAID, "a payment decision's persistence"),
     "pg-crash": crash_postgres,
     "partition": partition_primary,
 }
