@@ -54,7 +54,7 @@ test-system: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
 	$(VENV)/bin/pytest -m system $(PYTEST_ARGS)
 
-## faults: every nemesis under load on a Sentinel stack, judged by the history checker; prints the table (docs/faults.md)
+## faults: every nemesis under load on a Sentinel stack (and a cluster), judged by the history checker; prints the table (docs/faults.md)
 FAULTS_DB ?= flashdeal_faults
 faults: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(FAULTS_DB))"; \

@@ -31,6 +31,14 @@ def login(base: str, email: str, password: str) -> requests.Session:
     return s
 
 
+def _code(r: requests.Response) -> str:
+    """The error code of a JSON error answer, '' for any other."""
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 def _outcome(status: int) -> str:
     """ok for 2xx, fail for a definite refusal (4xx), info for 5xx (the script may have run before the error)."""
     if status < 300:
@@ -96,14 +104,14 @@ class Buyer(threading.Thread):
         if r is None:
             return op
         if r.status_code != 200:  # no payment opened: nothing was paid
-            return History.complete(op, "fail", r.status_code, error="not_opened")
+            return History.complete(op, "fail", r.status_code, error=f"not_opened:{_code(r)}")
         r = self._post(op, base + r.json()["checkout_url"], json={"card": CARD_PAYS})
         if r is None:
             return op
         if r.status_code == 200:
             paid = r.json().get("order_status") == "paid"
             return History.complete(op, "ok" if paid else "fail", 200, dict(r.headers), "" if paid else "refunded")
-        return History.complete(op, _outcome(r.status_code), r.status_code, dict(r.headers))  # type: ignore[arg-type]
+        return History.complete(op, _outcome(r.status_code), r.status_code, dict(r.headers), _code(r))  # type: ignore[arg-type]
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -1,4 +1,4 @@
-"""The fault matrix: every nemesis under load on a Sentinel stack, judged by the history checker; one table.
+"""The fault matrix: every nemesis under load on a Sentinel or Cluster stack, judged by the history checker.
 
 ``make faults`` runs it all (``python -m faults.matrix``); tests/system/test_fault_matrix.py runs a slice.
 Exits 1 when any scenario lost an acknowledged order, held one twice or oversold a unit.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -18,19 +19,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.crc import key_slot
 from sqlalchemy.engine import make_url
 
 from faults.checker import FATAL, Report, check, read_state
 from faults.client import Buyer, login
 from faults.history import History
-from faults.nemesis import PARTITIONED, SENTINEL_NEMESES, Nemesis, healed
-from faults.partition import Netns, PartitionedTopology
+from faults.nemesis import CLUSTER_NEMESES, PARTITIONED, SENTINEL_NEMESES, Nemesis, healed
+from faults.partition import Netns, PartitionedCluster, PartitionedTopology
 from faults.postgres import PrivatePostgres
 from harness.celery import CeleryProc
 from harness.ports import free_port
 from harness.processes import ROOT, stop_process
 from harness.tcp_proxy import TcpProxy
 from harness.waits import wait_http
+from scripts.local_redis.cluster import ClusterPorts, ClusterTopology, free_cluster_ports
 from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts, SentinelTopology
 from shared.clock import now_ms
 from shared.db import Database
@@ -62,6 +65,9 @@ BIG_STOCK, SMALL_STOCK, SMALL_LIMIT = 100_000, 40, 4
 PAYMENT_WINDOW_S = 2  # short, so unpaid orders expire during the run
 ACK_TIMEOUT_MS = 100  # ORDER_ACK_TIMEOUT_MS: how long a 202 waits for a replica before it says "unconfirmed"
 DRAIN_TIMEOUT_S = 90.0
+# Worker node names are broker-wide (each has an exclusive pidbox queue): two runs at once on one broker must differ.
+RUN_TAG = f"{os.getpid()}"
+NEMESES: dict[str, Nemesis] = {**SENTINEL_NEMESES, **CLUSTER_NEMESES}  # the whole matrix, in order
 
 
 @dataclass
@@ -77,7 +83,8 @@ class Result:
 
 
 class FaultStack:
-    """A Sentinel topology, web nodes and Celery workers (and beat) on it; logged-in buyers. ``close`` ends all."""
+    """A Sentinel topology (or a Redis Cluster), web nodes and Celery workers (and beat) on it; logged-in buyers.
+    ``close`` ends all."""
 
     def __init__(
         self,
@@ -88,6 +95,7 @@ class FaultStack:
         buyers: int = BUYERS,
         private_pg: bool = False,
         partition: bool = False,
+        cluster: bool = False,
     ) -> None:
         self.root, self.n_web, self.n_workers, self.n_buyers = root, web_nodes, workers, buyers
         self.postgres = PrivatePostgres(root, free_port()) if private_pg else None
@@ -96,38 +104,56 @@ class FaultStack:
         self.deals: list[int] = []  # the running scenario's
         self.workers: list[CeleryProc] = []
         self._spawned = 0
-        ports = sorted({free_port() for _ in range(12)})[:6]
-        sentinel_ports = SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
         # partition: the first primary, one web node and one worker in a network namespace (faults/partition.py)
         self.netns = Netns() if partition else None
-        self.topology: SentinelTopology = (
-            PartitionedTopology(self.netns, root / "redis", sentinel_ports)
-            if self.netns is not None
-            else SentinelTopology(root / "redis", sentinel_ports)
-        )
-        sentinels = tuple((self.topology.host(p), p) for p in sentinel_ports.sentinels)
         self.relays: list[TcpProxy] = []
+        if cluster:
+            cluster_ports = ClusterPorts(nodes=free_cluster_ports(6))
+            self.topology: SentinelTopology | ClusterTopology = (
+                PartitionedCluster(self.netns, root / "redis", cluster_ports)
+                if self.netns is not None
+                else ClusterTopology(root / "redis", cluster_ports)
+            )
+            redis_env = {
+                "FLASHDEAL_REDIS_TOPOLOGY": "cluster",
+                "REDIS_CLUSTER_NODES": self.topology.nodes_setting,
+            }
+            settings = settings.with_(
+                redis_topology="cluster",
+                redis_cluster_nodes=tuple((self.topology.host(p), p) for p in cluster_ports.nodes),
+            )
+        else:
+            ports = sorted({free_port() for _ in range(12)})[:6]
+            sentinel_ports = SentinelPorts(data=tuple(ports[:3]), sentinels=tuple(ports[3:]))
+            self.topology = (
+                PartitionedTopology(self.netns, root / "redis", sentinel_ports)
+                if self.netns is not None
+                else SentinelTopology(root / "redis", sentinel_ports)
+            )
+            sentinels = tuple((self.topology.host(p), p) for p in sentinel_ports.sentinels)
+            redis_env = {
+                "FLASHDEAL_REDIS_TOPOLOGY": "sentinel",
+                "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in sentinels),
+                "REDIS_SENTINEL_MASTER": MASTER_NAME,
+            }
+            settings = settings.with_(
+                redis_topology="sentinel", redis_sentinels=sentinels, redis_sentinel_master=MASTER_NAME
+            )
         self.env = {
-            "FLASHDEAL_REDIS_TOPOLOGY": "sentinel",
-            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in sentinels),
-            "REDIS_SENTINEL_MASTER": MASTER_NAME,
-            "CELERY_BROKER_URL": DEFAULT_AMQP_URL,
+            **redis_env,
+            "CELERY_BROKER_URL": DEFAULT_AMQP_URL,  # kombu has no Redis Cluster transport
             "ORDER_ACK_REPLICAS": "1",
             "ORDER_ACK_TIMEOUT_MS": str(ACK_TIMEOUT_MS),
             "RATELIMIT_ENABLED": "false",
             "DRAIN_CLAIM_IDLE_MS": "1000",
             "DATABASE_URL": settings.database_url,
         }
-        self.settings = settings.with_(
-            redis_topology="sentinel",
-            redis_sentinels=sentinels,
-            redis_sentinel_master=MASTER_NAME,
-            order_ack_replicas=1,
-            celery_broker_url=DEFAULT_AMQP_URL,
-        )
+        self.settings = settings.with_(order_ack_replicas=1, celery_broker_url=DEFAULT_AMQP_URL)
         self.db = Database(self.settings)
         self.procs = CeleryProcs(root)
         self.web: list[Server] = []
+        self.minority_url = ""  # the web node inside the namespace, if any
+        self.cut: tuple[float, float] | None = None  # when a partition nemesis cut the Redis link (monotonic)
         self.sessions: list[tuple[int, object]] = []
 
     def start(self) -> FaultStack:
@@ -169,14 +195,14 @@ class FaultStack:
             "DATABASE_URL": db.set(host=ns.s_host, port=pg.port).render_as_string(hide_password=False),
             "CELERY_BROKER_URL": f"amqp://guest:guest@{ns.s_host}:{amqp.port}//",
         }
-        self.procs.worker("minority", ns_env, launch=ns.launch)
+        self.procs.worker(f"minority-{RUN_TAG}", ns_env, launch=ns.launch)
         port = free_port()
         cmd = [*ns.launch, sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "0.0.0.0"]
         cmd += ["--port", str(port), "--workers", "1", "--blocking-threads", "8", "web.wsgi:app"]
         log = (self.root / "web-minority.log").open("ab")
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**base_env(), **ns_env}, stdout=log, stderr=subprocess.STDOUT)
         server = Server(port, proc)
-        server.url = f"http://{ns.s_ns}:{port}"
+        server.url = self.minority_url = f"http://{ns.s_ns}:{port}"
         self.web.append(server)
         wait_http(f"{server.url}/healthz", 60)
 
@@ -185,14 +211,33 @@ class FaultStack:
         env = {**self.env, "CELERY_QUEUE": self.procs.queue}
         for _ in range(self.n_workers):
             self._spawned += 1
-            self.workers.append(self.procs.worker(f"faults{self._spawned}", env))
+            self.workers.append(self.procs.worker(f"faults{self._spawned}-{RUN_TAG}", env))
 
-    def restart_workers(self) -> None:
-        """SIGKILL every worker node (whole process group, mid-task), then start as many again."""
+    def kill_workers(self) -> None:
+        """SIGKILL every worker node (whole process group, mid-task)."""
         for w in self.workers:
             w.kill()
         self.workers.clear()
+
+    def restart_workers(self) -> None:
+        """SIGKILL every worker node, then start as many again."""
+        self.kill_workers()
         self.start_workers()
+
+    def make_deal(self, stock: int, limit: int) -> int:
+        """A deal loaded into the gate; on a partitioned cluster, one whose shard's primary is inside the namespace.
+
+        Why deals are made until one lands there: a deal's shard is its id's hash slot, known only once made;
+        the others stay open and unused (about two of three are).
+        """
+        for _ in range(50):
+            deal = make_deal(self.db, self.gate, stock=stock, limit=limit, payment_window=PAYMENT_WINDOW_S).id
+            t = self.topology
+            if not isinstance(t, PartitionedCluster):
+                return deal
+            if t.primary_of(key_slot(self.gate.keys.deal(deal).stock.encode())) == t.inside:
+                return deal
+        raise RuntimeError("no deal landed on the partitioned shard")
 
     def expiries_due(self) -> bool:
         """True when an unpaid order of the running scenario is past its pay_by (the sweep has work)."""
@@ -243,10 +288,7 @@ def run_scenario(stack: FaultStack, name: str, nemesis: Nemesis, warmup: float, 
     """Load the shop, apply the nemesis (bounded, healed), load on, stop, drain, check."""
     t0 = time.monotonic()
     healed(stack.topology)
-    deals = [
-        make_deal(stack.db, stack.gate, stock=BIG_STOCK, limit=BIG_STOCK, payment_window=PAYMENT_WINDOW_S).id,
-        make_deal(stack.db, stack.gate, stock=SMALL_STOCK, limit=SMALL_LIMIT, payment_window=PAYMENT_WINDOW_S).id,
-    ]
+    deals = [stack.make_deal(BIG_STOCK, BIG_STOCK), stack.make_deal(SMALL_STOCK, SMALL_LIMIT)]
     stack.deals = deals
     history, stop = History(), threading.Event()
     nodes = [s.url for s in stack.web]
@@ -267,6 +309,18 @@ def run_scenario(stack: FaultStack, name: str, nemesis: Nemesis, warmup: float, 
     drained = stack.drained(deals)
     report = check(history, read_state(stack.db, stack.gate, deals))
     return Result(name, fault, report, drained, time.monotonic() - t0, history)
+
+
+def _minority_orders(history: History, url: str, cut: tuple[float, float]) -> str:
+    """What the minority's web node answered to orders sent while its Redis link was cut (it admits until its
+    primary sees itself cut off)."""
+    ops = [o for o in history if o.kind == "order" and o.node == url and cut[0] <= o.invoked_at <= cut[1]]
+    ok = [o for o in ops if o.outcome == "ok"]
+    n = Counter(o.outcome for o in ops)
+    return (
+        f"during the cut ({cut[1] - cut[0]:.0f} s), the minority's node: {len(ok)} orders ok "
+        f"({sum(o.unconfirmed for o in ok)} unconfirmed), {n['fail']} refused, {n['info']} unknown"
+    )
 
 
 def _ofi(r: Report, kind: str) -> str:
@@ -303,11 +357,15 @@ def run(
 ) -> list[Result]:
     """Run the scenarios on one stack (web nodes, workers, buyers), in order; print each row as it goes."""
     results: list[Result] = []
+    unknown = set(scenarios) - set(NEMESES)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(NEMESES)})")
     plain = [n for n in scenarios if n not in PARTITIONED]
-    cut = [n for n in scenarios if n in PARTITIONED]
-    for names, partition in ((plain, False), (cut, True)):
+    cut = [n for n in scenarios if n in PARTITIONED and n in SENTINEL_NEMESES]
+    cluster_cut = [n for n in scenarios if n in PARTITIONED and n in CLUSTER_NEMESES]
+    for names, partition, cluster in ((plain, False, False), (cut, True, False), (cluster_cut, True, True)):
         if names:
-            results += _run_on_stack(settings, names, warmup, after, keep, size, private_pg, partition)
+            results += _run_on_stack(settings, names, warmup, after, keep, size, private_pg, partition, cluster)
     return results
 
 
@@ -320,20 +378,24 @@ def _run_on_stack(
     size: tuple[int, int, int],
     private_pg: bool,
     partition: bool,
+    cluster: bool,
 ) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="flashdeal-faults-"))
     # The namespace layout: one web node and one worker on each side.
-    stack = FaultStack(settings, root, *((1, 1, size[2]) if partition else size), private_pg, partition)
+    stack = FaultStack(settings, root, *((1, 1, size[2]) if partition else size), private_pg, partition, cluster)
     results = []
     try:
         stack.start()
         for name in scenarios:
-            res = run_scenario(stack, name, SENTINEL_NEMESES[name], warmup, after)
+            res = run_scenario(stack, name, NEMESES[name], warmup, after)
             results.append(res)
             nodes = Counter(op.node.split("//")[-1] for op in res.history if op.outcome == "ok")
             print(
                 f"[faults] {name}: {res.fault}; {len(res.history)} ops, {res.seconds:.0f} s; ok by node {dict(nodes)}"
             )
+            if stack.cut is not None:
+                print(f"[faults]   {_minority_orders(res.history, stack.minority_url, stack.cut)}")
+                stack.cut = None
             for v in res.report.violations[:10]:
                 print(f"[faults]   {v.kind}: deal {v.deal_id}: {v.detail}", flush=True)
             if keep is not None and not res.report.ok:
@@ -350,7 +412,7 @@ def _run_on_stack(
 def main(argv: list[str] | None = None) -> int:
     """``python -m faults.matrix [--scenarios a,b] [--warmup S] [--after S]``: prints the table; 1 on a fatal row."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--scenarios", default=",".join(SENTINEL_NEMESES), help="comma-separated, in order")
+    p.add_argument("--scenarios", default=",".join(NEMESES), help="comma-separated, in order")
     p.add_argument("--warmup", type=float, default=4.0, help="seconds of load before the fault")
     p.add_argument("--after", type=float, default=5.0, help="seconds of load after the fault healed")
     p.add_argument("--keep", type=Path, default=ROOT / "var" / "faults", help="histories and logs of failed rows")

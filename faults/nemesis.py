@@ -7,6 +7,8 @@ one primary with its replicas online (roles may have moved). What it did is retu
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,7 +17,9 @@ import redis
 
 from harness.processes import paused
 from harness.waits import wait_for
+from scripts.local_redis.cluster import ClusterTopology
 from scripts.local_redis.sentinel import DOWN_AFTER_MS, SentinelTopology
+from shared.outbox_entry import EXPIRED, PAID
 
 if TYPE_CHECKING:
     from faults.matrix import FaultStack
@@ -30,10 +34,14 @@ ZOMBIE_S = DOWN_AFTER_MS / 1000 + 4.0
 Nemesis = Callable[["FaultStack"], str]
 WORKER_KILLS = 3  # worker nodes SIGKILLed this many times, each while expiries are due
 PG_CRASHES = 2
+FRESH_MS = 50  # an outbox entry read this recently is in a live worker's hands
+# Pending entries looked at per deal, oldest first: a killed node's leave hundreds until they are claimed again.
+PENDING_SCAN = 2000
+IN_FLIGHT_WAIT_S = 60.0
 PARTITION_S = 8.0  # past the failover and past min-replicas-max-lag (5 s) on the minority side
 
 
-def role(t: SentinelTopology, port: int) -> str:
+def role(t: SentinelTopology | ClusterTopology, port: int) -> str:
     """The node's role (master / slave), '' when it does not answer."""
     try:
         return str(redis.Redis(t.host(port), port, socket_timeout=1).info("replication")["role"])
@@ -41,8 +49,14 @@ def role(t: SentinelTopology, port: int) -> str:
         return ""
 
 
-def healed(t: SentinelTopology) -> int:
-    """Wait until one primary has every other data node online as its replica; its port."""
+def healed(t: SentinelTopology | ClusterTopology) -> int:
+    """Wait until one primary has every other data node online as its replica; its port.
+
+    On a cluster: until every node says the cluster is whole and each primary has a replica; 0.
+    """
+    if isinstance(t, ClusterTopology):
+        t.wait_healthy(FAILOVER_S)
+        return 0
     want = len(t.ports.data) - 1
     wait_for(lambda: t.replicas_online(t.primary()) == want, FAILOVER_S, "the topology did not heal")
     return t.primary()
@@ -114,6 +128,76 @@ def kill_workers(stack: FaultStack) -> str:
     return f"SIGKILL every worker node {WORKER_KILLS}x while expiries were due, restarted"
 
 
+def _in_flight(stack: FaultStack, kind: str) -> tuple[int, str, int, str] | None:
+    """An outbox entry of ``kind`` that a live worker has read and not yet acknowledged (its drain is between
+    XREADGROUP and the XACK after the PostgreSQL commit): its deal, id, how many ms ago it was read, consumer."""
+    rds, group = stack.gate.redis, stack.gate.keys.drain_group
+    streams = [(d, stack.gate.keys.deal(d).outbox) for d in stack.deals]
+    try:
+        pipe = rds.pipeline(transaction=False)  # one round trip for every deal: the window is milliseconds
+        for _d, stream in streams:
+            pipe.xpending_range(stream, group, "-", "+", PENDING_SCAN)
+        for (deal_id, stream), pending in zip(streams, pipe.execute(), strict=True):
+            # Read moments ago: a live worker holds it (a killed one's stay pending until claimed again).
+            for p in pending:
+                if p["time_since_delivered"] <= FRESH_MS:
+                    entry = rds.xrange(stream, p["message_id"], p["message_id"])
+                    if entry and entry[0][1].get("t") == kind:
+                        return deal_id, p["message_id"], p["time_since_delivered"], p["consumer"]
+    except redis.RedisError:
+        pass
+    return None
+
+
+def _pending(stack: FaultStack, deal_id: int, entry_id: str) -> bool:
+    """True while the entry is read and not acknowledged."""
+    stream = stack.gate.keys.deal(deal_id).outbox
+    return bool(stack.gate.redis.xpending_range(stream, stack.gate.keys.drain_group, entry_id, entry_id, 1))
+
+
+def _kill_consumer(stack: FaultStack, consumer: str) -> bool:
+    """SIGKILL the pool process that holds the entry first (the consumer name ends in its pid, worker/tasks.py),
+    if it belongs to a worker node of this run: the whole nodes' kills take milliseconds more."""
+    with contextlib.suppress(ValueError, ProcessLookupError):
+        pid = int(consumer.rsplit(":", 1)[1])
+        if os.getpgid(pid) in {w.proc.pid for w in stack.workers}:
+            os.kill(pid, signal.SIGKILL)
+            return True
+    return False
+
+
+def kill_workers_holding(kind: str, what: str) -> Nemesis:
+    """SIGKILL every worker node the moment one holds an entry of ``kind`` between its read and its ack."""
+
+    def nemesis(stack: FaultStack) -> str:
+        inside = kills = 0
+        for _ in range(WORKER_KILLS):
+            deadline, found = time.monotonic() + IN_FLIGHT_WAIT_S, None
+            while found is None and time.monotonic() < deadline:
+                found = _in_flight(stack, kind)
+            if found is None:  # reported in the row's fault line, not raised: the other rows still run
+                print(f"[faults]   no {what} in flight within {IN_FLIGHT_WAIT_S:.0f} s", flush=True)
+                continue
+            deal_id, entry_id, ms, consumer = found
+            first = _kill_consumer(stack, consumer)
+            kills += 1
+            stack.kill_workers()
+            # Still pending once every worker is dead: the kill landed between that entry's read and its ack.
+            landed = _pending(stack, deal_id, entry_id)
+            inside += landed
+            print(
+                f"[faults]   SIGKILL {ms} ms after entry {entry_id} was read (its process first: {first}); "
+                f"unacknowledged: {landed}",
+                flush=True,
+            )
+            stack.start_workers()
+            time.sleep(1.5)  # the killed node's entries are claimed again (DRAIN_CLAIM_IDLE_MS) by the fresh ones
+        return f"SIGKILL every worker node {kills}x inside {what}, {inside} before its XACK; restarted"
+
+    nemesis.__doc__ = f"SIGKILL every worker node while one persists {what} (read, not yet acknowledged)."
+    return nemesis
+
+
 def crash_postgres(stack: FaultStack) -> str:
     """Crash PostgreSQL (immediate stop: every connection cut, no checkpoint) mid-drain, twice, and start it."""
     if stack.postgres is None:
@@ -143,10 +227,40 @@ def partition_primary(stack: FaultStack) -> str:
         time.sleep(PARTITION_S)  # the minority admits until min-replicas-max-lag makes its primary refuse
     finally:
         ns.heal()
-        cut = time.monotonic() - t0
+        stack.cut = (t0, time.monotonic())
+        cut = stack.cut[1] - t0
     wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} was not demoted")
     healed(t)
     return f"Redis link of {old} (+1 web node, 1 worker) cut {cut:.0f}s, {new} promoted, {old} demoted on heal"
+
+
+def partition_shard(stack: FaultStack) -> str:
+    """Cut one shard's primary (in its namespace, with a web node ordering by token and a worker that still reach
+    PostgreSQL and the broker) off from its replica and the other primaries; the majority fails the shard over;
+    heal: the old primary rejoins as the new one's replica."""
+    from faults.partition import PartitionedCluster
+
+    t, ns = stack.topology, stack.netns
+    if ns is None or not isinstance(t, PartitionedCluster):
+        raise RuntimeError("cluster-partition needs the cluster's namespace layout")
+    healed(t)
+    old = t.inside
+    if old not in t.primaries():
+        raise RuntimeError(f"the node {old} inside the namespace is not a primary")
+    replica = t.replica_of(old)
+    t0 = time.monotonic()
+    ns.cut()
+    try:
+        # The majority's view (the first node that answers is on the host's side now).
+        wait_for(lambda: old not in t.primaries() and role(t, replica) == "master", FAILOVER_S, "no failover")
+        time.sleep(PARTITION_S)  # the minority admits on the old primary until it sees itself cut off
+    finally:
+        ns.heal()
+        stack.cut = (t0, time.monotonic())
+        cut = stack.cut[1] - t0
+    wait_for(lambda: role(t, old) == "slave", FAILOVER_S, f"the old primary {old} did not rejoin as a replica")
+    healed(t)
+    return f"shard primary {old} (+1 web node, 1 worker) cut {cut:.0f}s, {replica} promoted, {old} back as replica"
 
 
 SENTINEL_NEMESES: dict[str, Nemesis] = {
@@ -155,8 +269,12 @@ SENTINEL_NEMESES: dict[str, Nemesis] = {
     "pause-primary": pause_primary,
     "lag": lag_then_kill,
     "kill-workers": kill_workers,
+    "kill-mid-expiry": kill_workers_holding(EXPIRED, "an expiry's persistence"),
+    "kill-mid-payment": kill_workers_holding(PAID, "a payment decision's persistence"),
     "pg-crash": crash_postgres,
     "partition": partition_primary,
 }
+# On a Redis Cluster stack (FLASHDEAL_REDIS_TOPOLOGY=cluster, RabbitMQ broker), each on a stack of its own.
+CLUSTER_NEMESES: dict[str, Nemesis] = {"cluster-partition": partition_shard}
 # Scenarios that need the namespace layout (faults/partition.py): run on a stack of their own.
-PARTITIONED = ("partition",)
+PARTITIONED = ("partition", "cluster-partition")

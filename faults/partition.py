@@ -16,6 +16,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from harness.waits import wait_for
+from scripts.local_redis.cluster import ClusterTopology
 from scripts.local_redis.sentinel import SentinelTopology
 
 
@@ -99,3 +101,43 @@ class PartitionedTopology(SentinelTopology):
         with conf.open("a") as f:
             f.write("protected-mode no\n")
         return conf
+
+
+class PartitionedCluster(ClusterTopology):
+    """The cluster with its first node inside the namespace (made a shard's primary), the others on the host's end.
+
+    Every node listens on and announces (``cluster-announce-ip``, the bus too) the address both sides reach
+    while the link is up, so cutting the Redis link cuts that primary off from its replica and the other
+    primaries: the majority fails its shard over, the minority's web node and worker still reach it.
+    """
+
+    def __init__(self, netns: Netns, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.netns = netns
+
+    @property
+    def inside(self) -> int:
+        """Port of the node inside the namespace."""
+        return self.ports.nodes[0]
+
+    def host(self, port: int) -> str:
+        """The namespace's address for the first node, the host's end of the Redis link for the others."""
+        return self.netns.r_ns if port == self.inside else self.netns.r_host
+
+    def launch(self, port: int) -> list[str]:
+        """The first node starts (and restarts) inside the namespace."""
+        return self.netns.launch if port == self.inside else []
+
+    def node_args(self, port: int) -> list[str]:
+        """The usual command line, out of protected mode (it answers only the loopback otherwise)."""
+        return [*super().node_args(port), "--protected-mode", "no"]
+
+    def start(self, timeout: float = 30.0) -> PartitionedCluster:
+        """Form the cluster; if ``redis-cli`` made the namespace's node a replica (it spreads primaries over
+        addresses), promote it with a coordinated ``CLUSTER FAILOVER``, so a shard's primary is inside."""
+        super().start(timeout)
+        if self.client(self.inside).info("replication")["role"] != "master":
+            self.client(self.inside).execute_command("CLUSTER", "FAILOVER")
+            wait_for(lambda: self.inside in self.primaries(), timeout, f"{self.inside} was not promoted")
+            self.wait_healthy(timeout)
+        return self

@@ -46,9 +46,9 @@ class ClusterPorts:
         return ",".join(f"{HOST}:{p}" for p in self.nodes)
 
 
-def node_client(port: int) -> redis.Redis:
+def node_client(port: int, host: str = HOST) -> redis.Redis:
     """A plain connection to one node (the topology's own checks, tests that talk to one node)."""
-    return redis.Redis(HOST, port, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
+    return redis.Redis(host, port, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
 
 
 class ClusterTopology(RedisNodes):
@@ -59,24 +59,42 @@ class ClusterTopology(RedisNodes):
         self.ports = ports
         self.cli = shutil.which("redis-cli") or "redis-cli"
 
+    def host(self, port: int) -> str:
+        """The address the node on ``port`` listens on and announces (a fault test may spread them)."""
+        return HOST
+
+    def launch(self, port: int) -> list[str]:
+        """What the node on ``port`` is started through (a fault test may start it in a network namespace)."""
+        return []
+
+    def client(self, port: int) -> redis.Redis:
+        """A plain connection to the node on ``port``, at its address."""
+        return node_client(port, self.host(port))
+
+    @property
+    def nodes_setting(self) -> str:
+        """The ``REDIS_CLUSTER_NODES`` value for these nodes, at their addresses."""
+        return ",".join(f"{self.host(p)}:{p}" for p in self.ports.nodes)
+
     def node_args(self, port: int) -> list[str]:
         """Command line of one node (cluster mode, AOF, no eviction; its nodes.conf in its own directory)."""
         d = self._dir(port)
         return [
-            self.binary, "--port", str(port), "--bind", HOST, "--daemonize", "yes", "--dir", str(d),
+            *self.launch(port), self.binary, "--port", str(port), "--bind", self.host(port), "--daemonize", "yes",
+            "--dir", str(d),
             "--pidfile", str(self._pidfile(port)), "--logfile", str(d / "redis.log"),
             "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             # The other shards keep selling while one shard has no primary (between a death and a promotion).
             "--cluster-require-full-coverage", "no",
-            "--cluster-announce-ip", HOST,
+            "--cluster-announce-ip", self.host(port),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
 
     def running(self) -> bool:
         """True when every node answers PING."""
-        return all(ping(p) for p in self.ports.nodes)
+        return all(ping(p, self.host(p)) for p in self.ports.nodes)
 
     def start(self, timeout: float = 30.0) -> ClusterTopology:
         """Start every node (fresh data), form the cluster and wait until every node reports it whole."""
@@ -86,7 +104,7 @@ class ClusterTopology(RedisNodes):
             subprocess.run(self.node_args(port), check=True)
         wait_for(self.running, timeout, "the Redis nodes did not answer")
         subprocess.run(
-            [self.cli, "--cluster", "create", *(f"{HOST}:{p}" for p in self.ports.nodes),
+            [self.cli, "--cluster", "create", *(f"{self.host(p)}:{p}" for p in self.ports.nodes),
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, timeout=timeout,
         )  # fmt: skip
@@ -101,7 +119,7 @@ class ClusterTopology(RedisNodes):
             self.start(timeout)
             return "started"
         for port in self.ports.nodes:
-            if not ping(port):
+            if not ping(port, self.host(port)):
                 self.restart(port)
         self.wait_healthy(timeout)
         return "revived"
@@ -113,7 +131,7 @@ class ClusterTopology(RedisNodes):
     def _healthy(self) -> bool:
         try:
             for port in self.ports.nodes:
-                raw = node_client(port).execute_command("CLUSTER", "INFO")
+                raw = self.client(port).execute_command("CLUSTER", "INFO")
                 info = dict(line.split(":", 1) for line in raw.split() if ":" in line)
                 if info["cluster_state"] != "ok" or int(info["cluster_slots_ok"]) != SLOTS:
                     return False
@@ -127,7 +145,7 @@ class ClusterTopology(RedisNodes):
         """Ports of the primaries that serve slots, as the first node answering sees them."""
         for port in self.ports.nodes:
             with contextlib.suppress(redis.RedisError):
-                shards = node_client(port).execute_command("CLUSTER", "SLOTS")
+                shards = self.client(port).execute_command("CLUSTER", "SLOTS")
                 return sorted({int(shard[2][1]) for shard in shards})
         raise RuntimeError("no cluster node answers")
 
@@ -135,22 +153,22 @@ class ClusterTopology(RedisNodes):
         """Port of the primary serving ``slot`` now (as the first node answering sees it)."""
         for port in self.ports.nodes:
             with contextlib.suppress(redis.RedisError):
-                for start, end, primary, *_replicas in node_client(port).execute_command("CLUSTER", "SLOTS"):
+                for start, end, primary, *_replicas in self.client(port).execute_command("CLUSTER", "SLOTS"):
                     if int(start) <= slot <= int(end):
                         return int(primary[1])
         raise RuntimeError(f"no node serves slot {slot}")
 
     def replica_of(self, primary: int) -> int:
         """Port of a replica of the primary on ``primary``."""
-        node_id = node_client(primary).execute_command("CLUSTER", "MYID")
-        for line in node_client(primary).execute_command("CLUSTER", "REPLICAS", node_id):
+        node_id = self.client(primary).execute_command("CLUSTER", "MYID")
+        for line in self.client(primary).execute_command("CLUSTER", "REPLICAS", node_id):
             return int(line.split()[1].split("@")[0].rsplit(":", 1)[1])
         raise RuntimeError(f"{primary} has no replica")
 
     def replicas_online(self, port: int) -> int:
         """How many replicas the node on ``port`` reports online (0 if it does not answer)."""
         try:
-            info = node_client(port).info("replication")
+            info = self.client(port).info("replication")
         except redis.RedisError:
             return 0
         links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
@@ -160,7 +178,7 @@ class ClusterTopology(RedisNodes):
         """Start a killed node again on its data (its nodes.conf): it rejoins, as a replica if it was replaced."""
         self._dir(port).mkdir(parents=True, exist_ok=True)
         subprocess.run(self.node_args(port), check=True)
-        wait_for(lambda: ping(port), 10, f"redis on {port} did not come back")
+        wait_for(lambda: ping(port, self.host(port)), 10, f"redis on {port} did not come back")
 
     def stop(self, graceful: bool = False) -> None:
         """Stop every node this topology started (by pid file); ``graceful``: SIGTERM, each writes its AOF out."""

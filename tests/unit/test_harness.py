@@ -52,3 +52,19 @@ def test_lb_config_listens_on_its_port_in_front_of_the_given_nodes(tmp_path: Pat
     assert re.findall(r"server 127\.0\.0\.1:(\d+)", conf) == ["18001", "18002"]
     assert "proxy_read_timeout 1s;" in (tmp_path / "nginx-proxy.conf").read_text()
     assert (tmp_path / "nginx-api-errors.conf").exists()
+
+
+def test_a_partitioned_cluster_starts_its_first_node_in_the_namespace_announcing_the_address_both_sides_reach(
+    tmp_path: Path,
+) -> None:
+    from faults.partition import Netns, PartitionedCluster
+    from scripts.local_redis.cluster import ClusterPorts
+
+    ns = Netns()  # names and addresses only: nothing is created
+    t = PartitionedCluster(ns, tmp_path, ClusterPorts(nodes=(7101, 7102, 7103, 7104, 7105, 7106)))
+    inside, outside = t.node_args(7101), t.node_args(7102)
+    assert inside[: len(ns.launch)] == ns.launch and outside[0] != "ip"
+    for args, addr in ((inside, ns.r_ns), (outside, ns.r_host)):
+        assert args[args.index("--bind") + 1] == addr
+        assert args[args.index("--cluster-announce-ip") + 1] == addr
+    assert t.nodes_setting.split(",")[:2] == [f"{ns.r_ns}:7101", f"{ns.r_host}:7102"]
