@@ -201,8 +201,9 @@ class Settings(BaseSettings):
     )
     payment_max_retries: int = _doc(1, "retries of a provider call that failed on the network", ge=0, le=3)
     payment_max_concurrent: Positive = _doc(
-        2,
-        "provider calls one web process makes at once; more are answered 503 at once (orders keep their threads)",
+        4,
+        "provider calls one web process makes at once (half of the Procfile's 8 threads); one more waits at most "
+        "a quarter second for a slot, then is answered 503 (orders keep their threads)",
     )
     payment_hold_seconds: Positive = _doc(
         120, "an unpaid order with an open payment is held past pay_by this long at most, until the provider was asked"

@@ -1,4 +1,4 @@
-"""A bulkhead around a provider: at most N calls at once per process, the rest refused at once."""
+"""A bulkhead around a provider: at most N calls at once per process, the rest refused after a short wait."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from shared.payments.base import ProviderError
 # look-ups run in workers; both keep their short timeouts. Guarding refunds too turned a burst of late
 # payments into 503s the provider had to resend (tests/system/test_payment_workers.py's race, 16 at once).
 GUARDED = ("create_payment", "deliver")
+# How long a click waits for a slot before its 503: a burst of buyers pressing "Pay" at once (each call takes
+# milliseconds with a healthy provider) gets through; a provider that hangs holds at most this long per thread.
+SLOT_WAIT_S = 0.25
 
 
 class ProviderBusy(ProviderError):
-    """Every slot for provider calls is taken: answered 503 at once instead of queueing a thread."""
+    """Every slot for provider calls stayed taken: answered 503 instead of queueing a thread for the provider."""
 
 
 class Bulkhead:
-    """Wraps a provider; the GUARDED methods take a slot, or raise ProviderBusy without waiting.
+    """Wraps a provider; the GUARDED methods take a slot, or raise ProviderBusy after at most SLOT_WAIT_S.
 
     Why not only timeouts: a timeout bounds one call, not how many threads wait on a slow provider at once.
     With N web threads and a provider that answers after the timeout, every buyer who presses "Pay" holds a
@@ -37,7 +40,7 @@ class Bulkhead:
             return attr
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            if not self._slots.acquire(blocking=False):
+            if not self._slots.acquire(timeout=SLOT_WAIT_S):
                 raise ProviderBusy(f"{self._provider.name}: every provider slot of this process is busy")
             try:
                 return attr(*args, **kwargs)

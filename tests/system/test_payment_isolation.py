@@ -48,6 +48,7 @@ def test_a_slow_provider_never_stalls_orders_on_the_same_node(db, gate, web_serv
             "STRIPE_API_BASE": slow_stripe.url,
             "PAYMENT_TIMEOUT_SECONDS": "2",
             "PAYMENT_MAX_RETRIES": "1",
+            "PAYMENT_MAX_CONCURRENT": "2",  # half of this node's 4 threads, as the default is of production's 8
         }
     )
     deal = make_deal(db, gate, stock=1000, limit=5, payment_window=600)
