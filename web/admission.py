@@ -36,6 +36,13 @@ IDEMPOTENCY_HEADER = {
     "description": "Sent again with a retried order: the first order it placed is answered (200), never a second.",
     "schema": {"type": "string", "pattern": rf"^[\t ]*{IDEMPOTENCY_KEY.pattern}[\t ]*$"},
 }
+QUEUE_PASS_HEADER = {
+    "name": "Queue-Pass",
+    "in": "header",
+    "required": False,
+    "description": "The waiting room's pass for this buyer and deal; a queued deal refuses orders without it (403).",
+    "schema": {"type": "string"},
+}
 SOLD_OUT_TTL_S = 0.2
 
 # Process-local sold-out marks: a sold-out deal answers without a Redis round trip for a

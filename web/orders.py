@@ -10,7 +10,14 @@ from flask_limiter.util import get_remote_address
 from shared.clock import ms_to_dt
 from shared.gate import Cancellation
 from web.access import is_admin, login_required, require_user
-from web.admission import IDEMPOTENCY_HEADER, REPLICATION_HEADER, UNCONFIRMED, admit_order, forget_sold_out
+from web.admission import (
+    IDEMPOTENCY_HEADER,
+    QUEUE_PASS_HEADER,
+    REPLICATION_HEADER,
+    UNCONFIRMED,
+    admit_order,
+    forget_sold_out,
+)
 from web.errors import ApiError
 from web.ids import parse_order_id
 from web.metrics import record_unreplicated
@@ -28,9 +35,18 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
 @doc(
     "Place an order (Idempotency-Key header optional)",
     body=OrderIn,
-    responses={200: OrderAccepted, 202: OrderAccepted, 401: None, 404: None, 409: None, 422: None, 429: None},
+    responses={
+        200: OrderAccepted,
+        202: OrderAccepted,
+        401: None,
+        403: None,
+        404: None,
+        409: None,
+        422: None,
+        429: None,
+    },
     auth="session",
-    headers=(IDEMPOTENCY_HEADER,),
+    headers=(IDEMPOTENCY_HEADER, QUEUE_PASS_HEADER),
 )
 def place_order(deal_id: int) -> Any:
     """Admit an order through the gate; 202 with the order id, 409 when refused, 429 over a rate limit."""
