@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.ports import HOST, free_port
 from harness.processes import spawn, stop_process
-from harness.waits import wait_http
+from harness.waits import listeners, wait_for, wait_http
 
 WSGI_APP = "web.wsgi:app"
 
@@ -40,10 +40,13 @@ def start_granian(
     log: Path | None = None,
     timeout: float = 30.0,
 ) -> subprocess.Popen:
-    """Start one web node and wait until its /healthz answers; defaults are the benchmarks' server."""
+    """Start one web node and wait until its /healthz answers and every worker listens; defaults: the benchmarks'."""
     proc = spawn(granian_command(port, workers, threads, target, backpressure), env, log)
     try:
         wait_http(f"http://{HOST}:{port}/healthz", timeout)
+        # Why also count listeners: each worker binds its own SO_REUSEPORT socket when its app is built, so the
+        # first answer can come while the others still start, and the kernel then sends everything to one.
+        wait_for(lambda: listeners(port) >= workers, timeout, f"{workers} granian workers listening on {port}")
     except BaseException:
         stop_process(proc)
         raise

@@ -43,6 +43,13 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
         raise TimeoutError(url)
 
 
+def listeners(port: int) -> int:
+    """How many sockets listen on TCP ``port`` of 127.0.0.1 (one per granian worker: each binds SO_REUSEPORT)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:  # Linux only, as the harness is
+        return sum(1 for row in table if (cols := row.split())[1] == want and cols[3] == "0A")  # 0A: LISTEN
+
+
 def wait_log(log: Path, needle: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
     """Wait until ``needle`` appears in ``log``; RuntimeError at once if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
