@@ -5,6 +5,8 @@ Every test starts on a fresh schema (once per run) and on empty tables and no ke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -16,3 +18,22 @@ def fresh_module(clean_module_state: None) -> None:
 @pytest.fixture(autouse=True)
 def fresh(clean_state: None) -> None:
     """Each test starts on empty tables and no Redis keys of this run."""
+
+
+@pytest.fixture(scope="package", autouse=True)
+def cheap_password_hashes() -> Iterator[None]:
+    """New passwords hashed at the test users' cost in this tier's process, as Django's docs advise for suites.
+
+    Why: the production parameters (64 MiB, ~0.1 s a hash and as much a check here) made signups and logins
+    over a third of this tier's time. The other tiers keep the production cost; tests/unit/test_passwords.py
+    checks it.
+    """
+    from shared import accounts
+    from tests.helpers import CHEAP_HASHER
+
+    real = accounts._hasher
+    accounts._hasher = CHEAP_HASHER
+    accounts._dummy_hash.cache_clear()
+    yield
+    accounts._hasher = real
+    accounts._dummy_hash.cache_clear()
