@@ -15,14 +15,15 @@ from shared.models import User
 PASSWORD = "bench-password-1"
 # Login still runs a real argon2id verify, with the parameters stored in the hash. The product's defaults cost
 # ~0.5 s of CPU per login on this 2-core box: 5,000 buyers would spend minutes logging in before the sale.
-# The bench's users carry a cheap hash instead (the login path and its code are unchanged).
-_CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+# The bench's users (and the test suite's, tests/helpers.py) carry a cheap hash instead (the login path and its
+# code are unchanged).
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 def make_users(db: Database, count: int, tag: str | None = None) -> list[tuple[int, str]]:
     """Insert ``count`` buyers sharing one password; returns (id, email) pairs."""
     tag = tag or uuid.uuid4().hex[:8]
-    pw = _CHEAP.hash(PASSWORD)
+    pw = CHEAP_HASHER.hash(PASSWORD)
     emails = [f"b{i}-{tag}@bench.example.com" for i in range(count)]
     with db.transaction() as s:
         for start in range(0, count, 1000):

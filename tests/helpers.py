@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from argon2 import PasswordHasher
 from sqlalchemy import insert
 
+from bench.users import CHEAP_HASHER
 from harness import celery, nginx
 from shared.cache import invalidate_deal
 from shared.db import Database
@@ -26,9 +26,8 @@ from shared.queue import QueueRules
 from tests.environment import RUN_PREFIX, base_env
 
 PASSWORD = "correct-horse-9"
-# argon2id at its smallest cost, for test users: a hash carries its own parameters, so every process checks it
-# at this cost (the production one, ~0.1 s a check here, was over a third of the in-process tiers' time).
-CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+# Test users carry the bench's cheap argon2id hash: a hash carries its own parameters, so every process checks
+# it at that cost (the production one, ~0.1 s a check here, was over a third of the in-process tiers' time).
 _HASH = CHEAP_HASHER.hash(PASSWORD)
 
 

@@ -28,8 +28,8 @@ def cheap_password_hashes() -> Iterator[None]:
     over a third of this tier's time. The other tiers keep the production cost; tests/unit/test_passwords.py
     checks it.
     """
+    from bench.users import CHEAP_HASHER
     from shared import accounts
-    from tests.helpers import CHEAP_HASHER
 
     real = accounts._hasher
     accounts._hasher = CHEAP_HASHER
