@@ -35,6 +35,7 @@ from shared.models import (
     MAX_QUEUE_POW_BITS,
     MAX_QUEUE_RATE,
 )
+from shared.queue import QueueStats
 
 # JSON Schema patterns of the text rules in shared/bounds.py (what the validators below enforce),
 # so /openapi.json tells clients, and Schemathesis, which strings are accepted.
@@ -176,19 +177,6 @@ class ChallengeOut(BaseModel):
     bits: int
 
 
-class QueueStatsOut(BaseModel):
-    """A queued deal's waiting room (stats)."""
-
-    waiting: int
-    admitted: int
-    passes_live: int
-    passes_used: int
-    passes_expired: int
-    rate: int
-    paused: bool
-    max_live_passes: int
-
-
 class DealIn(Strict):
     """Body of POST /api/admin/deals."""
 
@@ -302,7 +290,7 @@ class DealStatsOut(BaseModel):
     failed: int
     paid: int
     expired: int
-    queue: QueueStatsOut | None = None  # only for a queued deal
+    queue: QueueStats | None = None  # only for a queued deal (pydantic reads the dataclass's fields)
 
 
 class OrderIn(Strict):
