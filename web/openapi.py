@@ -15,8 +15,10 @@ from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 
 from web.ids import OPENAPI_ID_SCHEMA
+from web.order_token import COOKIE as ORDER_COOKIE
 from web.origin import HEADER_VALUE
 from web.schemas import ErrorOut
+from web.sessions import COOKIE_NAME as SESSION_COOKIE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +31,7 @@ class Doc:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
-    auth: str | None = None  # None, "session" or "admin"
+    auth: str | None = None  # None, "session", "admin" or "order" (the session or the order token)
     headers: tuple[dict[str, Any], ...] = ()  # request header parameters the view reads
     raw_body: bool = False  # the body is someone else's JSON (a provider's event), not one of our models
 
@@ -148,7 +150,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             elif info.raw_body:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
             if info.auth:
-                op["security"] = [{"session": []}]
+                # Alternatives: either cookie proves the buyer of an order (web/order_token.py).
+                op["security"] = [{"session": []}, {"order_token": []}] if info.auth == "order" else [{"session": []}]
                 op["x-required-role"] = "admin" if info.auth == "admin" else "any"
             changes_state = method in STATE_CHANGING
             if changes_state and info.body is None and not info.raw_body:
@@ -171,7 +174,16 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "flashdeal_session"}},
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+                "order_token": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": ORDER_COOKIE,
+                    "description": "A short-lived signed pass of the buyer, set at login and renewed by the"
+                    " session's pages and API; it proves the buyer of an order without the session.",
+                },
+            },
         },
     }
 

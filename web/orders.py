@@ -45,7 +45,7 @@ bp = Blueprint("orders", __name__, url_prefix="/api")
         422: None,
         429: None,
     },
-    auth="session",
+    auth="order",
     headers=(IDEMPOTENCY_HEADER, QUEUE_PASS_HEADER),
 )
 def place_order(deal_id: int) -> Any:

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from tests.helpers import PASSWORD, email_of, make_deal, make_users
+
 
 @pytest.fixture()
 def spec(client) -> dict:
@@ -62,3 +64,25 @@ def test_an_order_answer_may_carry_every_order_status(spec) -> None:
     assert set(schemas["OrderAccepted"]["properties"]["status"]["enum"]) == set(
         schemas["OrderOut"]["properties"]["status"]["enum"]
     )
+
+
+def test_every_security_alternative_the_document_names_gets_an_order_in(client, db, spec) -> None:
+    """The order operation takes the session or the order token: each cookie alone gets past authentication."""
+    op = spec["paths"]["/api/deals/{deal_id}/orders"]["post"]
+    assert op["security"] == [{"session": []}, {"order_token": []}]
+    schemes = spec["components"]["securitySchemes"]
+    (user,) = make_users(db, 1)
+    deal = make_deal(db, client.application.extensions["flashdeal"].gate, stock=5, limit=2)
+    r = client.post("/api/auth/login", json={"email": email_of(db, user), "password": PASSWORD})
+    assert r.status_code == 200
+    cookies = {h.split("=", 1)[0]: h.split("=", 1)[1].split(";", 1)[0] for h in r.headers.getlist("Set-Cookie")}
+    for alternative in op["security"]:
+        (name,) = alternative
+        scheme = schemes[name]
+        assert scheme["in"] == "cookie" and scheme["name"] in cookies, (name, sorted(cookies))
+        only = client.application.test_client()
+        only.set_cookie(scheme["name"], cookies[scheme["name"]], path="/")
+        answer = only.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+        assert answer.status_code == 202, (name, answer.json)
+    anonymous = client.application.test_client().post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    assert anonymous.status_code == 401
