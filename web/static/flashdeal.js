@@ -66,11 +66,17 @@
     return { status: resp.status, data };
   }
 
-  /** The waiting room's pass for this deal (web/static/queue.js keeps it), as the order's Queue-Pass header. */
+  /** Where the waiting room's pass for a deal is kept (web/static/queue.js stores it, orders send it). */
+  const queuePassKey = (dealId) => "flashdeal.queue-pass." + dealId;
+
+  /** The waiting room's pass for this deal, as the order's Queue-Pass header. */
   function queuePassHeader(dealId) {
-    const pass = sessionStorage.getItem("flashdeal.queue-pass." + dealId);
+    const pass = sessionStorage.getItem(queuePassKey(dealId));
     return pass ? { "Queue-Pass": pass } : {};
   }
+
+  // What the page scripts loaded after this one share (queue.js): one API call, one place for the pass.
+  window.flashdeal = Object.freeze({ api, queuePassKey });
 
   /** A random key; crypto.randomUUID needs a secure context, getRandomValues does not. */
   function newKey() {

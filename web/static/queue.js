@@ -8,7 +8,8 @@
   if (!root) return;
   const dealId = Number(root.dataset.deal);
   const $ = (id) => document.getElementById(id);
-  const PASS_KEY = "flashdeal.queue-pass." + dealId;
+  const { api, queuePassKey } = window.flashdeal; // flashdeal.js, loaded before this script
+  const PASS_KEY = queuePassKey(dealId);
   const TEXT = {
     not_joined: "You have not joined yet.",
     waiting: "You are in the line.",
@@ -17,18 +18,6 @@
     sold_out: "Sold out: every unit has been claimed. Sorry!",
     closed: "This sale has ended.",
   };
-
-  async function api(method, url, payload) {
-    const init = { method, credentials: "same-origin", headers: { Accept: "application/json", "X-Requested-With": "fetch" } };
-    if (payload !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(payload);
-    }
-    const resp = await fetch(url, init);
-    let data = null;
-    try { data = await resp.json(); } catch (e) { data = null; }
-    return { status: resp.status, data };
-  }
 
   function hex(buf) {
     return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
