@@ -43,16 +43,16 @@ test: venv
 test-fast: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
 	$(VENV)/bin/ruff check . ; \
-	$(VENV)/bin/pytest tests/unit tests/integration -m "not system" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 ## test-unit: the unit tier alone: no services needed (nothing is found or started)
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-## test-system: the system tier (real processes, faults, browser, deploy checks) and the process tests elsewhere
+## test-system: the system tier (real processes, faults, browser, deploy checks)
 test-system: venv
 	@eval "$$($(PY) scripts/ensure_services.py $(TEST_DB))"; \
-	$(VENV)/bin/pytest -m system $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/system $(PYTEST_ARGS)
 
 ## faults: every nemesis under load on a Sentinel stack (and a cluster), judged by the history checker; prints the table (docs/faults.md)
 FAULTS_DB ?= flashdeal_faults

@@ -1,7 +1,8 @@
 """The suite's root: fixture plugins for every tier, and each test marked with its tier (unit, integration, system).
 
-The tier is the folder a test lives in; a test elsewhere that starts processes (asks for one of
-``PROCESS_FIXTURES``) is marked ``system`` too, so ``-m "not system"`` runs nothing but in-process tests.
+The tier is the folder a test lives in. A test that starts processes (asks for one of ``PROCESS_FIXTURES``)
+lives in ``tests/system``: anywhere else it is a usage error, so ``tests/unit`` and ``tests/integration`` run
+nothing but in-process tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.relative_to(TESTS).parts[0]
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/")
-        if tier != "system" and PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
-            tier = "system"
+        starts = PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if tier != "system" and starts:
+            raise pytest.UsageError(f"{item.nodeid}: starts processes ({', '.join(sorted(starts))}): tests/system/")
         item.add_marker(tier)

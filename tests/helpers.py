@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
 from bench.users import CHEAP_HASHER
@@ -50,6 +53,68 @@ def email_of(db: Database, user_id: int) -> str:
     """The email of a user id."""
     with db.read() as s:
         return s.get(User, user_id).email  # type: ignore[union-attr]
+
+
+def login_client(app: Flask, db: Database, user_id: int) -> FlaskClient:
+    """A Flask test client logged in as ``user_id`` through the API (a real session and order token)."""
+    c = app.test_client()
+    r = c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD})
+    assert r.status_code == 200, r.json
+    return c
+
+
+def new_user_client(app: Flask, db: Database, role: str = "buyer") -> FlaskClient:
+    """A Flask test client logged in as a new user with ``role``."""
+    (uid,) = make_users(db, 1, role=role)
+    return login_client(app, db, uid)
+
+
+def iso_in(seconds: float) -> str:
+    """An ISO 8601 time ``seconds`` from now (negative: in the past), as the API takes times."""
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def deal_body(**over: object) -> dict:
+    """A valid body of ``POST /api/admin/deals`` (open now for an hour), with ``over`` applied."""
+    body: dict = {
+        "title": "Lamp",
+        "price": "19.90",
+        "stock": 10,
+        "per_user_limit": 2,
+        "starts_at": iso_in(-1),
+        "ends_at": iso_in(3600),
+    }
+    body.update(over)
+    return body
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse an exposition into {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample's value (0 when absent)."""
+    return metric_samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def views_forbidden(app: Flask, *names: str) -> None:
+    """Make Flask views fail loudly: an answer afterwards can only come from the fast path."""
+
+    def boom(**_kw):
+        raise AssertionError("a Flask view ran")
+
+    for name in names:
+        app.view_functions[name] = boom
+
+
+def deal_keys_in_redis(gate: Gate, deal_id: int) -> list[str]:
+    """Every Redis key of the deal (its hash tag), whatever its name."""
+    return sorted(gate.redis.scan_iter(match=f"{gate.keys.prefix}{{deal:{deal_id}}}*", count=1000))
 
 
 def make_deal(

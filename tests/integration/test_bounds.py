@@ -12,34 +12,10 @@ from sqlalchemy import func, select, text
 from shared.deals import tick
 from shared.models import Deal, User
 from tests.environment import ROOT, base_env
-from tests.helpers import PASSWORD, email_of, make_deal, make_users, unique_email
+from tests.helpers import PASSWORD, deal_body, iso_in, make_deal, new_user_client, unique_email
 
 HUGE_IDS = ("99999999999999999999999", "9223372036854775808")  # past bigint; the second is MAX_ID + 1
 JSON_ORIGIN = {"Content-Type": "application/json"}
-
-
-def _iso(seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
-
-
-def _login(app, db, role: str = "buyer"):
-    (uid,) = make_users(db, 1, role=role)
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, uid), "password": PASSWORD}).status_code == 200
-    return c
-
-
-def _deal_body(**over) -> dict:
-    body = {
-        "title": "Lamp",
-        "price": "19.90",
-        "stock": 10,
-        "per_user_limit": 2,
-        "starts_at": _iso(-1),
-        "ends_at": _iso(3600),
-    }
-    body.update(over)
-    return body
 
 
 def _deal_count(db) -> int:
@@ -52,7 +28,7 @@ def test_every_int_route_answers_404_for_an_id_beyond_bigint(settings, db, fast_
     from web import create_app
 
     app = create_app(settings.with_(ratelimit_enabled=False, fast_path=fast_path))
-    admin = _login(app, db, "admin")
+    admin = new_user_client(app, db, "admin")
     routes = [r for r in app.url_map.iter_rules() if "<int:" in r.rule]
     assert len(routes) >= 6  # deal detail, orders, admin open/close/stats, the deal and admin pages
     for rule in routes:
@@ -67,7 +43,7 @@ def test_every_int_route_answers_404_for_an_id_beyond_bigint(settings, db, fast_
 
 
 def test_a_deal_ending_in_year_10000_utc_is_refused_before_postgresql(app, db, client) -> None:
-    admin = _login(app, db, "admin")
+    admin = new_user_client(app, db, "admin")
     before = _deal_count(db)
     for over in (
         {"ends_at": "9999-12-31T23:00:00-05:00"},  # year 10000 in UTC: stored by PostgreSQL, unreadable by psycopg
@@ -75,7 +51,7 @@ def test_a_deal_ending_in_year_10000_utc_is_refused_before_postgresql(app, db, c
         {"starts_at": "1970-01-01T00:00:00Z"},
         {"starts_at": "0001-01-01T00:00:00+05:00"},
     ):
-        r = admin.post("/api/admin/deals", json=_deal_body(**over))
+        r = admin.post("/api/admin/deals", json=deal_body(**over))
         assert r.status_code == 422, (over, r.status_code, r.data[:200])
         assert r.json["error"]["code"] == "invalid"
     assert _deal_count(db) == before
@@ -83,11 +59,11 @@ def test_a_deal_ending_in_year_10000_utc_is_refused_before_postgresql(app, db, c
 
 
 def test_deal_dates_are_stored_in_utc(app, db) -> None:
-    admin = _login(app, db, "admin")
+    admin = new_user_client(app, db, "admin")
     start = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
     r = admin.post(
         "/api/admin/deals",
-        json=_deal_body(starts_at=start.isoformat().replace("+00:00", "-05:00"), ends_at=_iso(86400)),
+        json=deal_body(starts_at=start.isoformat().replace("+00:00", "-05:00"), ends_at=iso_in(86400)),
     )
     assert r.status_code == 201, r.json
     assert datetime.fromisoformat(r.json["starts_at"]) == start + timedelta(hours=5)
@@ -110,16 +86,16 @@ def test_deal_dates_are_stored_in_utc(app, db) -> None:
     ],
 )
 def test_deal_fields_postgresql_would_refuse_are_422(app, db, over) -> None:
-    admin = _login(app, db, "admin")
+    admin = new_user_client(app, db, "admin")
     before = _deal_count(db)
-    r = admin.post("/api/admin/deals", data=json.dumps(_deal_body(**over)), content_type="application/json")
+    r = admin.post("/api/admin/deals", data=json.dumps(deal_body(**over)), content_type="application/json")
     assert r.status_code == 422, (over, r.status_code, r.data[:200])
     assert _deal_count(db) == before
 
 
 def test_a_description_may_hold_line_breaks(app, db) -> None:
-    admin = _login(app, db, "admin")
-    r = admin.post("/api/admin/deals", json=_deal_body(description="Line one\nLine two\tend"))
+    admin = new_user_client(app, db, "admin")
+    r = admin.post("/api/admin/deals", json=deal_body(description="Line one\nLine two\tend"))
     assert r.status_code == 201 and r.json["description"] == "Line one\nLine two\tend"
 
 
@@ -204,7 +180,7 @@ def test_one_unreadable_deal_does_not_take_down_the_list_the_pages_or_the_tick(a
         assert client.get(f"/deals/{bad}").status_code == 404
         report = tick(svc.db, svc.gate)
         assert bad in report.skipped
-        admin = _login(app, db, "admin")
+        admin = new_user_client(app, db, "admin")
         for method, path in (
             ("GET", f"/api/admin/deals/{bad}/stats"),
             ("POST", f"/api/admin/deals/{bad}/open"),
@@ -233,7 +209,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_refuses_dates_out_of_range_and_control_characters(db) -> None:
     before = _deal_count(db)
     common = ["deal", "create", "--price", "9.99", "--stock", "5", "--limit", "1"]
-    r = _cli(*common, "--title", "Far", "--starts-at", _iso(60), "--ends-at", "9999-12-31T23:00:00-05:00")
+    r = _cli(*common, "--title", "Far", "--starts-at", iso_in(60), "--ends-at", "9999-12-31T23:00:00-05:00")
     assert r.returncode == 2 and "--ends-at" in r.stderr, r.stderr
     r = _cli(*common, "--title", "Bell\x07", "--open-now")
     assert r.returncode == 2 and "--title" in r.stderr, r.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import redis
 from sqlalchemy import text
 
 from shared.deals import tick
@@ -13,8 +12,7 @@ from shared.gate import Admission, Gate, Loaded
 from shared.keys import Keys
 from shared.models import Deal
 from shared.settings import DEFAULT_AMQP_URL, ConfigError, Settings, sentinel_broker_url
-from tests.helpers import ORIGIN, make_deal, make_users
-from tests.integration.test_fastpath import _login, _views_forbidden
+from tests.helpers import ORIGIN, login_client, make_deal, make_users, views_forbidden
 from web import create_app
 from web.admission import REPLICATION_HEADER, UNCONFIRMED
 from web.metrics import UNREPLICATED
@@ -116,10 +114,10 @@ def test_wait_timeout_still_answers_202_marked_and_counted_and_a_retry_finds_the
     app = create_app(settings.with_(ratelimit_enabled=False, fast_path=fast_path, order_ack_replicas=1,
                                     order_ack_timeout_ms=20))  # fmt: skip
     if fast_path:
-        _views_forbidden(app, "orders.place_order")
+        views_forbidden(app, "orders.place_order")
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     before = _unreplicated("order")
     r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": "w1"})
     assert r.status_code == 202 and r.headers[REPLICATION_HEADER] == UNCONFIRMED
@@ -136,7 +134,7 @@ def test_cancel_wait_timeout_is_200_marked_and_counted(settings, db) -> None:
     app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=1, order_ack_timeout_ms=20))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     before = _unreplicated("cancel")
     r = c.post(f"/api/orders/{oid}/cancel", headers=ORIGIN)
@@ -148,20 +146,9 @@ def test_no_wait_asked_means_no_marker(settings, db) -> None:
     app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=0))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
     assert r.status_code == 202 and REPLICATION_HEADER not in r.headers
-
-
-def test_evicting_redis_is_refused_at_startup_and_by_readyz(settings, private_redis) -> None:  # noqa: F811
-    s = settings.with_(redis_url=private_redis.url, ratelimit_enabled=False)
-    app = create_app(s)
-    assert app.test_client().get("/readyz").status_code == 200
-    redis.Redis.from_url(private_redis.url).config_set("maxmemory-policy", "allkeys-lru")
-    r = app.test_client().get("/readyz")
-    assert r.status_code == 503 and "allkeys-lru" in r.json["checks"]["redis"]
-    with pytest.raises(ConfigError, match="noeviction"):
-        create_app(s)
 
 
 def test_topology_settings() -> None:
@@ -178,25 +165,6 @@ def test_topology_settings() -> None:
             Settings.from_env(bad)
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_primary_without_its_replicas_refuses_orders_with_503_and_writes_nothing(
-    settings,
-    db,
-    private_redis,  # noqa: F811
-    fast_path,
-) -> None:
-    app = create_app(settings.with_(redis_url=private_redis.url, ratelimit_enabled=False, fast_path=fast_path))
-    svc = app.extensions["flashdeal"]
-    deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(app, db, make_users(db, 1)[0])
-    # min-replicas-to-write: a primary cut off from its replicas (the old side of a split brain) takes no writes.
-    redis.Redis.from_url(private_redis.url).config_set("min-replicas-to-write", "1")
-    r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}, headers={"Idempotency-Key": "nr"})
-    assert r.status_code == 503 and r.json["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
-    k = svc.gate.keys.deal(deal.id)
-    assert svc.gate.redis.get(k.stock) == "5" and svc.gate.redis.hlen(k.orders) == 0  # nothing half-written
-
-
 def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_it_again(settings, db) -> None:
     """The webhook's decision gets the same durable acknowledgement as an order: unconfirmed means resend."""
     from shared.payments.providers.dev import dev_webhook_secret
@@ -205,7 +173,7 @@ def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_i
     app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=1, order_ack_timeout_ms=20))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2, payment_window=120)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     payload = event(oid, deal.id, pid, eid="evt_unreplicated")

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, login_client, make_deal, make_users, views_forbidden
 from web import create_app
 from web.fastpath import FastPath
 
@@ -16,22 +16,6 @@ def _apps(settings):
     fast = create_app(settings.with_(ratelimit_enabled=False))
     slow = create_app(settings.with_(ratelimit_enabled=False, fast_path=False))
     return fast, slow
-
-
-def _login(app, db, user_id: int):
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
-    return c
-
-
-def _views_forbidden(app, *names: str) -> None:
-    """Make Flask views fail loudly: an answer afterwards can only come from the fast path."""
-
-    def boom(**_kw):
-        raise AssertionError("a Flask view ran")
-
-    for name in names:
-        app.view_functions[name] = boom
 
 
 def test_fast_path_is_on_by_default_with_or_without_rate_limits(settings) -> None:
@@ -49,20 +33,20 @@ def test_rate_limits_count_in_the_same_windows_on_both_paths(settings, db) -> No
     svc = fast.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=100, limit=100)
     u1, u2 = make_users(db, 2)
-    c1 = _login(fast, db, u1)
-    _views_forbidden(fast, "orders.place_order")
+    c1 = login_client(fast, db, u1)
+    views_forbidden(fast, "orders.place_order")
     # Three orders within the limit: all answered by the fast path (the Flask view would raise).
     assert [c1.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)] == [202] * 3
     # The window is full for the Flask path too (a plain Flask app on the same Redis).
     slow = create_app(limited.with_(fast_path=False))
-    r = _login(slow, db, u1).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    r = login_client(slow, db, u1).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
     assert r.status_code == 429 and r.json["error"]["code"] == "rate_limited" and int(r.headers["Retry-After"]) > 0
     # And the other way round: orders counted by the Flask view fill the fast path's window.
     slow = create_app(limited.with_(fast_path=False))
-    c2 = _login(slow, db, u2)
+    c2 = login_client(slow, db, u2)
     assert [c2.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)] == [202] * 3
     fast = create_app(limited)
-    r = _login(fast, db, u2).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+    r = login_client(fast, db, u2).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
 
 
@@ -71,7 +55,7 @@ def test_per_ip_limit_on_the_fast_path(settings, db) -> None:
     app = create_app(limited)
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=100, limit=100)
-    clients = [_login(app, db, u) for u in make_users(db, 3)]
+    clients = [login_client(app, db, u) for u in make_users(db, 3)]
     codes = [c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for c in clients]
     assert codes == [202, 202, 429]
 
@@ -80,8 +64,8 @@ def test_plain_order_is_answered_without_flask(settings, db) -> None:
     fast, _slow = _apps(settings)
     svc = fast.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(fast, db, make_users(db, 1)[0])
-    _views_forbidden(fast, "orders.place_order")
+    c = login_client(fast, db, make_users(db, 1)[0])
+    views_forbidden(fast, "orders.place_order")
     r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}, headers={"Idempotency-Key": "k1"})
     assert r.status_code == 202 and r.json["status"] == "accepted" and r.json["quantity"] == 2
     assert r.headers["Content-Type"] == "application/json" and "Cookie" in r.headers["Vary"]
@@ -126,7 +110,7 @@ def test_fast_path_answers_what_the_flask_view_answers(settings, db) -> None:
     for app in _apps(settings):
         svc = app.extensions["flashdeal"]
         user = make_users(db, 1)[0]
-        buyer, anonymous = _login(app, db, user), app.test_client()
+        buyer, anonymous = login_client(app, db, user), app.test_client()
         seen = []
         for name, deal_id, body, headers, logged_in in _scenarios(db, svc.gate):
             c = buyer if logged_in else anonymous
@@ -153,7 +137,7 @@ def test_a_session_due_for_refresh_is_refreshed(settings, db) -> None:
     app = create_app(settings.with_(ratelimit_enabled=False, session_refresh_seconds=1))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
 
     def session_path_order() -> int:
         c.set_cookie("flashdeal_order", "x" * 20, path="/")  # unusable: the session proves the buyer
@@ -174,7 +158,7 @@ def test_logout_ends_ordering_at_once(settings, db, fast_path) -> None:
     app = create_app(settings.with_(ratelimit_enabled=False, fast_path=fast_path))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5)
-    c = _login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     assert c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 202
     assert c.post("/api/auth/logout", headers=ORIGIN).status_code == 204
     r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
@@ -196,7 +180,7 @@ def test_an_unexpected_error_is_answered_in_the_json_shape(settings, db, monkeyp
     fast, _slow = _apps(settings)
     svc = fast.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(fast, db, make_users(db, 1)[0])
+    c = login_client(fast, db, make_users(db, 1)[0])
 
     def broken(*_a, **_kw):
         raise RuntimeError("a bug")
@@ -210,8 +194,8 @@ def test_deal_reads_are_answered_without_flask_and_show_live_stock(settings, db)
     fast, _slow = _apps(settings)
     svc = fast.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = _login(fast, db, make_users(db, 1)[0])
-    _views_forbidden(fast, "deals.get_deal", "deals.list_deals")
+    c = login_client(fast, db, make_users(db, 1)[0])
+    views_forbidden(fast, "deals.get_deal", "deals.list_deals")
     r = c.get(f"/api/deals/{deal.id}")
     assert r.status_code == 200 and r.json["remaining_stock"] == 5 and r.json["status"] == "open"
     assert r.headers["Content-Type"] == "application/json" and "Set-Cookie" not in r.headers
@@ -257,7 +241,7 @@ def test_deal_reads_answer_what_the_flask_views_answer(settings, db, logged_in) 
     """The same reads with and without the fast path: the expected status, and the same bodies and headers."""
     fast, slow = _apps(settings)
     user = make_users(db, 1)[0]
-    clients = [_login(app, db, user) if logged_in else app.test_client() for app in (fast, slow)]
+    clients = [login_client(app, db, user) if logged_in else app.test_client() for app in (fast, slow)]
     for path, status, code in _read_paths(db, fast.extensions["flashdeal"].gate):
         r_fast, r_slow = (c.get(path) for c in clients)
         # Against the expected answer first: two paths failing alike (both 500) must not pass.
@@ -288,8 +272,8 @@ def test_fast_path_answers_are_counted_in_the_metrics(settings, db) -> None:
     fast, _slow = _apps(settings)
     svc = fast.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=1)
-    c = _login(fast, db, make_users(db, 1)[0])
-    _views_forbidden(fast, "deals.get_deal", "deals.list_deals", "orders.place_order")
+    c = login_client(fast, db, make_users(db, 1)[0])
+    views_forbidden(fast, "deals.get_deal", "deals.list_deals", "orders.place_order")
     labels = [
         ("/api/deals/<int:deal_id>", "GET", "200"),
         ("/api/deals/<int:deal_id>", "GET", "404"),
@@ -315,6 +299,6 @@ def test_an_app_keeps_only_its_own_limiter_storage_options(settings, db, monkeyp
     app = create_app(limited)
     deal = make_deal(db, app.extensions["flashdeal"].gate, stock=100, limit=100)
     (user,) = make_users(db, 1)
-    c = _login(app, db, user)
+    c = login_client(app, db, user)
     codes = [c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(3)]
     assert codes == [202, 202, 429]

@@ -6,24 +6,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 import redis
 
 from shared.order_ids import deal_of
 from shared.outbox_entry import inflight_member, parse_inflight_member
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, login_client, make_deal, make_users
 from worker.drain import DrainOptions, drain_deal
-
-
-@pytest.fixture()
-def svc(app):
-    return app.extensions["flashdeal"]
-
-
-def _login(app, db, user_id: int):
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
-    return c
 
 
 @contextmanager
@@ -69,7 +57,7 @@ def test_my_orders_finds_an_order_behind_a_long_outbox(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=20_000, limit=20_000)
     crowd, me = make_users(db, 2)
     _fill(svc, deal.id, crowd, 10_050)  # the workers are down or behind: nothing drains
-    c = _login(app, db, me)
+    c = login_client(app, db, me)
     mine = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     items = c.get("/api/orders").json["items"]
     assert [(o["order_id"], o["status"]) for o in items] == [(mine, "accepted")]
@@ -80,7 +68,7 @@ def test_order_lookup_and_my_orders_read_no_outbox_and_no_other_deal(app, db, sv
     mine_deal = make_deal(db, svc.gate, stock=10, limit=5)
     other_deal = make_deal(db, svc.gate, stock=10, limit=5)
     (uid,) = make_users(db, 1)
-    c = _login(app, db, uid)
+    c = login_client(app, db, uid)
     oid = c.post(f"/api/deals/{mine_deal.id}/orders", json={"quantity": 2}).json["order_id"]
     c.post(f"/api/deals/{other_deal.id}/orders", json={"quantity": 1})
     assert deal_of(oid) == mine_deal.id  # the id names its deal
@@ -97,7 +85,7 @@ def test_order_lookup_and_my_orders_read_no_outbox_and_no_other_deal(app, db, sv
 def test_the_index_follows_the_outbox_through_cancel_and_drain(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=10, limit=5)
     a, b = make_users(db, 2)
-    ca, cb = _login(app, db, a), _login(app, db, b)
+    ca, cb = login_client(app, db, a), login_client(app, db, b)
     first = ca.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     second = ca.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}).json["order_id"]
     cb.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import redis
-import requests
-from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, select
 
 from shared.db import Database
@@ -22,22 +16,9 @@ from shared.gate import Gate
 from shared.keys import Keys
 from shared.models import DeadLetter
 from shared.settings import Settings
+from tests.helpers import metric_samples, metric_value
 from web.metrics import record_admission
 from worker import metrics as wm
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Parse an exposition into {(sample name, sorted labels): value}."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """One sample's value (0 when absent)."""
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_requests_counted_by_url_rule_not_path(client) -> None:
@@ -49,66 +30,25 @@ def test_requests_counted_by_url_rule_not_path(client) -> None:
     after = client.get("/metrics")
     assert after.status_code == 200 and after.content_type.startswith("text/plain")
     text = after.text
-    delta = value(text, "flashdeal_http_requests_total", endpoint=rule, method="GET", status="404") - value(
-        before, "flashdeal_http_requests_total", endpoint=rule, method="GET", status="404"
-    )
+    delta = metric_value(
+        text, "flashdeal_http_requests_total", endpoint=rule, method="GET", status="404"
+    ) - metric_value(before, "flashdeal_http_requests_total", endpoint=rule, method="GET", status="404")
     assert delta == 3
     assert "/api/deals/987654" not in text
-    assert value(text, "flashdeal_http_requests_total", endpoint="unmatched", method="GET", status="404") >= 1
-    hist = value(text, "flashdeal_http_request_duration_seconds_count", endpoint=rule, method="GET")
+    assert metric_value(text, "flashdeal_http_requests_total", endpoint="unmatched", method="GET", status="404") >= 1
+    hist = metric_value(text, "flashdeal_http_request_duration_seconds_count", endpoint=rule, method="GET")
     assert hist >= 3
 
 
 def test_record_admission_counts_by_outcome(client) -> None:
-    before = value(client.get("/metrics").text, "flashdeal_admissions_total", outcome="sold_out")
+    before = metric_value(client.get("/metrics").text, "flashdeal_admissions_total", outcome="sold_out")
     record_admission("sold_out")
     record_admission("sold_out")
     text = client.get("/metrics").text
-    assert value(text, "flashdeal_admissions_total", outcome="sold_out") == before + 2
+    assert metric_value(text, "flashdeal_admissions_total", outcome="sold_out") == before + 2
     # Every outcome is pre-created, so dashboards see zeros rather than gaps.
     for outcome in ("accepted", "limit_exceeded", "deal_not_open"):
-        assert ("flashdeal_admissions_total", (("outcome", outcome),)) in samples(text)
-
-
-def _healthz_served(mp: Path) -> list[float]:
-    """The /healthz requests each worker process has counted, read from its own multiprocess file."""
-    served = []
-    for path in glob.glob(str(mp / "counter_*.db")):
-        d = MmapedDict(path, read_mode=True)
-        try:
-            served.append(sum(v for k, v, _ in d.read_all_values() if "/healthz" in k and "requests_total" in k))
-        finally:
-            d.close()
-    return served
-
-
-def test_metrics_correct_with_two_granian_workers(web_server: Callable, tmp_path: Path) -> None:
-    mp = tmp_path / "multiproc"
-    mp.mkdir()
-    server = web_server({"PROMETHEUS_MULTIPROC_DIR": str(mp)}, workers=2)
-    # Each granian worker binds its own SO_REUSEPORT socket once its app is built, and the kernel spreads new
-    # connections over the sockets listening. Readiness of the node means one worker listens: under load the
-    # second may still be starting (a CI run once saw [0, 61]), so knock until both have served one.
-    deadline = time.monotonic() + 60
-    while len([c for c in _healthz_served(mp) if c > 0]) < 2:
-        assert time.monotonic() < deadline, _healthz_served(mp)
-        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200  # a new connection each time
-    healthz = {"endpoint": "/healthz", "method": "GET"}
-    base = value(
-        requests.get(server.url + "/metrics", timeout=5).text, "flashdeal_http_requests_total", **healthz, status="200"
-    )
-    assert base == sum(_healthz_served(mp))
-    n = 60
-    for _ in range(n):
-        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
-    # Whichever worker answers the scrape, it reports the requests of both.
-    for _ in range(4):
-        text = requests.get(server.url + "/metrics", timeout=5).text
-        assert value(text, "flashdeal_http_requests_total", **healthz, status="200") == base + n
-        assert value(text, "flashdeal_http_request_duration_seconds_count", **healthz) == base + n
-    served = _healthz_served(mp)
-    assert len(served) == 2 and min(served) > 0, served  # both processes served part of them
-    assert sum(served) == base + n
+        assert ("flashdeal_admissions_total", (("outcome", outcome),)) in metric_samples(text)
 
 
 def test_worker_records_drain_and_reconcile_results() -> None:

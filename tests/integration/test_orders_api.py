@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-import requests
 
 from shared.models import Order
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, login_client, make_deal, make_users
 from web import create_app
-
-
-def login(app, db, user_id: int):
-    c = app.test_client()
-    r = c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD})
-    assert r.status_code == 200
-    return c
-
-
-@pytest.fixture()
-def svc(app):
-    return app.extensions["flashdeal"]
 
 
 def test_anonymous_gets_401(client, db, svc) -> None:
@@ -51,7 +36,7 @@ def test_anonymous_gets_401(client, db, svc) -> None:
 )
 def test_bad_quantities_are_422(app, db, svc, body) -> None:
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     r = c.post(f"/api/deals/{deal.id}/orders", json=body)
     assert r.status_code == 422 and r.json["error"]["code"] == "invalid"
     assert int(svc.redis.get(svc.keys.deal(deal.id).stock)) == 5
@@ -59,7 +44,7 @@ def test_bad_quantities_are_422(app, db, svc, body) -> None:
 
 def test_malformed_and_wrong_type_bodies(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     url = f"/api/deals/{deal.id}/orders"
     assert c.post(url, data="{", content_type="application/json").status_code == 400
     assert c.post(url, data="quantity=1", content_type="application/x-www-form-urlencoded").status_code == 415
@@ -74,7 +59,7 @@ def test_malformed_and_wrong_type_bodies(app, db, svc) -> None:
 def test_accept_replay_conflicts(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=3, limit=2)
     u1, u2, u3 = make_users(db, 3)
-    c1, c2, c3 = login(app, db, u1), login(app, db, u2), login(app, db, u3)
+    c1, c2, c3 = login_client(app, db, u1), login_client(app, db, u2), login_client(app, db, u3)
     url = f"/api/deals/{deal.id}/orders"
     r = c1.post(url, json={"quantity": 2}, headers={"Idempotency-Key": "abc"})
     assert r.status_code == 202 and r.json["status"] == "accepted"
@@ -96,7 +81,7 @@ def test_accept_replay_conflicts(app, db, svc) -> None:
 
 def test_not_open_and_unknown_deal(app, db, svc) -> None:
     later = make_deal(db, svc.gate, starts_in=120)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     r = c.post(f"/api/deals/{later.id}/orders", json={"quantity": 1})
     assert r.status_code == 409 and r.json["error"]["code"] == "deal_not_open"
     r = c.post("/api/deals/987654321/orders", json={"quantity": 1})
@@ -107,7 +92,7 @@ def test_order_lookup_owner_admin_other(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=5, limit=1, price="12.34")
     owner, other = make_users(db, 2)
     (admin,) = make_users(db, 1, role="admin")
-    co, cx, ca = login(app, db, owner), login(app, db, other), login(app, db, admin)
+    co, cx, ca = login_client(app, db, owner), login_client(app, db, other), login_client(app, db, admin)
     oid = co.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     r = co.get(f"/api/orders/{oid}")
     assert r.status_code == 200
@@ -150,7 +135,7 @@ def test_order_lookup_owner_admin_other(app, db, svc) -> None:
 def test_cancel_returns_stock_once_then_closed_deal_refuses(app, db, svc) -> None:
     deal = make_deal(db, svc.gate, stock=2, limit=2)
     owner, other = make_users(db, 2)
-    co, cx = login(app, db, owner), login(app, db, other)
+    co, cx = login_client(app, db, owner), login_client(app, db, other)
     oid = co.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}).json["order_id"]
     assert cx.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["error"]["code"] == "sold_out"
     assert cx.post(f"/api/orders/{oid}/cancel", headers=ORIGIN).status_code == 404
@@ -173,7 +158,7 @@ def test_order_rate_limit_per_user(settings, db) -> None:
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=100, limit=100)
     u1, u2 = make_users(db, 2)
-    c1, c2 = login(app, db, u1), login(app, db, u2)
+    c1, c2 = login_client(app, db, u1), login_client(app, db, u2)
     codes = [c1.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code for _ in range(5)]
     assert codes == [202, 202, 202, 429, 429]
     r = c1.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
@@ -181,43 +166,12 @@ def test_order_rate_limit_per_user(settings, db) -> None:
     assert c2.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).status_code == 202
 
 
-def test_concurrent_http_orders_through_two_web_processes(web_server, db, settings) -> None:
-    from shared.gate import Gate
-    from shared.keys import Keys
-    from shared.redis import text_client
-
-    gate = Gate(text_client(settings), Keys(settings.key_prefix))
-    deal = make_deal(db, gate, stock=30, limit=1)
-    users = make_users(db, 60)
-    nodes = [web_server(), web_server()]
-    sessions = []
-    for i, u in enumerate(users):
-        s = requests.Session()
-        assert s.post(nodes[i % 2].url + "/api/auth/login", json={"email": email_of(db, u), "password": PASSWORD}).ok
-        sessions.append((u, s))
-    jobs = [(u, s, nodes[(i + k) % 2].url) for k in range(4) for i, (u, s) in enumerate(sessions)]
-
-    def buy(job):
-        u, s, base = job
-        return u, s.post(f"{base}/api/deals/{deal.id}/orders", json={"quantity": 1}, timeout=10)
-
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        results = list(pool.map(buy, jobs))
-    codes = Counter(r.status_code for _u, r in results)
-    assert set(codes) <= {202, 409}, codes
-    accepted = [(u, r.json()["order_id"]) for u, r in results if r.status_code == 202]
-    assert len(accepted) == 30 and len({u for u, _ in accepted}) == 30 and len({o for _, o in accepted}) == 30
-    assert int(gate.redis.get(gate.keys.deal(deal.id).stock)) == 0
-    outbox = {f["id"] for _i, f in gate.redis.xrange(gate.keys.deal(deal.id).outbox) if f["t"] == "o"}
-    assert outbox == {o for _, o in accepted}
-
-
 def test_dead_lettered_order_reads_failed(app, db, svc) -> None:
     from shared.models import DeadLetter
 
     deal = make_deal(db, svc.gate, stock=5, limit=1)
     (owner,) = make_users(db, 1)
-    c = login(app, db, owner)
+    c = login_client(app, db, owner)
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     with db.transaction() as s:
         s.add(

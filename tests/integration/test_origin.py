@@ -6,16 +6,9 @@ import uuid
 
 import pytest
 
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, unique_email
+from tests.helpers import ORIGIN, PASSWORD, make_deal, new_user_client, unique_email
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def _login(app, db, role: str = "buyer"):
-    (uid,) = make_users(db, 1, role=role)
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, uid), "password": PASSWORD}).status_code == 200
-    return c
 
 
 def _api_state_changes(app) -> list[tuple[str, str]]:
@@ -32,7 +25,7 @@ def _api_state_changes(app) -> list[tuple[str, str]]:
 
 
 def test_every_state_changing_api_call_needs_proof_of_origin(app, db) -> None:
-    admin = _login(app, db, "admin")
+    admin = new_user_client(app, db, "admin")
     calls = _api_state_changes(app)
     assert ("POST", "/api/auth/logout") in calls and (
         "POST",
@@ -52,7 +45,7 @@ def test_every_state_changing_api_call_needs_proof_of_origin(app, db) -> None:
 def test_bodyless_calls_pass_with_a_header_or_the_csrf_token(app, db) -> None:
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=2)
-    buyer = _login(app, db)
+    buyer = new_user_client(app, db)
     oid = buyer.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     assert buyer.post(f"/api/orders/{oid}/cancel").status_code == 403
     assert buyer.get(f"/api/orders/{oid}").json["status"] == "accepted"  # the refused cancel changed nothing
@@ -96,7 +89,7 @@ def test_a_replay_answers_the_orders_current_state(settings, db, fast_path) -> N
 
     app = create_app(settings.with_(ratelimit_enabled=False, fast_path=fast_path))
     deal = make_deal(db, app.extensions["flashdeal"].gate, stock=5, limit=2)
-    buyer = _login(app, db)
+    buyer = new_user_client(app, db)
     url, key = f"/api/deals/{deal.id}/orders", {"Idempotency-Key": f"replay-{fast_path}"}
     first = buyer.post(url, json={"quantity": 1}, headers=key)
     assert first.status_code == 202 and first.json["status"] == "accepted"
@@ -116,7 +109,7 @@ def test_a_replay_with_postgresql_unreachable_still_answers_from_the_gate(settin
 
     good = create_app(settings.with_(ratelimit_enabled=False))
     deal = make_deal(db, good.extensions["flashdeal"].gate, stock=5, limit=2)
-    buyer = _login(good, db)
+    buyer = new_user_client(good, db)
     url, key = f"/api/deals/{deal.id}/orders", {"Idempotency-Key": f"pg-down-{fast_path}"}
     first = buyer.post(url, json={"quantity": 1}, headers=key)
     assert first.status_code == 202

@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-import requests
 from sqlalchemy import text
 
 from shared.payments import Kind, minor_units
 from shared.payments.base import PayableOrder
 from shared.payments.providers.stripe import StripeProvider
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
-from tests.integration.test_payments_api import login
+from tests.helpers import ORIGIN, login_client, make_deal, make_users, set_payment_window_ms
 from tests.stripe_fake import WEBHOOK_SECRET, FakeStripe, stripe_event, stripe_signature
 
 
@@ -147,7 +145,7 @@ def test_stripe_checkout_through_the_app_pay_webhook_and_refund_after_expiry(db,
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=120, price="19.99", title="Kettle")
     (user,) = make_users(db, 1)
-    c = login(app, db, user)
+    c = login_client(app, db, user)
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 3}).json["order_id"]
     r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 200 and r.json["provider"] == "stripe", r.json
@@ -213,7 +211,7 @@ def test_the_check_job_decides_payments_whose_webhook_never_came(db, stripe_sett
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=120, price="5.00")
     set_payment_window_ms(svc.gate, deal.id, 300)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     paid, unpaid, never = (c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"] for _ in "abc")
     paid_pid = c.post(f"/api/orders/{paid}/pay", headers=ORIGIN).json["payment_id"]
     unpaid_pid = c.post(f"/api/orders/{unpaid}/pay", headers=ORIGIN).json["payment_id"]
@@ -248,7 +246,7 @@ def test_an_open_payment_is_held_at_most_the_hold_then_expires_and_a_late_succes
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=120, price="5.00")
     set_payment_window_ms(svc.gate, deal.id, 500)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     time.sleep(0.7)
@@ -273,7 +271,7 @@ def test_stripe_without_keys_answers_503_not_500(db, settings) -> None:
     app = create_app(settings.with_(ratelimit_enabled=False, payment_provider="stripe"))
     svc = app.extensions["flashdeal"]
     deal = make_deal(db, svc.gate, stock=5, limit=5, payment_window=120)
-    c = login(app, db, make_users(db, 1)[0])
+    c = login_client(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     r = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert r.status_code == 503 and r.json["error"]["code"] == "payments_unavailable"
@@ -285,28 +283,3 @@ def test_stripe_without_keys_answers_503_not_500(db, settings) -> None:
         headers={"Stripe-Signature": stripe_signature(payload, ""), "Content-Type": "application/json; charset=utf-8"},
     )
     assert forged.status_code == 503 and c.get(f"/api/orders/{oid}").json["status"] == "accepted"
-
-
-def test_dev_checkout_over_http_declined_then_paid(db, settings, web_server) -> None:
-    from shared.gate import Gate
-    from shared.keys import Keys
-    from shared.redis import text_client
-
-    server = web_server()
-    gate = Gate(text_client(settings), Keys(settings.key_prefix))
-    deal = make_deal(db, gate, stock=3, limit=3, payment_window=120, price="2.50")
-    (user,) = make_users(db, 1)
-    s = requests.Session()
-    assert s.post(server.url + "/api/auth/login", json={"email": email_of(db, user), "password": PASSWORD}).ok
-    oid = s.post(f"{server.url}/api/deals/{deal.id}/orders", json={"quantity": 2}).json()["order_id"]
-    pay = s.post(f"{server.url}/api/orders/{oid}/pay", headers=ORIGIN).json()
-    url = server.url + pay["checkout_url"]
-    page = requests.get(url)  # the provider's page: no session of ours needed
-    assert page.status_code == 200 and "5.00 EUR" in page.text
-    assert requests.post(url, json={"card": "4111111111111111"}).json()["error"]["code"] == "card_unknown"
-    declined = requests.post(url, json={"card": "4000 0000 0000 0002"})
-    assert declined.json() == {"result": "declined", "order_status": "accepted"}
-    paid = requests.post(url, json={"card": "4242424242424242"})
-    assert paid.json() == {"result": "paid", "order_status": "paid"}, paid.text
-    assert s.get(f"{server.url}/api/orders/{oid}").json()["status"] == "paid"
-    assert requests.get(server.url + "/payments/dev/checkout/devpi_1_nope").status_code == 404

@@ -14,18 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.payments.providers.dev import SIGNATURE_HEADER, dev_webhook_secret, sign
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users, set_payment_window_ms
-
-
-def login(app, db, user_id: int):
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
-    return c
-
-
-@pytest.fixture()
-def svc(app):
-    return app.extensions["flashdeal"]
+from tests.helpers import ORIGIN, login_client, make_deal, make_users, set_payment_window_ms
 
 
 def event(order_id: str, deal_id: int, payment_id: str, *, ok: bool = True, amount: int = 999, eid: str = "") -> bytes:
@@ -59,7 +48,7 @@ def post_event(client, svc, payload: bytes, header: str | None = None):
 def buy(app, db, svc, *, window: int = 120, stock: int = 5, qty: int = 1, price: str = "9.99"):
     deal = make_deal(db, svc.gate, stock=stock, limit=5, payment_window=window, price=price)
     (user,) = make_users(db, 1)
-    c = login(app, db, user)
+    c = login_client(app, db, user)
     r = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": qty})
     assert r.status_code == 202
     return deal, user, c, r.json["order_id"]
@@ -75,7 +64,7 @@ def _refunds(db, order_id: str) -> list[tuple]:
 def test_pay_is_idempotent_and_only_for_the_owner(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc)
     assert client.post(f"/api/orders/{oid}/pay", headers=ORIGIN).status_code == 401
-    other = login(app, db, make_users(db, 1)[0])
+    other = login_client(app, db, make_users(db, 1)[0])
     assert other.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["error"]["code"] == "not_found"
     first = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN)
     assert first.status_code == 200, first.json
@@ -228,7 +217,7 @@ def test_prices_carry_their_currency_a_deal_its_regular_price_and_orders_awaitin
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    admin = login(app, db, make_users(db, 1, role="admin")[0])
+    admin = login_client(app, db, make_users(db, 1, role="admin")[0])
     now = datetime.now(UTC)
     body = {"title": "Blender", "price": "30.00", "regular_price": "40.00", "stock": 5, "per_user_limit": 2,
             "starts_at": (now - timedelta(minutes=1)).isoformat(), "ends_at": (now + timedelta(hours=1)).isoformat(),

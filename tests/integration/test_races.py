@@ -27,11 +27,6 @@ from tests.helpers import make_deal, make_users
 from web import create_app
 
 
-@pytest.fixture()
-def svc(app):
-    return app.extensions["flashdeal"]
-
-
 def _waiting_on_a_row_lock(db) -> bool:
     """True when some session of this database waits for a lock (e.g. SELECT … FOR UPDATE)."""
     with db.engine.connect() as conn:

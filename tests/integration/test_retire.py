@@ -7,29 +7,18 @@ import uuid
 import pytest
 import redis
 
-from harness.waits import wait_until
 from shared.deals import DealStateError, close_now, open_now, tick
 from shared.gate import Admission, Cancellation, Gate
 from shared.models import Deal, Order
 from shared.retire import retire_deal, retire_ended
-from tests.helpers import ORIGIN, PASSWORD, email_of, make_deal, make_users
+from tests.helpers import ORIGIN, deal_keys_in_redis, login_client, make_deal, make_users
 from worker.dlq import dead_letter, drop_dead_letter
 from worker.drain import DrainOptions, drain_deal
 from worker.reconcile import reconcile_deal
 
 
-@pytest.fixture()
-def svc(app):
-    return app.extensions["flashdeal"]
-
-
 def _drain(db, gate: Gate, deal_id: int) -> None:
     drain_deal(db, gate.redis, gate.keys, deal_id, "t-retire", DrainOptions(batch_size=100, budget_s=10.0))
-
-
-def _keys_of(gate: Gate, deal_id: int) -> list[str]:
-    """Every Redis key of the deal (its hash tag), whatever its name."""
-    return sorted(gate.redis.scan_iter(match=f"{gate.keys.prefix}{{deal:{deal_id}}}*", count=1000))
 
 
 def _retired_at(db, deal_id: int):
@@ -37,22 +26,16 @@ def _retired_at(db, deal_id: int):
         return s.get(Deal, deal_id).retired_at
 
 
-def _login(app, db, user_id: int):
-    c = app.test_client()
-    assert c.post("/api/auth/login", json={"email": email_of(db, user_id), "password": PASSWORD}).status_code == 200
-    return c
-
-
 def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, db, svc) -> None:
     gate = svc.gate
     deal = make_deal(db, gate, stock=5, limit=2)
     (uid,) = make_users(db, 1)
-    c = _login(app, db, uid)
+    c = login_client(app, db, uid)
     kept = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 2}).json["order_id"]
     gone = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
     assert gone.status_code == 409  # the limit: 2
     (other,) = make_users(db, 1)
-    c2 = _login(app, db, other)
+    c2 = login_client(app, db, other)
     canceled = c2.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     assert c2.post(f"/api/orders/{canceled}/cancel", headers=ORIGIN).json["status"] == "canceled"
 
@@ -68,7 +51,7 @@ def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, d
     assert deal.id not in retire_ended(db, gate, after_seconds=3600).retired
     assert deal.id in retire_ended(db, gate, after_seconds=0).retired
 
-    assert _keys_of(gate, deal.id) == []
+    assert deal_keys_in_redis(gate, deal.id) == []
     assert deal.id not in gate.live_deal_ids()
     assert _retired_at(db, deal.id) is not None
     # Served from PostgreSQL from now on, exactly as before.
@@ -96,7 +79,7 @@ def test_an_ended_settled_deal_leaves_redis_and_is_served_from_postgresql(app, d
         dead_letter(s, deal.id, "1-0", letter, payload, "test", 3)
     dropped = drop_dead_letter(db, gate, letter)
     assert dropped.found and not dropped.stock_returned
-    assert _keys_of(gate, deal.id) == []
+    assert deal_keys_in_redis(gate, deal.id) == []
 
 
 def test_entries_read_but_not_acknowledged_keep_the_deal(db, svc) -> None:
@@ -138,7 +121,7 @@ def test_a_late_cancel_between_the_check_and_the_delete_is_never_dropped(db, svc
     _drain(db, gate, deal.id)
     # The next pass finishes what the first one marked.
     assert deal.id in retire_ended(db, gate, after_seconds=0).retired
-    assert _keys_of(gate, deal.id) == [] and deal.id not in gate.live_deal_ids()
+    assert deal_keys_in_redis(gate, deal.id) == [] and deal.id not in gate.live_deal_ids()
     with db.read() as s:
         assert s.get(Order, oid).status == "canceled"
 
@@ -161,23 +144,8 @@ def test_a_crash_between_the_mark_and_the_delete_is_finished_by_the_next_pass(db
     # Marked first: never "gone from Redis but not marked", which a reload rule would take for data loss.
     assert _retired_at(db, deal.id) is not None and gate.live(deal.id) is not None
     assert deal.id in retire_ended(db, gate, after_seconds=0).retired
-    assert _keys_of(gate, deal.id) == []
+    assert deal_keys_in_redis(gate, deal.id) == []
     # A crash after the delete and before leaving the live set: the next pass removes the id.
     gate.redis.sadd(gate.keys.live_deals, deal.id)
     assert deal.id in retire_ended(db, gate, after_seconds=0).retired
     assert deal.id not in gate.live_deal_ids()
-
-
-def test_beat_retires_ended_deals_by_itself(celery_procs, db, svc) -> None:  # noqa: F811
-    gate = svc.gate
-    env = {"DEAL_RETIRE_AFTER_SECONDS": "0"}
-    celery_procs.worker("retirer", env)
-    celery_procs.beat(env)
-    deal = make_deal(db, gate, stock=3, limit=3, starts_in=-1, lasts=2)
-    (uid,) = make_users(db, 1)
-    assert gate.admit(deal.id, uid, 3, "00000000-0000-4000-8000-0000000000b1").outcome is Admission.ACCEPTED
-    # Ends at ends_at, drained by the safety net, retired: no one calls anything.
-    assert wait_until(lambda: _retired_at(db, deal.id) is not None and not _keys_of(gate, deal.id), 20)
-    assert deal.id not in gate.live_deal_ids()
-    with db.read() as s:
-        assert s.get(Order, "00000000-0000-4000-8000-0000000000b1").status == "confirmed"

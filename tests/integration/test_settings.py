@@ -15,8 +15,7 @@ from celeryconfig import celery_config
 from scripts.local_redis.sentinel import MASTER_NAME, SentinelPorts
 from shared.settings import DEFAULT_AMQP_URL, DEV_SECRET, TOPOLOGIES, ConfigError, Settings, env_name
 from tests.environment import ROOT, base_env
-from tests.helpers import make_deal, make_users
-from tests.integration.test_orders_api import login
+from tests.helpers import login_client, make_deal, make_users
 from web import create_app
 
 # The defaults docs/configuration.md lists, by variable.
@@ -190,7 +189,7 @@ def test_create_app_settings_choose_the_kicks_broker_and_queue(settings, db, mon
     broker = redis.Redis.from_url(settings.celery_broker_url, decode_responses=True)
     try:
         deal = make_deal(db, svc.gate, stock=5, limit=2)
-        r = login(app, db, make_users(db, 1)[0]).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
+        r = login_client(app, db, make_users(db, 1)[0]).post(f"/api/deals/{deal.id}/orders", json={"quantity": 1})
         assert r.status_code == 202
         sent = [json.loads(m) for m in broker.lrange(queue, 0, -1)]
         assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in sent] == [

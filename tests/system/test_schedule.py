@@ -1,4 +1,4 @@
-"""Scheduled deal lifecycle driven by a real Celery beat and worker (no eager mode)."""
+"""Scheduled deal lifecycle driven by a real Celery beat and worker (no eager mode): open, sell out, end, retire."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from harness.waits import wait_until
 from shared.deals import tick
 from shared.gate import Admission, Gate
 from shared.keys import Keys
-from shared.models import Deal
+from shared.models import Deal, Order
 from shared.redis import text_client
-from tests.helpers import make_deal, make_users
+from tests.helpers import deal_keys_in_redis, make_deal, make_users
 
 
 def _status(db, deal_id: int) -> str:
@@ -58,3 +58,23 @@ def test_tick_is_idempotent_and_never_resets_live_stock(db, settings) -> None:
         again = tick(db, gate)
         assert deal.id not in again.loaded
     assert gate.live(deal.id).remaining == 6
+
+
+def test_beat_retires_ended_deals_by_itself(celery_procs, db, svc) -> None:  # noqa: F811
+    gate = svc.gate
+    env = {"DEAL_RETIRE_AFTER_SECONDS": "0"}
+    celery_procs.worker("retirer", env)
+    celery_procs.beat(env)
+    deal = make_deal(db, gate, stock=3, limit=3, starts_in=-1, lasts=2)
+    (uid,) = make_users(db, 1)
+    assert gate.admit(deal.id, uid, 3, "00000000-0000-4000-8000-0000000000b1").outcome is Admission.ACCEPTED
+
+    # Ends at ends_at, drained by the safety net, retired: no one calls anything.
+    def retired() -> bool:
+        with db.read() as s:
+            return s.get(Deal, deal.id).retired_at is not None and not deal_keys_in_redis(gate, deal.id)
+
+    assert wait_until(retired, 20)
+    assert deal.id not in gate.live_deal_ids()
+    with db.read() as s:
+        assert s.get(Order, "00000000-0000-4000-8000-0000000000b1").status == "confirmed"

@@ -34,3 +34,20 @@ def test_fixtures_are_plugins_never_imported_into_a_test_module() -> None:
         if re.match(r"\s*from tests\.conftest import", line) or re.match(r"\s*(from|import) .*# noqa: F401", line)
     ]
     assert offenders == []
+
+
+def test_a_test_that_starts_processes_outside_the_system_tier_stops_collection() -> None:
+    import importlib
+    from types import SimpleNamespace
+
+    # The collection hook, not a fixture: looked up by name (the rule above is about fixtures).
+    modify_items = importlib.import_module("tests.conftest").pytest_collection_modifyitems
+
+    def item(tier: str, *fixtures: str) -> SimpleNamespace:
+        path = TESTS / tier / "test_x.py"
+        return SimpleNamespace(path=path, fixturenames=list(fixtures), nodeid=f"{tier}/x", add_marker=lambda _m: None)
+
+    modify_items([item("integration", "db", "client"), item("system", "web_server", "db")])
+    for tier in ("unit", "integration"):
+        with pytest.raises(pytest.UsageError, match="starts processes .celery_procs.: tests/system/"):
+            modify_items([item(tier, "db", "celery_procs")])
