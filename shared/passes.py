@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
 
-_MAX_LEN = 200  # a pass is ~80 characters; anything longer is refused before any hashing
+MAX_PASS_LEN = 200  # a pass is ~80 characters; anything longer is refused before any hashing
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class PassSigner:
 
     def verify(self, token: str, now: float) -> Pass | None:
         """The pass ``token`` holds when its signature is good, its kind is this one and it has not expired."""
-        if not token or len(token) > _MAX_LEN:
+        if not token or len(token) > MAX_PASS_LEN:
             return None
         try:
             text = self._signer.unsign(token).decode()

@@ -26,7 +26,7 @@ from flask import Flask, Response, current_app, g, request, session
 from werkzeug.http import dump_cookie
 
 from shared.bounds import ID_PATTERN
-from shared.passes import Pass, PassSigner
+from shared.passes import MAX_PASS_LEN, Pass, PassSigner
 from shared.settings import Settings
 from web.sessions import COOKIE_NAME as SESSION_COOKIE
 from web.sessions import SessionStore, is_public_read
@@ -36,7 +36,6 @@ COOKIE = "flashdeal_order"
 # life, which they can only tell when they get it; under /api/deals alone they would re-issue it on every request.
 COOKIE_PATH = "/"
 KIND = "order"
-MAX_TOKEN = 200  # shared/passes.py refuses anything longer
 ORDER_PATH = re.compile(rf"/api/deals/({ID_PATTERN})/orders")  # the one route that takes the token
 
 
@@ -61,7 +60,7 @@ class OrderTokens:
     def buyer(self, token: str | None, now: float) -> int | None:
         """The user id a valid token proves, else None (HMAC only: no I/O)."""
         # A token is ~80 characters; a longer value is never one, and must not fill the cache.
-        found = self._checked(token) if token and len(token) <= MAX_TOKEN else None
+        found = self._checked(token) if token and len(token) <= MAX_PASS_LEN else None
         return found.user_id if found is not None and found.expires_at > now else None
 
     def due(self, token: str | None, user_id: int, now: float) -> bool:

@@ -14,7 +14,7 @@ from werkzeug.http import dump_cookie
 
 from shared.clock import ms_to_dt
 from shared.deals import DealNotFound, DealStateError, set_queue
-from shared.passes import PassSigner
+from shared.passes import MAX_PASS_LEN, Pass, PassSigner
 from shared.queue import QueueView, proof_bits
 from web.access import admin_required, login_required, require_user
 from web.deals import deal_detail
@@ -37,6 +37,7 @@ CHALLENGE_KIND = "pow"
 # place (and pass, which orders accept only with the buyer's session), and lives as long as an idle session.
 TICKET_KIND = "ticket"
 TICKET_COOKIE = "flashdeal_queue"
+MAX_SID_LEN = 128  # a session id is 43 characters (Flask-Session, 32 random bytes); a longer value is never one
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,10 +65,21 @@ def ticket_user(svc: Services, cookie_header: str, now: float) -> tuple[int, boo
     sid, token = cookies.get(COOKIE_NAME), cookies.get(TICKET_COOKIE)
     if not sid or not token:
         return None
-    found = ticket_signer(svc.settings.secret_key, sid).verify(token, now)
-    if found is None:
+    if len(sid) > MAX_SID_LEN or len(token) > MAX_PASS_LEN:
+        return None  # never a session id and a ticket of ours, and must not fill the cache
+    found = _ticket_signature_ok(svc.settings.secret_key, sid, token)
+    if found is None or found.expires_at <= now:
         return None
     return found.user_id, found.expires_at - now < svc.settings.session_idle_seconds / 2
+
+
+# Why a cache: every waiting buyer sends the same ticket with every poll, and checking it (itsdangerous
+# derives the per-session key, then signs again) is the poll's one CPU-heavy step, as the order token's
+# check was on the order path (web/order_token.py). Keyed by the session id and the whole ticket: only the
+# exact bytes that verified once hit; the expiry is checked on every hit. Bounded (thread-safe).
+@functools.lru_cache(maxsize=65536)
+def _ticket_signature_ok(secret_key: str, sid: str, token: str) -> Pass | None:
+    return ticket_signer(secret_key, sid).verify(token, 0)
 
 
 def ticket_cookie(svc: Services, user_id: int, sid: str | None, now: float) -> dict[str, str]:

@@ -345,3 +345,19 @@ def test_the_scheduler_loads_a_queued_deal_when_its_pre_queue_opens(settings, db
     assert queued.id in report.loaded and later.id not in report.loaded
     (u,) = make_users(db, 1)
     assert login_client(fast, db, u).post(f"/api/deals/{queued.id}/queue", json={}).json["state"] == "waiting"
+
+
+def test_a_cached_poll_ticket_still_expires_and_holds_only_beside_its_session(settings) -> None:
+    from web.queue import TICKET_COOKIE, ticket_cookie, ticket_user
+    from web.sessions import COOKIE_NAME
+
+    svc = create_app(settings.with_(ratelimit_enabled=False)).extensions["flashdeal"]
+    now = time.time()
+    sid = "s" * 43
+    ticket = ticket_cookie(svc, 7, sid, now)["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+    header = f"{COOKIE_NAME}={sid}; {TICKET_COOKIE}={ticket}"
+    assert ticket_user(svc, header, now) == (7, False)
+    assert ticket_user(svc, header, now) == (7, False)  # the second check is the cache's
+    assert ticket_user(svc, header, now + svc.settings.session_idle_seconds + 1) is None  # expired, cached or not
+    assert ticket_user(svc, f"{COOKIE_NAME}={'t' * 43}; {TICKET_COOKIE}={ticket}", now) is None  # another session
+    assert ticket_user(svc, f"{COOKIE_NAME}={'s' * 500}; {TICKET_COOKIE}={ticket}", now) is None  # never a sid
