@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from shared.db import Database
 from shared.deals import NewDeal, create_deal, load_deal
 from shared.gate import Gate
 from shared.models import Deal, User
+from shared.payments.providers.dev import SIGNATURE_HEADER, sign
 from shared.queue import QueueRules
 from tests.environment import RUN_PREFIX, base_env
 
@@ -115,6 +117,38 @@ def views_forbidden(app: Flask, *names: str) -> None:
 def deal_keys_in_redis(gate: Gate, deal_id: int) -> list[str]:
     """Every Redis key of the deal (its hash tag), whatever its name."""
     return sorted(gate.redis.scan_iter(match=f"{gate.keys.prefix}{{deal:{deal_id}}}*", count=1000))
+
+
+def dev_event(
+    order_id: str, deal_id: int, payment_id: str, *, ok: bool = True, amount: int = 999, eid: str = ""
+) -> bytes:
+    """The dev provider's event about a payment (succeeded, or failed)."""
+    return json.dumps(
+        {
+            "id": eid or f"devevt_{uuid.uuid4().hex}",
+            "type": "payment.succeeded" if ok else "payment.failed",
+            "payment": {
+                "id": payment_id,
+                "amount": amount,
+                "currency": "eur",
+                "metadata": {"order_id": order_id, "deal_id": str(deal_id)},
+            },
+        }
+    ).encode()
+
+
+def dev_headers(payload: bytes, secret: str) -> dict[str, str]:
+    """The headers the dev provider posts an event with."""
+    return {SIGNATURE_HEADER: sign(payload, secret), "Content-Type": "application/json; charset=utf-8"}
+
+
+def outbox_empty(gate: Gate, deal_id: int) -> bool:
+    """The deal's outbox holds no entry and no group has one pending (every entry drained and acknowledged)."""
+    k = gate.keys.deal(deal_id)
+    if gate.redis.xlen(k.outbox):
+        return False
+    groups = gate.redis.xinfo_groups(k.outbox) if gate.redis.exists(k.outbox) else []
+    return all(int(g["pending"]) == 0 for g in groups)
 
 
 def make_deal(

@@ -12,7 +12,15 @@ from shared.gate import Admission, Gate, Loaded
 from shared.keys import Keys
 from shared.models import Deal
 from shared.settings import DEFAULT_AMQP_URL, ConfigError, Settings, sentinel_broker_url
-from tests.helpers import ORIGIN, login_client, make_deal, make_users, views_forbidden
+from tests.helpers import (
+    ORIGIN,
+    dev_event,
+    dev_headers,
+    login_client,
+    make_deal,
+    make_users,
+    views_forbidden,
+)
 from web import create_app
 from web.admission import REPLICATION_HEADER, UNCONFIRMED
 from web.metrics import UNREPLICATED
@@ -168,7 +176,6 @@ def test_topology_settings() -> None:
 def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_it_again(settings, db) -> None:
     """The webhook's decision gets the same durable acknowledgement as an order: unconfirmed means resend."""
     from shared.payments.providers.dev import dev_webhook_secret
-    from tests.integration.test_payments_api import dev_headers, event
 
     app = create_app(settings.with_(ratelimit_enabled=False, order_ack_replicas=1, order_ack_timeout_ms=20))
     svc = app.extensions["flashdeal"]
@@ -176,7 +183,7 @@ def test_a_payment_decided_without_a_replica_answers_503_so_the_provider_sends_i
     c = login_client(app, db, make_users(db, 1)[0])
     oid = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    payload = event(oid, deal.id, pid, eid="evt_unreplicated")
+    payload = dev_event(oid, deal.id, pid, eid="evt_unreplicated")
     headers = dev_headers(payload, dev_webhook_secret(svc.settings))
     before = _unreplicated("payment")
     r = app.test_client().post("/api/payments/webhook", data=payload, headers=headers)

@@ -14,28 +14,14 @@ import pytest
 from sqlalchemy import text
 
 from shared.payments.providers.dev import SIGNATURE_HEADER, dev_webhook_secret, sign
-from tests.helpers import ORIGIN, login_client, make_deal, make_users, set_payment_window_ms
-
-
-def event(order_id: str, deal_id: int, payment_id: str, *, ok: bool = True, amount: int = 999, eid: str = "") -> bytes:
-    """The dev provider's event about a payment (succeeded, or failed)."""
-    return json.dumps(
-        {
-            "id": eid or f"devevt_{uuid.uuid4().hex}",
-            "type": "payment.succeeded" if ok else "payment.failed",
-            "payment": {
-                "id": payment_id,
-                "amount": amount,
-                "currency": "eur",
-                "metadata": {"order_id": order_id, "deal_id": str(deal_id)},
-            },
-        }
-    ).encode()
-
-
-def dev_headers(payload: bytes, secret: str) -> dict[str, str]:
-    """The headers the dev provider posts an event with."""
-    return {SIGNATURE_HEADER: sign(payload, secret), "Content-Type": "application/json; charset=utf-8"}
+from tests.helpers import (
+    ORIGIN,
+    dev_event,
+    login_client,
+    make_deal,
+    make_users,
+    set_payment_window_ms,
+)
 
 
 def post_event(client, svc, payload: bytes, header: str | None = None):
@@ -90,12 +76,12 @@ def test_pay_refused_without_a_window_and_after_the_deadline(app, db, svc) -> No
 def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc, qty=2, price="4.99")
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    ok = event(oid, deal.id, pid, amount=998)
+    ok = dev_event(oid, deal.id, pid, amount=998)
     r = post_event(client, svc, ok)
     assert r.status_code == 200 and r.json == {"received": True, "outcome": "paid"}
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
     assert post_event(client, svc, ok).json["outcome"] == "duplicate"  # the same delivery again
-    failed = post_event(client, svc, event(oid, deal.id, pid, ok=False, amount=998))  # out of order
+    failed = post_event(client, svc, dev_event(oid, deal.id, pid, ok=False, amount=998))  # out of order
     assert failed.json["outcome"] == "ignored"
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
     assert c.post(f"/api/orders/{oid}/cancel", headers=ORIGIN).json["error"]["code"] == "order_paid"
@@ -107,7 +93,7 @@ def test_signed_success_pays_once_duplicates_and_late_failures_change_nothing(ap
 def test_bad_signatures_are_400_and_change_nothing(app, db, svc, client, attack) -> None:
     deal, _user, c, oid = buy(app, db, svc)
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    payload = event(oid, deal.id, pid)
+    payload = dev_event(oid, deal.id, pid)
     secret = dev_webhook_secret(svc.settings)
     header = {
         "tampered": sign(payload, secret),
@@ -131,7 +117,7 @@ def test_success_after_expiry_is_refunded_and_reported(app, db, svc, client) -> 
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     late = c.post(f"/api/deals/{deal.id}/orders", json={"quantity": 1}).json["order_id"]  # pay_by 60 ms away
     time.sleep(0.1)
-    payload = event(late, deal.id, pid.replace(oid.replace("-", ""), late.replace("-", "")))
+    payload = dev_event(late, deal.id, pid.replace(oid.replace("-", ""), late.replace("-", "")))
     r = post_event(client, svc, payload)
     assert r.json["outcome"] == "refund"
     assert c.get(f"/api/orders/{late}").json["status"] == "expired"
@@ -145,7 +131,7 @@ def test_success_after_expiry_is_refunded_and_reported(app, db, svc, client) -> 
 def test_wrong_amount_is_never_marked_paid(app, db, svc, client) -> None:
     deal, _user, c, oid = buy(app, db, svc)
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    r = post_event(client, svc, event(oid, deal.id, pid, amount=1))
+    r = post_event(client, svc, dev_event(oid, deal.id, pid, amount=1))
     assert r.json["outcome"] == "refund" and [x[0] for x in _refunds(db, oid)] == ["amount_mismatch"]
     assert c.get(f"/api/orders/{oid}").json["status"] == "accepted"
 
@@ -153,7 +139,7 @@ def test_wrong_amount_is_never_marked_paid(app, db, svc, client) -> None:
 def test_events_not_about_our_orders_are_acknowledged_and_ignored(app, db, svc, client) -> None:
     other = json.dumps({"id": "evt_x", "type": "payment.other", "payment": {"id": "ch_1"}})
     assert post_event(client, svc, other.encode()).json["outcome"] == "ignored"
-    assert post_event(client, svc, event("nope", 1, "pi_1")).json["outcome"] == "ignored"
+    assert post_event(client, svc, dev_event("nope", 1, "pi_1")).json["outcome"] == "ignored"
 
 
 def test_an_unpaid_order_keeps_its_deal_and_a_resend_after_retirement_refunds_nothing(app, db, svc, client) -> None:
@@ -168,24 +154,24 @@ def test_an_unpaid_order_keeps_its_deal_and_a_resend_after_retirement_refunds_no
     drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-retire", DrainOptions(batch_size=100, budget_s=10.0))
     verdict = retire_deal(db, svc.gate, deal.id)
     assert (verdict.outcome, verdict.count) == ("unpaid", 1)  # the order may still be paid: the gate stays
-    ok = event(oid, deal.id, pid)
+    ok = dev_event(oid, deal.id, pid)
     assert post_event(client, svc, ok).json["outcome"] == "paid"
     drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-retire", DrainOptions(batch_size=100, budget_s=10.0))
     assert retire_deal(db, svc.gate, deal.id).outcome == "retired"
     assert svc.gate.find_order(oid, deal.id) is None
     # The provider resends the same success (our answer was lost): the order's own payment, kept.
-    again = post_event(client, svc, event(oid, deal.id, pid))
+    again = post_event(client, svc, dev_event(oid, deal.id, pid))
     assert again.status_code == 200 and again.json["outcome"] == "duplicate"
     assert _refunds(db, oid) == []
     # A second, different payment for the same order still goes back.
-    other = post_event(client, svc, event(oid, deal.id, f"pi_{uuid.uuid4().hex}"))
+    other = post_event(client, svc, dev_event(oid, deal.id, f"pi_{uuid.uuid4().hex}"))
     assert other.status_code == 200
     assert [r[0] for r in _refunds(db, oid)] == ["duplicate_payment"]
     assert c.get(f"/api/orders/{oid}").json["status"] == "paid"
     # Events after retirement are decided from PostgreSQL and written nowhere in Redis: no key of the deal is
     # recreated (nothing would ever delete it), whatever the event says.
-    assert post_event(client, svc, event(oid, deal.id, pid, ok=False)).status_code == 200
-    assert post_event(client, svc, event(oid, deal.id, pid)).status_code == 200
+    assert post_event(client, svc, dev_event(oid, deal.id, pid, ok=False)).status_code == 200
+    assert post_event(client, svc, dev_event(oid, deal.id, pid)).status_code == 200
     assert svc.redis.exists(*svc.keys.deal(deal.id).all_keys()) == 0
 
 
@@ -200,7 +186,7 @@ def test_a_success_while_redis_lost_the_deal_is_answered_503_never_refunded_and_
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
     drain_deal(db, svc.redis, svc.keys, deal.id, "t-pay-lost", DrainOptions(batch_size=100, budget_s=10.0))
     svc.gate.unload(deal.id)  # what a Redis restarted empty holds of the deal: nothing; PostgreSQL: confirmed
-    ok = event(oid, deal.id, pid)
+    ok = dev_event(oid, deal.id, pid)
     r = post_event(client, svc, ok)
     assert r.status_code == 503 and r.json["error"]["code"] == "deal_not_loaded" and r.headers["Retry-After"]
     assert _refunds(db, oid) == []
@@ -240,6 +226,6 @@ def test_prices_carry_their_currency_a_deal_its_regular_price_and_orders_awaitin
     mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
     assert mine["awaiting_payment"] is True and mine["currency"] == "EUR" and mine["pay_by"]
     pid = c.post(f"/api/orders/{oid}/pay", headers=ORIGIN).json["payment_id"]
-    assert post_event(client, svc, event(oid, deal_id, pid, amount=3000)).json["outcome"] == "paid"
+    assert post_event(client, svc, dev_event(oid, deal_id, pid, amount=3000)).json["outcome"] == "paid"
     mine = {o["order_id"]: o for o in c.get("/api/orders").json["items"]}[oid]
     assert (mine["status"], mine["awaiting_payment"]) == ("paid", False)

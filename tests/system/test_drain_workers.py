@@ -15,7 +15,7 @@ from harness.tcp_proxy import TcpProxy
 from harness.waits import wait_until
 from shared.gate import Admission, Cancellation, Gate
 from shared.keys import Keys
-from tests.helpers import CeleryProcs, make_deal, make_users
+from tests.helpers import CeleryProcs, make_deal, make_users, outbox_empty
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +55,6 @@ def send_drain(procs: CeleryProcs, deal_id: int, times: int = 1) -> None:
 
     for _ in range(times):
         app.send_task("flashdeal.drain_deal", args=[deal_id], queue=procs.queue)
-
-
-def outbox_empty(gate: Gate, deal_id: int) -> bool:
-    k = gate.keys.deal(deal_id)
-    if gate.redis.xlen(k.outbox):
-        return False
-    groups = gate.redis.xinfo_groups(k.outbox) if gate.redis.exists(k.outbox) else []
-    return all(int(g["pending"]) == 0 for g in groups)
 
 
 def assert_exactly_once(db, gate: Gate, deal_id: int, admitted: dict[str, int], total: int) -> None:

@@ -6,7 +6,6 @@ browser download is never used). Set ``UPDATE_SCREENSHOTS=1`` to rewrite docs/sc
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from datetime import UTC, datetime
@@ -16,18 +15,12 @@ import pytest
 from sqlalchemy import text
 
 from shared.cache import invalidate_deal
-from shared.gate import Gate
-from shared.keys import Keys
 from shared.order_ids import new_order_id
-from tests.environment import ROOT
+from tests.browser_helpers import PHONE, log_in_on_page, page_context, page_gate, shot
 from tests.helpers import PASSWORD, email_of, make_deal, make_users
 from web.pages import countdown_text
 
 pytestmark = pytest.mark.shared_state  # module-scoped fixtures build the state its tests share
-
-SHOTS = ROOT / "docs" / "screenshots"
-DESKTOP = {"width": 1100, "height": 760}
-PHONE = {"width": 390, "height": 780}
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -37,28 +30,6 @@ def _token(html: str) -> str:
     m = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert m, "no CSRF token in the form"
     return m.group(1)
-
-
-def _gate(settings) -> Gate:
-    import redis
-
-    return Gate(redis.Redis.from_url(settings.redis_url, decode_responses=True), Keys(settings.key_prefix))
-
-
-def shot(page: Any, name: str) -> None:
-    """Save a screenshot of the page for the docs when UPDATE_SCREENSHOTS=1."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
-
-
-def login(page: Any, email: str) -> None:
-    """Log in through the HTML form."""
-    page.goto("/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
 
 
 # ---- pages through the Flask client ----------------------------------------------------------
@@ -126,7 +97,7 @@ def test_signup_form_validates_and_logs_in(client) -> None:
 
 
 def test_page_guards_and_headers(client, db, settings) -> None:
-    deal = make_deal(db, _gate(settings), stock=2)
+    deal = make_deal(db, page_gate(settings), stock=2)
     r = client.get(f"/deals/{deal.id}")
     assert r.status_code == 200 and "Log in to buy" in r.get_data(as_text=True)
     assert "Set-Cookie" not in r.headers  # anonymous readers of a hot deal page create no session
@@ -153,7 +124,7 @@ def test_pages_render_from_the_data_functions_never_the_api_views(client, db, se
 
     monkeypatch.setattr(web.deals, "list_deals", boom)
     monkeypatch.setattr(web.orders, "my_orders", boom)
-    gate = _gate(settings)
+    gate = page_gate(settings)
     deal = make_deal(db, gate, stock=3, title=f"Page data {uuid.uuid4().hex[:6]}")
     (uid,) = make_users(db, 1)
     oid = gate.admit(deal.id, uid, 1, new_order_id(deal.id)).order_id
@@ -203,12 +174,6 @@ def test_forms_work_across_web_nodes(web_server, db) -> None:
 # ---- browser -------------------------------------------------------------------------------
 
 
-def _context(browser: Any, base_url: str, viewport: dict[str, int] = DESKTOP) -> Any:
-    ctx = browser.new_context(base_url=base_url, viewport=viewport, locale="en-GB", timezone_id="UTC")
-    ctx.set_default_timeout(15_000)
-    return ctx
-
-
 _RECORD_STATES = """() => {
   window.__states = [];
   const el = document.getElementById('order-state');
@@ -228,8 +193,8 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
     try:
         worker = procs.worker("pages1", wait=False)  # boots while the browser works
         server = web_server({"CELERY_QUEUE": procs.queue})
-        gate = _gate(settings)
-        a_ctx = _context(browser, server.url)
+        gate = page_gate(settings)
+        a_ctx = page_context(browser, server.url)
         a = a_ctx.new_page()
 
         # Buyer A signs up through the form.
@@ -281,9 +246,9 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
         shot(a, "deal-confirmed")
 
         # Buyer B (on a phone) sees the deal sold out.
-        b_ctx = _context(browser, server.url, PHONE)
+        b_ctx = page_context(browser, server.url, PHONE)
         b = b_ctx.new_page()
-        login(b, email_of(db, make_users(db, 1)[0]))
+        log_in_on_page(b, email_of(db, make_users(db, 1)[0]))
         b.goto(f"/deals/{deal.id}")
         expect(b.locator("#deal-status")).to_have_text("Sold out")
         expect(b.locator("#sale-message")).to_contain_text("Sold out: every unit has been claimed.")
@@ -291,9 +256,9 @@ def test_buyer_journey_open_buy_confirm_sold_out_cancel(browser, web_server, db,
         shot(b, "deal-sold-out-phone")
 
         # An admin watches the sale live.
-        adm_ctx = _context(browser, server.url)
+        adm_ctx = page_context(browser, server.url)
         adm = adm_ctx.new_page()
-        login(adm, email_of(db, make_users(db, 1, role="admin")[0]))
+        log_in_on_page(adm, email_of(db, make_users(db, 1, role="admin")[0]))
         adm.goto(f"/admin/deals/{deal.id}")
         expect(adm.locator('td[data-stat="confirmed"]')).to_have_text("1")
         expect(adm.locator('td[data-stat="remaining_stock"]')).to_have_text("0")
@@ -338,13 +303,13 @@ def test_double_click_and_retry_place_one_order(browser, web_server, db, setting
     """A double click, and a retry after a lost answer, reuse one Idempotency-Key: exactly one order."""
     from playwright.sync_api import expect
 
-    gate = _gate(settings)
+    gate = page_gate(settings)
     server = web_server()
     deal = make_deal(db, gate, stock=5, limit=3, title="Mechanical keyboard")
     k = gate.keys.deal(deal.id)
-    ctx = _context(browser, server.url)
+    ctx = page_context(browser, server.url)
     page = ctx.new_page()
-    login(page, email_of(db, make_users(db, 1)[0]))
+    log_in_on_page(page, email_of(db, make_users(db, 1)[0]))
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.headers.get("idempotency-key", "")) if r.method == "POST" else None)
 
@@ -396,10 +361,10 @@ def test_scheduled_deal_refuses_with_a_clear_message(browser, web_server, db, se
     """Login page screenshot, and a deal that has not started: the button stays off and says why."""
     from playwright.sync_api import expect
 
-    gate = _gate(settings)
+    gate = page_gate(settings)
     server = web_server()
     deal = make_deal(db, gate, stock=3, starts_in=3600, title="Winter jacket")
-    ctx = _context(browser, server.url)
+    ctx = page_context(browser, server.url)
     page = ctx.new_page()
     page.goto(f"/deals/{deal.id}")
     expect(page.get_by_role("link", name="Log in to buy")).to_be_visible()

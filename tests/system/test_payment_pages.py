@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from harness.waits import wait_until
 from shared.cache import invalidate_deal
+from tests.browser_helpers import PHONE, log_in_on_page, page_context, page_gate, shot
 from tests.helpers import CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
-from tests.system.test_pages import PHONE, _context, _gate, login, shot
 
 
 def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
@@ -28,16 +28,16 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
     try:
         procs.worker("pay1", wait=False)
         server = web_server({"CELERY_QUEUE": procs.queue})
-        gate = _gate(settings)
+        gate = page_gate(settings)
         deal = make_deal(
             db, gate, stock=2, limit=1, price="59.00", payment_window=300, title="Noise-cancelling headphones"
         )
         invalidate_deal(gate.redis, gate.keys, deal.id)
         buyer, late, admin = make_users(db, 2) + make_users(db, 1, role="admin")
 
-        a_ctx = _context(browser, server.url)
+        a_ctx = page_context(browser, server.url)
         a = a_ctx.new_page()
-        login(a, email_of(db, buyer))
+        log_in_on_page(a, email_of(db, buyer))
         a.goto(f"/deals/{deal.id}")
         a.locator("#buy").click()
         expect(a.locator("#order-state")).to_have_text(re.compile("accepted|confirmed"))
@@ -72,9 +72,9 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
 
         # A second buyer, on a phone, orders with only 4 s to pay, and does not.
         set_payment_window_ms(gate, deal.id, 4000)
-        b_ctx = _context(browser, server.url, PHONE)
+        b_ctx = page_context(browser, server.url, PHONE)
         b = b_ctx.new_page()
-        login(b, email_of(db, late))
+        log_in_on_page(b, email_of(db, late))
         b.goto(f"/deals/{deal.id}")
         b.locator("#buy").click()
         expect(b.locator("#pay-countdown")).to_have_text(re.compile(r"Pay within 00:0[0-4]"))
@@ -100,9 +100,9 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
         expect(row.get_by_role("button", name=re.compile("Cancel"))).to_have_count(0)
         shot(orders, "my-orders-paid")
 
-        adm_ctx = _context(browser, server.url)
+        adm_ctx = page_context(browser, server.url)
         adm = adm_ctx.new_page()
-        login(adm, email_of(db, admin))
+        log_in_on_page(adm, email_of(db, admin))
         adm.goto(f"/admin/deals/{deal.id}")
         expect(adm.locator('td[data-stat="paid"]')).to_have_text("1")
         expect(adm.locator('td[data-stat="expired"]')).to_have_text("1")
@@ -137,15 +137,15 @@ def test_pay_with_stripe_checkout_from_the_deal_page_and_back_to_a_paid_order(
             }
         )
         fake.webhook_url = server.url + "/api/payments/webhook"
-        gate = _gate(settings)
+        gate = page_gate(settings)
         deal = make_deal(db, gate, stock=2, limit=1, price="59.00", payment_window=300, title="Espresso machine")
         with db.transaction() as s:
             s.execute(text("UPDATE products SET regular_price = 99.00 WHERE id = :p"), {"p": deal.product_id})
         invalidate_deal(gate.redis, gate.keys, deal.id)
         (buyer,) = make_users(db, 1)
-        ctx = _context(browser, server.url)
+        ctx = page_context(browser, server.url)
         page = ctx.new_page()
-        login(page, email_of(db, buyer))
+        log_in_on_page(page, email_of(db, buyer))
         page.goto(f"/deals/{deal.id}")
         expect(page.locator('[data-field="price"]')).to_contain_text("59.00 EUR")
         expect(page.locator('[data-field="regular-price"]')).to_contain_text("99.00 EUR")

@@ -20,9 +20,18 @@ from harness.waits import wait_until
 from shared.gate import Admission, Gate, lua_source
 from shared.keys import Keys
 from shared.payments.providers.dev import dev_webhook_secret, payment_id_of
-from tests.helpers import ORIGIN, PASSWORD, CeleryProcs, email_of, make_deal, make_users, set_payment_window_ms
-from tests.integration.test_payments_api import dev_headers, event
-from tests.system.test_drain_workers import outbox_empty
+from tests.helpers import (
+    ORIGIN,
+    PASSWORD,
+    CeleryProcs,
+    dev_event,
+    dev_headers,
+    email_of,
+    make_deal,
+    make_users,
+    outbox_empty,
+    set_payment_window_ms,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +113,7 @@ def test_pay_racing_expiry_from_many_threads_with_real_workers(db, gate, web_ser
     random.Random(3).shuffle(plan)
 
     def pay(oid: str) -> str:
-        payload = event(oid, deal.id, payment_id_of(oid, deal.id), amount=999 * orders[oid])
+        payload = dev_event(oid, deal.id, payment_id_of(oid, deal.id), amount=999 * orders[oid])
         r = deliver(server, payload, secret)
         assert r.status_code == 200, r.text
         return r.json()["outcome"]
@@ -183,7 +192,7 @@ def test_cancel_racing_payment_ends_one_way(db, gate, web_server, celery_procs: 
         return sessions[orders[oid]].post(f"{server.url}/api/orders/{oid}/cancel", headers=ORIGIN).status_code
 
     def pay(oid: str) -> str:
-        payload = event(oid, deal.id, payment_id_of(oid, deal.id), amount=1998)
+        payload = dev_event(oid, deal.id, payment_id_of(oid, deal.id), amount=1998)
         r = deliver(server, payload, secret)
         return r.json()["outcome"]
 

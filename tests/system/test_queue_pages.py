@@ -6,15 +6,15 @@ import re
 from typing import Any
 
 from shared.queue import QueueRules
+from tests.browser_helpers import log_in_on_page, page_context, page_gate
 from tests.helpers import email_of, make_deal, make_users
-from tests.system.test_pages import _context, _gate, login
 
 
 def test_join_the_pre_queue_wait_be_let_in_and_buy(browser: Any, web_server, db, settings) -> None:
     from playwright.sync_api import expect
 
     server = web_server()
-    gate = _gate(settings)
+    gate = page_gate(settings)
     deal = make_deal(
         db,
         gate,
@@ -26,9 +26,9 @@ def test_join_the_pre_queue_wait_be_let_in_and_buy(browser: Any, web_server, db,
         queue=QueueRules(rate=2, pow_bits=8),
     )
     (buyer,) = make_users(db, 1)
-    ctx = _context(browser, server.url)
+    ctx = page_context(browser, server.url)
     page = ctx.new_page()
-    login(page, email_of(db, buyer))
+    log_in_on_page(page, email_of(db, buyer))
 
     page.goto(f"/deals/{deal.id}")
     page.locator("#queue-link").click()

@@ -51,3 +51,14 @@ def test_a_test_that_starts_processes_outside_the_system_tier_stops_collection()
     for tier in ("unit", "integration"):
         with pytest.raises(pytest.UsageError, match="starts processes .celery_procs.: tests/system/"):
             modify_items([item(tier, "db", "celery_procs")])
+
+
+def test_test_modules_never_import_from_each_other() -> None:
+    """What two test modules share lives in a helper module (tests/helpers.py, tests/browser_helpers.py)."""
+    offenders = [
+        f"{path.relative_to(TESTS)}: {line.strip()}"
+        for path in TESTS.rglob("test_*.py")
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(from tests\.(unit|integration|system)[.\s]|import tests\.(unit|integration|system))", line)
+    ]
+    assert offenders == []
