@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def gate(cluster_setup: ClusterSetup) -> Iterator[Gate]:  # noqa: F811
+def gate(cluster_setup: ClusterSetup) -> Iterator[Gate]:
     """A gate on the cluster, as every flashdeal process builds it (WAIT 1 after each admission)."""
     client = text_client(cluster_setup.settings)
     yield Gate.from_settings(client, cluster_setup.settings)
@@ -78,7 +78,7 @@ def _db_orders(db: Database, deal_id: int) -> list[str]:
         return [str(r[0]) for r in s.execute(text("SELECT id FROM orders WHERE deal_id = :d"), {"d": deal_id})]
 
 
-def test_every_gate_operation_runs_on_the_cluster_without_a_cross_slot_error(db, gate, cluster_setup) -> None:  # noqa: F811
+def test_every_gate_operation_runs_on_the_cluster_without_a_cross_slot_error(db, gate, cluster_setup) -> None:
     assert isinstance(gate.redis, RedisCluster)
     ids = _deals_on_every_shard(db, gate, cluster_setup, 12, stock=5, limit=2)
     (user,) = make_users(db, 1)
@@ -115,7 +115,7 @@ def test_every_gate_operation_runs_on_the_cluster_without_a_cross_slot_error(db,
     assert gate.live(ids[3]) is None and ids[3] not in gate.live_deal_ids()
 
 
-def test_a_cross_slot_command_fails_loudly_not_silently(gate, cluster_setup) -> None:  # noqa: F811
+def test_a_cross_slot_command_fails_loudly_not_silently(gate, cluster_setup) -> None:
     a, b = gate.keys.deal(1), gate.keys.deal(2)
     assert key_slot(a.stock.encode()) != key_slot(b.stock.encode())
     # The client refuses a command whose keys span slots before sending it...
@@ -131,7 +131,7 @@ def test_a_cross_slot_command_fails_loudly_not_silently(gate, cluster_setup) -> 
         gate.direct.scripts((gate._admit, [a.state, b.stock, *a.gate_keys()[2:]], [1, 1, "x", "", 100]))
 
 
-def test_reads_across_deals_take_one_round_trip_per_node(db, gate, cluster_setup, monkeypatch) -> None:  # noqa: F811
+def test_reads_across_deals_take_one_round_trip_per_node(db, gate, cluster_setup, monkeypatch) -> None:
     ids = _deals_on_every_shard(db, gate, cluster_setup, 30, stock=3)
     gate.remaining(ids)  # connections open
     gate.inflight_of(1, ids)
@@ -153,7 +153,7 @@ def test_reads_across_deals_take_one_round_trip_per_node(db, gate, cluster_setup
 def test_storms_on_thirty_deals_over_three_shards_sell_each_exactly_and_persist_each_order_once(
     db,
     gate,
-    cluster_setup,  # noqa: F811
+    cluster_setup,
 ) -> None:
     stock, limit = 20, 2
     ids = _deals_on_every_shard(db, gate, cluster_setup, 30, stock=stock, limit=limit)
@@ -210,7 +210,7 @@ def _admit_retrying(gate: Gate, deal_id: int, user: int, deadline: float, failur
 def test_sigkill_of_a_primary_mid_storm_promotes_its_replica_and_loses_nothing_acknowledged(
     db,
     gate,
-    cluster_setup,  # noqa: F811
+    cluster_setup,
 ) -> None:
     topo = cluster_setup.topology
     ids = _deals_on_every_shard(db, gate, cluster_setup, 9, stock=100_000, limit=100_000)
@@ -298,7 +298,7 @@ def _migrate_slot(setup: ClusterSetup, slot: int, source: int, target: int, befo
 def test_mid_migration_a_key_is_asked_on_the_target_and_an_admission_is_a_retry_then_moved(
     db,
     gate,
-    cluster_setup,  # noqa: F811
+    cluster_setup,
 ) -> None:
     deal = make_deal(db, gate, stock=10, limit=10).id
     (user,) = make_users(db, 1)
@@ -325,7 +325,7 @@ def test_mid_migration_a_key_is_asked_on_the_target_and_an_admission_is_a_retry_
 def test_moving_a_live_deal_slot_while_it_sells_loses_nothing_and_oversells_nothing(
     db,
     gate,
-    cluster_setup,  # noqa: F811
+    cluster_setup,
 ) -> None:
     stock = 1_000_000  # never sold out here: the buyers stop when told
     deal = make_deal(db, gate, stock=stock, limit=stock).id
@@ -370,7 +370,7 @@ def test_moving_a_live_deal_slot_while_it_sells_loses_nothing_and_oversells_noth
     assert sorted(_db_orders(db, deal)) == sorted(held)
 
 
-def test_the_rate_limit_storage_uri_and_the_bytes_client_reach_the_cluster(cluster_setup) -> None:  # noqa: F811
+def test_the_rate_limit_storage_uri_and_the_bytes_client_reach_the_cluster(cluster_setup) -> None:
     s = cluster_setup.settings
     storage = storage_from_string(limits_storage_uri(s), **limits_storage_options(s))  # limits' RedisClusterStorage
     limiter = MovingWindowRateLimiter(storage)
@@ -381,7 +381,7 @@ def test_the_rate_limit_storage_uri_and_the_bytes_client_reach_the_cluster(clust
     assert raw.get(f"{s.key_prefix}blob") == b"\x00\xff"
 
 
-def test_an_evicting_node_anywhere_in_the_cluster_is_reported(gate, cluster_setup) -> None:  # noqa: F811
+def test_an_evicting_node_anywhere_in_the_cluster_is_reported(gate, cluster_setup) -> None:
     assert eviction_problem(gate.redis) is None
     replica = cluster_setup.topology.replica_of(cluster_setup.topology.primaries()[-1])
     node_client(replica).config_set("maxmemory-policy", "allkeys-lru")  # a replica: CONFIG GET's default never asks it
@@ -391,7 +391,7 @@ def test_an_evicting_node_anywhere_in_the_cluster_is_reported(gate, cluster_setu
         node_client(replica).config_set("maxmemory-policy", "noeviction")
 
 
-def test_readiness_stays_up_while_one_shard_fails_over(cluster_setup) -> None:  # noqa: F811
+def test_readiness_stays_up_while_one_shard_fails_over(cluster_setup) -> None:
     """A dead primary makes /readyz 'degraded', not 503: failing it would pull every web node for one shard."""
     from web import create_app
 
@@ -411,7 +411,7 @@ def test_readiness_stays_up_while_one_shard_fails_over(cluster_setup) -> None:  
     assert wait_until(lambda: client.get("/readyz").json["status"] == "ok", 10, 0.2)
 
 
-def test_a_cluster_that_stops_answering_is_a_connection_error_not_a_crash(gate, cluster_setup, monkeypatch) -> None:  # noqa: F811
+def test_a_cluster_that_stops_answering_is_a_connection_error_not_a_crash(gate, cluster_setup, monkeypatch) -> None:
     """No node answers (the web node lost its network): the caller gets a ConnectionError (503), not a 500."""
     key = gate.keys.deal(1).stock
     assert gate.direct.call("SET", key, "1") == "OK"

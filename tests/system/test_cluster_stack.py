@@ -64,7 +64,7 @@ def cross_slot_errors(topology: ClusterTopology) -> dict[int, int]:
 
 
 @pytest.fixture(autouse=True)
-def clean_cluster(cluster_setup: ClusterSetup) -> None:  # noqa: F811
+def clean_cluster(cluster_setup: ClusterSetup) -> None:
     """Each test starts on an empty cluster with its error counters at zero (the cluster is the module's)."""
     topology = cluster_setup.topology
     for port in topology.primaries():
@@ -104,8 +104,8 @@ def _workers(tmp_path: Path, setup: ClusterSetup) -> Iterator[tuple[CeleryProcs,
 
 def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and_persisted_once(
     db,
-    cluster_setup,  # noqa: F811
-    web_server,  # noqa: F811
+    cluster_setup,
+    web_server,
     tmp_path,
 ) -> None:
     setup = cluster_setup
@@ -179,7 +179,7 @@ def test_orders_for_30_deals_on_every_shard_through_the_lb_each_sold_exactly_and
     assert cross_slot_errors(setup.topology) == {}
 
 
-def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster_setup, web_server) -> None:  # noqa: F811
+def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster_setup, web_server) -> None:
     setup = cluster_setup
     gate = Gate.from_settings(text_client(setup.settings), setup.settings)
     deal = make_deal(db, gate, stock=100, limit=100)
@@ -216,7 +216,7 @@ def test_sessions_and_rate_limits_hold_across_web_nodes_on_a_cluster(db, cluster
     assert cross_slot_errors(setup.topology) == {}
 
 
-def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db, cluster_setup) -> None:  # noqa: F811
+def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db, cluster_setup) -> None:
     """Drain, expiry sweep, reconcile, stats, metrics, cache and retire for deals on every shard: no CROSSSLOT."""
     setup = cluster_setup
     rds = text_client(setup.settings)
@@ -270,7 +270,7 @@ def test_worker_side_redis_use_on_a_cluster_and_a_cross_slot_command_is_seen(db,
 
 def test_ensure_services_uses_the_cluster_it_is_given_and_names_one_that_does_not_answer(
     settings,
-    cluster_setup,  # noqa: F811
+    cluster_setup,
 ) -> None:
     """``make up``'s service check with REDIS_CLUSTER_NODES set: that cluster, RabbitMQ, no node of its own started."""
     script = [sys.executable, str(ROOT / "scripts" / "ensure_services.py"), settings.database_url.rsplit("/", 1)[-1]]
@@ -288,8 +288,8 @@ def test_ensure_services_uses_the_cluster_it_is_given_and_names_one_that_does_no
 
 def test_a_primary_sigkilled_mid_storm_through_the_web_loses_no_202_and_the_other_shards_sell_on(
     db,
-    cluster_setup,  # noqa: F811
-    web_server,  # noqa: F811
+    cluster_setup,
+    web_server,
     tmp_path,
 ) -> None:
     """The whole order path (web node, sessions, workers, PostgreSQL) through a shard's failover."""

@@ -139,7 +139,7 @@ def _lag_then_failover(  # type: ignore[no-untyped-def]
     assert remaining + held == STOCK, (remaining, held)
 
 
-def test_sentinel_orders_the_replicas_never_had_are_not_persisted_and_nothing_is_sold_twice(db, sentinel_setup) -> None:  # noqa: F811
+def test_sentinel_orders_the_replicas_never_had_are_not_persisted_and_nothing_is_sold_twice(db, sentinel_setup) -> None:
     setup: SentinelSetup = sentinel_setup
     topo = setup.topology
     gate = Gate.from_settings(text_client(setup.settings), setup.settings)
@@ -153,7 +153,7 @@ def test_sentinel_orders_the_replicas_never_had_are_not_persisted_and_nothing_is
     _lag_then_failover(db, gate, setup.settings, deal.id, shard, lambda _dead: None)
 
 
-def test_cluster_orders_the_replica_never_had_are_not_persisted_and_nothing_is_sold_twice(db, cluster_setup) -> None:  # noqa: F811
+def test_cluster_orders_the_replica_never_had_are_not_persisted_and_nothing_is_sold_twice(db, cluster_setup) -> None:
     setup: ClusterSetup = cluster_setup
     topo = setup.topology
     client = text_client(setup.settings)
@@ -182,7 +182,7 @@ def test_cluster_orders_the_replica_never_had_are_not_persisted_and_nothing_is_s
         client.close()
 
 
-def test_sentinel_dlq_drop_keeps_the_letter_while_its_cancel_is_not_replicated(db, sentinel_setup) -> None:  # noqa: F811
+def test_sentinel_dlq_drop_keeps_the_letter_while_its_cancel_is_not_replicated(db, sentinel_setup) -> None:
     setup: SentinelSetup = sentinel_setup
     topo = setup.topology
     gate = Gate.from_settings(text_client(setup.settings), setup.settings)

@@ -70,7 +70,7 @@ def assert_exactly_once(db, gate: Gate, deal_id: int, admitted: dict[str, int], 
     assert gate.live(deal_id).remaining + sum(persisted.values()) == total
 
 
-def test_20000_orders_two_nodes_one_killed_mid_drain(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_20000_orders_two_nodes_one_killed_mid_drain(db, gate, celery_procs: CeleryProcs) -> None:
     total = 50_000
     users = make_users(db, 2000)
     deal = make_deal(db, gate, stock=total, limit=30)
@@ -102,7 +102,7 @@ def _via(url: str, port: int) -> str:
     return urlunsplit(u._replace(netloc=f"{u.username + '@' if u.username else ''}127.0.0.1:{port}"))
 
 
-def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_procs: CeleryProcs) -> None:
     u = urlsplit(settings.database_url)
     proxy = TcpProxy((u.hostname or "127.0.0.1", u.port or 5432))
     try:
@@ -138,7 +138,7 @@ def test_postgres_refused_during_drain_then_restored(db, gate, settings, celery_
         proxy.close()
 
 
-def test_redis_blip_workers_reconnect_and_reconcile_task_reports(db, gate, settings, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_redis_blip_workers_reconnect_and_reconcile_task_reports(db, gate, settings, celery_procs: CeleryProcs) -> None:
     from worker import app
 
     u = urlsplit(settings.redis_url)
@@ -168,7 +168,7 @@ def test_redis_blip_workers_reconnect_and_reconcile_task_reports(db, gate, setti
         proxy.close()
 
 
-def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_procs: CeleryProcs) -> None:
     total = 10_000
     users = make_users(db, 300)
     deal = make_deal(db, gate, stock=total, limit=50)
@@ -213,7 +213,7 @@ def test_cancels_racing_the_drain_end_canceled_exactly_once(db, gate, celery_pro
     assert gate.live(deal.id).remaining + held == total
 
 
-def test_a_trickle_is_persisted_in_batches_one_look_per_interval(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_a_trickle_is_persisted_in_batches_one_look_per_interval(db, gate, celery_procs: CeleryProcs) -> None:
     """Orders arriving one by one are batched: about one transaction per kick interval, not one per few orders."""
     import re
 

@@ -77,20 +77,20 @@ def _one_order(settings, db, nodes: list[Node], fast_path: bool) -> tuple[list[s
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
-def test_single_redis_one_command(settings, db, private_redis: PrivateRedis, fast_path: bool) -> None:  # noqa: F811
+def test_single_redis_one_command(settings, db, private_redis: PrivateRedis, fast_path: bool) -> None:
     s = settings.with_(redis_url=private_redis.url, order_ack_replicas=0)
     seen, status = _one_order(s, db, [("127.0.0.1", private_redis.port)], fast_path)
     assert status == 202 and seen == ["EVALSHA"]
 
 
-def test_sentinel_script_and_wait(settings, db, sentinel_setup: SentinelSetup) -> None:  # noqa: F811
+def test_sentinel_script_and_wait(settings, db, sentinel_setup: SentinelSetup) -> None:
     nodes = [("127.0.0.1", p) for p in sentinel_setup.topology.ports.data]
     seen, status = _one_order(sentinel_setup.settings, db, nodes, True)
     assert status == 202 and seen == ["EVALSHA", "WAIT"]
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
-def test_cluster_script_and_wait(settings, db, cluster_setup: ClusterSetup, fast_path: bool) -> None:  # noqa: F811
+def test_cluster_script_and_wait(settings, db, cluster_setup: ClusterSetup, fast_path: bool) -> None:
     nodes = [("127.0.0.1", p) for p in cluster_setup.topology.ports.nodes]
     seen, status = _one_order(cluster_setup.settings, db, nodes, fast_path)
     assert status == 202 and seen == ["EVALSHA", "WAIT"]

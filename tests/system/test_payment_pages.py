@@ -16,7 +16,7 @@ from tests.helpers import CeleryProcs, email_of, make_deal, make_users, set_paym
 
 
 def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
-    browser,  # noqa: F811
+    browser,
     web_server,
     db,
     settings,
@@ -115,7 +115,7 @@ def test_pay_through_the_dev_checkout_and_watch_an_unpaid_order_expire(
 
 
 def test_pay_with_stripe_checkout_from_the_deal_page_and_back_to_a_paid_order(
-    browser,  # noqa: F811
+    browser,
     web_server,
     db,
     settings,

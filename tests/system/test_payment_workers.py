@@ -74,7 +74,7 @@ def session_for(server, db, user: int) -> requests.Session:
     return s
 
 
-def test_unpaid_order_expires_and_someone_else_buys_its_units(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_unpaid_order_expires_and_someone_else_buys_its_units(db, gate, celery_procs: CeleryProcs) -> None:
     deal = make_deal(db, gate, stock=2, limit=2, payment_window=2)
     a, b = make_users(db, 2)
     first = gate.admit(deal.id, a, 2, str(uuid.uuid4()))
@@ -93,7 +93,7 @@ def test_unpaid_order_expires_and_someone_else_buys_its_units(db, gate, celery_p
     assert gate.redis.hget(gate.keys.deal(deal.id).buyers, str(a)) == "0"
 
 
-def test_pay_racing_expiry_from_many_threads_with_real_workers(db, gate, web_server, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_pay_racing_expiry_from_many_threads_with_real_workers(db, gate, web_server, celery_procs: CeleryProcs) -> None:
     total, n = 1000, 300
     deal = make_deal(db, gate, stock=total, limit=30, payment_window=60)
     set_payment_window_ms(gate, deal.id, 1000)
@@ -142,7 +142,7 @@ def gate_settings(db):
     return Settings.from_env().with_(env="test")
 
 
-def test_sweep_sigkilled_mid_storm_expires_each_order_exactly_once(db, gate, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_sweep_sigkilled_mid_storm_expires_each_order_exactly_once(db, gate, celery_procs: CeleryProcs) -> None:
     n = 6000
     deal = make_deal(db, gate, stock=n, limit=n, payment_window=60)
     set_payment_window_ms(gate, deal.id, 50)
@@ -174,7 +174,7 @@ def test_sweep_sigkilled_mid_storm_expires_each_order_exactly_once(db, gate, cel
     assert {v for v in gate.redis.hvals(k.buyers)} == {"0"}  # every buyer's quantity came back once
 
 
-def test_cancel_racing_payment_ends_one_way(db, gate, web_server, celery_procs: CeleryProcs) -> None:  # noqa: F811
+def test_cancel_racing_payment_ends_one_way(db, gate, web_server, celery_procs: CeleryProcs) -> None:
     total, n = 200, 60
     deal = make_deal(db, gate, stock=total, limit=20, payment_window=120)
     users = make_users(db, 6)  # ten orders each: a login (argon2, ~0.7 s here) costs more than the race itself
@@ -217,7 +217,7 @@ def test_a_payment_whose_webhook_never_came_is_decided_by_beats_check_job(
     db,
     gate,
     web_server,
-    celery_procs: CeleryProcs,  # noqa: F811
+    celery_procs: CeleryProcs,
 ) -> None:
     """The provider took the money, its event never reached us: the order is paid, never expired or refunded."""
     deal = make_deal(db, gate, stock=3, limit=3, payment_window=4, price="2.50")

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def gate(cluster_setup: ClusterSetup) -> Iterator[Gate]:  # noqa: F811
+def gate(cluster_setup: ClusterSetup) -> Iterator[Gate]:
     """A gate on the cluster, as every flashdeal process builds it."""
     client = text_client(cluster_setup.settings)
     yield Gate.from_settings(client, cluster_setup.settings)
     client.close()
 
 
-def test_join_poll_inlet_and_the_pass_order_run_on_every_shard(db, gate, cluster_setup) -> None:  # noqa: F811
+def test_join_poll_inlet_and_the_pass_order_run_on_every_shard(db, gate, cluster_setup) -> None:
     queue = QueueGate(gate.redis, gate.keys, 60_000, gate.direct)
     deals: list[int] = []
     while {cluster_setup.topology.primary_of(key_slot(gate.keys.deal(d).queue.encode())) for d in deals} != set(

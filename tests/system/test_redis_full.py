@@ -33,7 +33,7 @@ def _assert_503(r, where: str) -> None:
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
-def test_a_full_redis_is_503_with_retry_after_everywhere(settings, db, private_redis, fast_path: bool) -> None:  # noqa: F811
+def test_a_full_redis_is_503_with_retry_after_everywhere(settings, db, private_redis, fast_path: bool) -> None:
     from web import create_app
 
     s = settings.with_(redis_url=private_redis.url, ratelimit_enabled=True, fast_path=fast_path)

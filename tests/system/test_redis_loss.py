@@ -41,7 +41,7 @@ def _procs(tmp_path: Path, server: PrivateRedis) -> tuple[CeleryProcs, dict[str,
 def test_redis_restarted_empty_deal_rebuilt_from_postgres_limits_hold_loss_reported(
     db,
     settings,
-    private_redis,  # noqa: F811
+    private_redis,
     tmp_path,
 ) -> None:
     s = settings.with_(redis_url=private_redis.url)
@@ -84,7 +84,7 @@ def test_redis_restarted_empty_deal_rebuilt_from_postgres_limits_hold_loss_repor
 def test_stock_deleted_while_orders_are_in_the_outbox_no_reload_drift_reported(
     db,
     settings,
-    private_redis,  # noqa: F811
+    private_redis,
     tmp_path,
 ) -> None:
     s = settings.with_(redis_url=private_redis.url)

@@ -11,7 +11,7 @@ from tests.helpers import login_client, make_deal, make_users
 from web import create_app
 
 
-def test_evicting_redis_is_refused_at_startup_and_by_readyz(settings, private_redis) -> None:  # noqa: F811
+def test_evicting_redis_is_refused_at_startup_and_by_readyz(settings, private_redis) -> None:
     s = settings.with_(redis_url=private_redis.url, ratelimit_enabled=False)
     app = create_app(s)
     assert app.test_client().get("/readyz").status_code == 200
@@ -26,7 +26,7 @@ def test_evicting_redis_is_refused_at_startup_and_by_readyz(settings, private_re
 def test_primary_without_its_replicas_refuses_orders_with_503_and_writes_nothing(
     settings,
     db,
-    private_redis,  # noqa: F811
+    private_redis,
     fast_path,
 ) -> None:
     app = create_app(settings.with_(redis_url=private_redis.url, ratelimit_enabled=False, fast_path=fast_path))

@@ -18,7 +18,7 @@ def _status(db, deal_id: int) -> str:
         return s.get(Deal, deal_id).status
 
 
-def test_deal_opens_sells_out_and_ends_on_schedule(celery_procs, db, settings, client) -> None:  # noqa: F811
+def test_deal_opens_sells_out_and_ends_on_schedule(celery_procs, db, settings, client) -> None:
     gate = Gate(text_client(settings), Keys(settings.key_prefix))
     celery_procs.worker("sched")
     celery_procs.beat()
@@ -60,7 +60,7 @@ def test_tick_is_idempotent_and_never_resets_live_stock(db, settings) -> None:
     assert gate.live(deal.id).remaining == 6
 
 
-def test_beat_retires_ended_deals_by_itself(celery_procs, db, svc) -> None:  # noqa: F811
+def test_beat_retires_ended_deals_by_itself(celery_procs, db, svc) -> None:
     gate = svc.gate
     env = {"DEAL_RETIRE_AFTER_SECONDS": "0"}
     celery_procs.worker("retirer", env)

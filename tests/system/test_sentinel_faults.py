@@ -92,7 +92,7 @@ def _worker_and_beat_through_failover(db, settings, setup: SentinelSetup, tmp_pa
     assert _remaining(gate, deal.id) + sum(rows.values()) == 10_000
 
 
-def test_worker_and_beat_on_rabbitmq_resume_after_the_redis_primary_dies(db, settings, sentinel_setup, tmp_path):  # noqa: F811
+def test_worker_and_beat_on_rabbitmq_resume_after_the_redis_primary_dies(db, settings, sentinel_setup, tmp_path):
     _worker_and_beat_through_failover(db, settings, sentinel_setup, tmp_path, DEFAULT_AMQP_URL)
 
 
@@ -101,12 +101,12 @@ def test_worker_and_beat_on_rabbitmq_resume_after_the_redis_primary_dies(db, set
     reason="kombu's Redis-Sentinel transport lost its worker in 1 of 13 failovers: opt in with "
     "FLASHDEAL_TEST_SENTINEL_TRANSPORT=1 (docs/decisions/0001-rabbitmq-broker-on-ha-topologies.md)",
 )
-def test_celery_redis_sentinel_transport_through_a_failover(db, settings, sentinel_setup, tmp_path):  # noqa: F811
+def test_celery_redis_sentinel_transport_through_a_failover(db, settings, sentinel_setup, tmp_path):
     broker = sentinel_broker_url("redis://127.0.0.1:6379/3", sentinel_setup.settings.redis_sentinels)
     _worker_and_beat_through_failover(db, settings, sentinel_setup, tmp_path, broker)
 
 
-def test_direct_connection_follows_the_primary_through_a_failover(sentinel_setup) -> None:  # noqa: F811
+def test_direct_connection_follows_the_primary_through_a_failover(sentinel_setup) -> None:
     client = text_client(sentinel_setup.settings)
     gate = Gate.from_settings(client, sentinel_setup.settings)
     old = sentinel_setup.topology.primary()
@@ -127,8 +127,8 @@ def test_direct_connection_follows_the_primary_through_a_failover(sentinel_setup
 def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain(
     db,
     settings,
-    sentinel_setup,  # noqa: F811
-    web_server,  # noqa: F811
+    sentinel_setup,
+    web_server,
     tmp_path,
 ) -> None:
     setup = sentinel_setup
