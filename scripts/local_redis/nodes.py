@@ -66,6 +66,19 @@ class RedisNodes:
         except (OSError, ValueError):
             return None
 
+    def log_tail(self, port: int, lines: int = 40) -> str:
+        """The last ``lines`` lines of the process's log (what a failed fault test prints to say why)."""
+        out = []
+        for log in sorted(self._dir(port).glob("*.log")):
+            text = log.read_text(errors="replace")
+            out.append(f"--- {port} {log.name} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(out) or f"(no log for {port})"
+
+    def logs(self, lines: int = 40) -> str:
+        """The tail of every process's log: what a failed fault test prints so its cause can be read in CI."""
+        ports = sorted(int(d.name) for d in self.root.iterdir() if d.is_dir() and d.name.isdigit())
+        return "\n".join(self.log_tail(p, lines) for p in ports)
+
     def kill(self, port: int, sig: signal.Signals = signal.SIGKILL) -> None:
         """SIGKILL the process on ``port`` (a crash: no shutdown, no final write); SIGTERM shuts it down cleanly."""
         pid = self.pid(port)

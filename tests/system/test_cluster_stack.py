@@ -38,6 +38,7 @@ from tests.helpers import (
     PASSWORD,
     CeleryProcs,
     LoadBalancer,
+    StormAnswers,
     email_of,
     login_over_http,
     make_deal,
@@ -304,33 +305,21 @@ def test_a_primary_sigkilled_mid_storm_through_the_web_loses_no_202_and_the_othe
     victim = topo.primary_of(slot_of[deals[0]])
     hit = {d for d in deals if topo.primary_of(slot_of[d]) == victim}
     users = make_users(db, 8)
-    accepted: dict[str, tuple[int, int]] = {}  # order id -> (deal, quantity)
-    unconfirmed: set[str] = set()  # 202s whose WAIT ran out (Flashdeal-Replication: unconfirmed)
+    answers = StormAnswers()
     spared_at: list[float] = []  # when each order of a deal on another shard was accepted
-    statuses: Counter[int] = Counter()
-    lock = threading.Lock()
     stop = threading.Event()
-
-    def count(status: int) -> None:
-        with lock:
-            statuses[status] += 1
 
     def buyer(s: requests.Session, n: int) -> None:
         i = 0
         while not stop.is_set():
             deal_id, qty, key = deals[(n + i) % len(deals)], 1 + i % 2, f"k{n}-{i}"
             i += 1
-            r = order_until_answered(s, f"{node.url}/api/deals/{deal_id}/orders", qty, key, stop=stop, seen=count)
+            r = order_until_answered(s, f"{node.url}/api/deals/{deal_id}/orders", qty, key, stop=stop, seen=answers.saw)
             if r is None:
                 break
-            # Placed now, or the replay of a key whose answer was lost; 503 (no primary) was retried.
-            assert r.status_code in (200, 202), r.text
-            with lock:
-                assert accepted.setdefault(r.json()["order_id"], (deal_id, qty)) == (deal_id, qty)
-                if r.headers.get("Flashdeal-Replication") == "unconfirmed":
-                    unconfirmed.add(r.json()["order_id"])
-                if deal_id not in hit:
-                    spared_at.append(time.monotonic())
+            answers.record(r, deal_id, qty)
+            if deal_id not in hit:
+                spared_at.append(time.monotonic())
 
     with _workers(tmp_path, setup) as (procs, extra):
         node = web_server(extra, workers=2)
@@ -339,36 +328,34 @@ def test_a_primary_sigkilled_mid_storm_through_the_web_loses_no_202_and_the_othe
         for t in threads:
             t.start()
         try:
-            assert wait_until(lambda: len(accepted) >= 300, 30, 0.02), statuses
+            assert wait_until(lambda: len(answers) >= 300, 30, 0.02), answers.statuses
             assert "raised unexpected" not in procs.started[0].text(), procs.started[0].text()[-3000:]
             killed_at = time.monotonic()
             topo.kill(victim)  # SIGKILL mid-storm
             assert wait_until(lambda: topo.primary_of(slot_of[deals[0]]) != victim, 20, 0.05), "no promotion"
             promoted_at = time.monotonic()
-            sold = len(accepted)
-            assert wait_until(lambda: len(accepted) >= sold + 300, 30, 0.02), statuses
+            sold = len(answers)
+            assert wait_until(lambda: len(answers) >= sold + 300, 30, 0.02), answers.statuses
             topo.restart(victim)  # back on its AOF, as the promoted node's replica
             topo.wait_healthy()
-            back = len(accepted)
-            assert wait_until(lambda: len(accepted) >= back + 100, 30, 0.02), statuses
+            back = len(answers)
+            assert wait_until(lambda: len(answers) >= back + 100, 30, 0.02), answers.statuses
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
         assert not any(t.is_alive() for t in threads)
         # The other shards sold while the victim's slots had no primary (sessions on them answered 503).
-        assert any(killed_at < t < promoted_at for t in spared_at), (killed_at, promoted_at, statuses)
-        persisted = wait_until(lambda: len(_db_orders(db, deals)) >= len(accepted), 60, 0.2)
-        assert persisted, f"{len(_db_orders(db, deals))} of {len(accepted)}\n{procs.started[0].text()[-3000:]}"
-    rows = _db_orders(db, deals)
-    want = {oid: qty for oid, (_d, qty) in accepted.items()}
-    # Every replicated 202 is persisted once with its quantity, and nothing that was not answered 202. Only a
-    # 202 marked unconfirmed may be missing (its replica had not acknowledged it when its primary died).
-    assert {o: want[o] for o in want if o not in unconfirmed} == {o: q for o, q in rows.items() if o not in unconfirmed}
-    assert set(rows) <= set(want)
-    remaining = gate.remaining(deals)
-    deal_of = {oid: d for oid, (d, _q) in accepted.items()}
-    for d in deals:  # nothing oversold, nothing stranded: the stock left and the orders kept add up
-        assert remaining[d] + sum(q for o, q in rows.items() if deal_of[o] == d) == total, d
-    assert set(statuses) <= {200, 202, 503}, statuses
+        assert any(killed_at < t < promoted_at for t in spared_at), (killed_at, promoted_at, answers.statuses)
+
+        def settled() -> bool:  # every confirmed 202 kept, and for each deal the stock left and the orders add up
+            rows, remaining = _db_orders(db, deals), gate.remaining(deals)
+            sold = Counter[int]()
+            for oid, q in rows.items():
+                sold[answers.accepted.get(oid, (-1, 0))[0]] += q  # -1: not answered (check() names it)
+            return answers.kept(rows) and all(remaining[d] + sold[d] == total for d in deals)
+
+        persisted = wait_until(settled, 60, 0.2)
+        assert persisted, f"{len(_db_orders(db, deals))} of {len(answers)}\n{procs.started[0].text()[-3000:]}"
+    answers.check(_db_orders(db, deals))  # every confirmed 202 once, with its quantity; nothing else
     assert cross_slot_errors(topo) == {}
