@@ -176,7 +176,7 @@ def kill_workers_holding(kind: str, what: str) -> Nemesis:
             while found is None and time.monotonic() < deadline:
                 found = _in_flight(stack, kind)
             if found is None:  # reported in the row's fault line, not raised: the other rows still run
-                print(f"[faults]   no {what} in flight within {IN_FLIGHT_WAIT_S:.0f} s", flush=True)
+                print(f"[faults]   {what}: none in flight within {IN_FLIGHT_WAIT_S:.0f} s", flush=True)
                 continue
             deal_id, entry_id, ms, consumer = found
             first = _kill_consumer(stack, consumer)
