@@ -278,9 +278,14 @@ class StormAnswers:
             if r.headers.get("Flashdeal-Replication") == "unconfirmed":
                 self.unconfirmed.add(oid)
 
-    def kept(self, rows: dict[str, int]) -> bool:
-        """True once every confirmed answer is in ``rows`` (order id -> quantity)."""
-        return all(oid in rows for oid in self.accepted if oid not in self.unconfirmed)
+    def settled(self, rows: dict[str, int], remaining: dict[int, int | None], stock: int) -> bool:
+        """True once every confirmed answer is in ``rows`` (order id -> quantity) and, for each deal of
+        ``remaining`` (deal -> units left in the gate), the units left and the units kept add up to ``stock``."""
+        kept = Counter[int]()
+        for oid, q in rows.items():
+            kept[self.accepted.get(oid, (-1, 0))[0]] += q  # -1: kept but never answered (check() names it)
+        confirmed = all(oid in rows for oid in self.accepted if oid not in self.unconfirmed)
+        return confirmed and all(left is not None and left + kept[d] == stock for d, left in remaining.items())
 
     def check(self, rows: dict[str, int]) -> None:
         """Every confirmed answer kept with its quantity; nothing kept that was not answered, or with another one."""

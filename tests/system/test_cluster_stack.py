@@ -348,14 +348,7 @@ def test_a_primary_sigkilled_mid_storm_through_the_web_loses_no_202_and_the_othe
         # The other shards sold while the victim's slots had no primary (sessions on them answered 503).
         assert any(killed_at < t < promoted_at for t in spared_at), (killed_at, promoted_at, answers.statuses)
 
-        def settled() -> bool:  # every confirmed 202 kept, and for each deal the stock left and the orders add up
-            rows, remaining = _db_orders(db, deals), gate.remaining(deals)
-            sold = Counter[int]()
-            for oid, q in rows.items():
-                sold[answers.accepted.get(oid, (-1, 0))[0]] += q  # -1: not answered (check() names it)
-            return answers.kept(rows) and all(remaining[d] + sold[d] == total for d in deals)
-
-        persisted = wait_until(settled, 60, 0.2)
+        persisted = wait_until(lambda: answers.settled(_db_orders(db, deals), gate.remaining(deals), total), 60, 0.2)
         assert persisted, f"{len(_db_orders(db, deals))} of {len(answers)}\n{procs.started[0].text()[-3000:]}"
     answers.check(_db_orders(db, deals))  # every confirmed 202 once, with its quantity; nothing else
     assert cross_slot_errors(topo) == {}

@@ -189,10 +189,8 @@ def test_primary_sigkilled_mid_storm_every_202_persisted_once_and_no_split_brain
         assert old_node.info("replication")["role"] == "slave"
         with pytest.raises(redis.ReadOnlyError):
             old_node.decrby(gate.keys.deal(deal.id).stock, 1)
-
-        def settled() -> bool:  # every confirmed 202 kept, and the stock left and the orders kept add up
-            rows = _db_orders(db, deal.id)
-            return answers.kept(rows) and _remaining(gate, deal.id) + sum(rows.values()) == total
-
-        assert wait_until(settled, 60, 0.2), f"{len(_db_orders(db, deal.id))} of {len(answers)} persisted"
+        settled = wait_until(
+            lambda: answers.settled(_db_orders(db, deal.id), gate.remaining([deal.id]), total), 60, 0.2
+        )
+        assert settled, f"{len(_db_orders(db, deal.id))} of {len(answers)} persisted"
     answers.check(_db_orders(db, deal.id))  # every confirmed 202 once, with its quantity; nothing else
