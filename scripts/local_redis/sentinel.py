@@ -25,8 +25,8 @@ MASTER_NAME = "flashdeal"
 # switches to a new primary reconnects to it on its 1 s reconnect period and counts down-after from the
 # switch, so at 1 s its first PING could be due just as the time ran out: it judged the fresh primary down,
 # the other sentinels' "down" votes of the failover just ended still counted for 5 s, and a second failover
-# followed (2 of 18 runs of test_sentinel_faults.py's storm on a 2-core machine at 1 s, 0 of 12 at 2 s). Lower
-# also makes a busy machine's pauses look like deaths.
+# followed (in at least 4 of 19 runs of test_sentinel_faults.py's storm on a 2-core machine at 1 s, in 0 of 12
+# at 2 s). Lower also makes a busy machine's pauses look like deaths.
 DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 3000
 # A primary that has had no replica acknowledging for this long refuses writes (bounds a split brain).
