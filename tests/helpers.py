@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import redis
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
@@ -32,6 +34,7 @@ from shared.payments.providers.dev import SIGNATURE_HEADER, sign
 from shared.queue import QueueRules
 from tests.environment import RUN_PREFIX, base_env
 
+T = TypeVar("T")
 PASSWORD = "correct-horse-9"
 # Test users carry the bench's cheap argon2id hash: a hash carries its own parameters, so every process checks
 # it at that cost (the production one, ~0.1 s a check here, was over a third of the in-process tiers' time).
@@ -243,6 +246,19 @@ def order_until_answered(
             return r
         time.sleep(0.05)
     return None
+
+
+def through_failover(call: Callable[[], T], timeout: float = 30) -> T:
+    """Run ``call`` again while the primary is changing (connection refused, READONLY, NOREPLICAS, LOADING),
+    as a buyer's next attempt would; past ``timeout`` the last error is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pytest
 import redis
@@ -22,14 +21,13 @@ from shared.gate import Admission, Gate
 from shared.redis import text_client
 from shared.settings import Settings
 from tests.fixtures.topologies import ClusterSetup, SentinelSetup
-from tests.helpers import make_deal, make_users
+from tests.helpers import make_deal, make_users, through_failover
 from worker.dlq import drop_dead_letter, list_dead_letters
 from worker.drain import DrainOptions, DrainResult, drain_deal
 
 pytestmark = pytest.mark.slow
 
 STOCK = 12
-T = TypeVar("T")
 
 
 def _held_in_db(db, deal_id: int) -> int:  # type: ignore[no-untyped-def]
@@ -41,18 +39,6 @@ def _held_in_db(db, deal_id: int) -> int:  # type: ignore[no-untyped-def]
 def _rows(db, deal_id: int) -> int:  # type: ignore[no-untyped-def]
     with db.read() as s:
         return int(s.execute(text("SELECT count(*) FROM orders WHERE deal_id = :d"), {"d": deal_id}).scalar())
-
-
-def _through_failover(call: Callable[[], T], timeout: float = 30) -> T:
-    """Run ``call`` again while the primary is changing (connection refused, READONLY, NOREPLICAS)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _fill_replica_links(primary: int, beside: str) -> None:
@@ -92,7 +78,7 @@ def _lag_then_failover(  # type: ignore[no-untyped-def]
     assert opts.replicas == 1
 
     def drain() -> DrainResult:
-        return _through_failover(lambda: drain_deal(db, gate.redis, gate.keys, deal_id, "t-lag", opts))
+        return through_failover(lambda: drain_deal(db, gate.redis, gate.keys, deal_id, "t-lag", opts))
 
     # Healthy replicas: orders acknowledged by WAIT are drained at once.
     for i in range(3):
@@ -124,7 +110,7 @@ def _lag_then_failover(  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + 60
     while True:
         oid, user = str(uuid.uuid4()), users[sold_after % 4]
-        r = _through_failover(lambda oid=oid, user=user: gate.admit(deal_id, user, 1, oid))  # type: ignore[misc]
+        r = through_failover(lambda oid=oid, user=user: gate.admit(deal_id, user, 1, oid))  # type: ignore[misc]
         if r.outcome is Admission.SOLD_OUT:
             break
         assert r.outcome is Admission.ACCEPTED, r
@@ -134,7 +120,7 @@ def _lag_then_failover(  # type: ignore[no-untyped-def]
 
     assert wait_until(lambda: drain() is not None and _rows(db, deal_id) == STOCK, 60, 0.2), _rows(db, deal_id)
     held = _held_in_db(db, deal_id)
-    remaining = int(_through_failover(lambda: gate.redis.get(gate.keys.deal(deal_id).stock)))
+    remaining = int(through_failover(lambda: gate.redis.get(gate.keys.deal(deal_id).stock)))
     assert held <= STOCK
     assert remaining + held == STOCK, (remaining, held)
 

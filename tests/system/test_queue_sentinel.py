@@ -7,10 +7,6 @@ without a pass is refused and a new buyer queues behind them (docs/waiting-room.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
 import pytest
 import redis
 
@@ -20,22 +16,9 @@ from shared.gate import Admission, Gate
 from shared.queue import QueueGate, QueueRules
 from shared.redis import text_client
 from tests.fixtures.topologies import SentinelSetup
-from tests.helpers import make_deal
+from tests.helpers import make_deal, through_failover
 
 pytestmark = pytest.mark.slow
-
-T = TypeVar("T")
-
-
-def _through_failover(call: Callable[[], T], timeout: float = 30) -> T:
-    """Run ``call``, retrying while the topology has no primary to answer (what a buyer's next poll does)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
-            assert time.monotonic() < deadline, "no primary answered"
-            time.sleep(0.05)
 
 
 def _replicas_caught_up(setup: SentinelSetup, primary: int) -> bool:
@@ -64,9 +47,9 @@ def test_the_waiting_room_keeps_its_replicated_line_through_a_failover(db, senti
     assert wait_until(lambda: sentinel_setup.topology.primary() != old, 30, 0.05), "no failover"
 
     # The promoted replica has the line: the admitted buyer is still admitted and orders with the pass.
-    assert _through_failover(lambda: queue.status(deal.id, 1)).state == "admitted"
-    assert _through_failover(lambda: gate.admit(deal.id, 99, 1, "no-pass")).outcome is Admission.QUEUE_PASS_REQUIRED
-    assert _through_failover(lambda: gate.admit(deal.id, 1, 1, "with-pass", queue_pass=True)).outcome is (
+    assert through_failover(lambda: queue.status(deal.id, 1)).state == "admitted"
+    assert through_failover(lambda: gate.admit(deal.id, 99, 1, "no-pass")).outcome is Admission.QUEUE_PASS_REQUIRED
+    assert through_failover(lambda: gate.admit(deal.id, 1, 1, "with-pass", queue_pass=True)).outcome is (
         Admission.ACCEPTED
     )
     # The used pass frees its slot: the next in line is let in, the one behind keeps its place.
